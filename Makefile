@@ -1,0 +1,18 @@
+# K1: `make run` starts the platform, `make test` runs the whole suite. Both set up first.
+.PHONY: setup run test lint clean
+
+setup:
+	scripts/setup.sh run
+
+run:
+	scripts/run.sh
+
+test:
+	scripts/setup.sh test
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+lint:
+	.venv/bin/ruff check k1 tests celeryconfig.py
+
+clean:
+	rm -rf .venv .k1 artifacts

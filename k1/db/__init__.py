@@ -1,0 +1,66 @@
+"""Database access: one engine per process, sessions from it, Alembic migrations.
+
+    from k1.db import session_scope
+    with session_scope() as session:
+        session.add(row)          # committed on exit, rolled back on error
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from k1.settings import get_settings
+
+CONNECT_TIMEOUT = 5  # seconds: a database that is down fails a call fast (the DLQ spools)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every K1 table."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``: pre-pinged pool for PostgreSQL, WAL mode for SQLite."""
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 15})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT},
+    )
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@functools.cache
+def get_engine() -> Engine:
+    return make_engine(get_settings().database_url)
+
+
+@functools.cache
+def _session_factory() -> sessionmaker[Session]:
+    return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session committed when the block ends, rolled back if it raises."""
+    with _session_factory().begin() as session:
+        yield session

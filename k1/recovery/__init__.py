@@ -1,0 +1,1 @@
+"""Error recovery: retry policy, error classification, circuit breakers, dead letters."""

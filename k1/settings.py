@@ -1,0 +1,232 @@
+"""K1 settings: the environment, read once, checked, typed.
+
+Heroku-style names are the contract (``REDIS_URL``, ``DATABASE_URL``, ``PORT``...).
+A malformed value stops start-up with a :class:`SettingsError` naming the variable::
+
+    from k1.settings import get_settings
+    settings = get_settings()          # cached; reads os.environ
+    settings.database_url              # 'postgresql+psycopg://...' even for postgres:// input
+
+Tests and tools build their own with ``Settings.from_env({...})``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATA_DIR = ".k1"  # local state (SQLite file, Redis data, Conductor jar), gitignored
+DEFAULT_PORT = 5000
+DEFAULT_FLOWER_PORT = 5555
+DEFAULT_EXTERNAL_SERVICE_URL = "http://127.0.0.1:8090"
+# The longest K1 task runs well under an hour; with acks_late a task that is still
+# unacknowledged after this long is delivered again, so retry countdowns and breaker
+# deferrals are kept below it (see k1.recovery.policy).
+DEFAULT_VISIBILITY_TIMEOUT = 3600  # 1 h
+DEFAULT_TOKEN_TTL = 12 * 3600  # 12 h: a working day, then sign in again
+MIN_SECRET_KEY_LENGTH = 32  # HS256 wants at least 256 bits of key
+ASYNC_MODES = ("eventlet", "gevent", "threading")
+REDIS_SSL_CERT_REQS = ("required", "optional", "none")
+
+
+class SettingsError(ValueError):
+    """A variable of the environment is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    database_url: str
+    secret_key: str
+    conductor_server_url: str | None
+    cors_origins: tuple[str, ...]
+    host: str
+    port: int
+    flower_port: int
+    external_service_url: str
+    visibility_timeout: int
+    async_mode: str
+    data_dir: Path
+    log_level: str
+    dlq_retention_days: int
+    dlq_max_rows: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); raise SettingsError."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("K1_DATA_DIR", DEFAULT_DATA_DIR))
+        return cls(
+            redis_url=_redis_url(env),
+            database_url=_database_url(env, data_dir),
+            secret_key=_secret_key(env),
+            conductor_server_url=_optional_http_url(env, "CONDUCTOR_SERVER_URL"),
+            cors_origins=_origins(env, "K1_CORS_ORIGINS"),
+            host=env.get("K1_HOST", "0.0.0.0"),
+            port=_int(env, "PORT", DEFAULT_PORT, low=1, high=65535),
+            flower_port=_int(env, "FLOWER_PORT", DEFAULT_FLOWER_PORT, low=1, high=65535),
+            external_service_url=_optional_http_url(env, "K1_EXTERNAL_SERVICE_URL")
+            or DEFAULT_EXTERNAL_SERVICE_URL,
+            visibility_timeout=_int(
+                env, "K1_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, low=60
+            ),
+            async_mode=_choice(env, "K1_ASYNC_MODE", ASYNC_MODES, "eventlet"),
+            data_dir=data_dir,
+            log_level=_choice(
+                env, "K1_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", upper=True
+            ),
+            dlq_retention_days=_int(env, "K1_DLQ_RETENTION_DAYS", 30, low=1),
+            dlq_max_rows=_int(env, "K1_DLQ_MAX_ROWS", 100_000, low=1),
+        )
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from ``os.environ`` on first use."""
+    return Settings.from_env()
+
+
+def generate_secret_key() -> str:
+    """A fresh random key suitable for ``K1_SECRET_KEY``."""
+    return secrets.token_urlsafe(48)
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    raw = env.get("REDIS_URL") or DEFAULT_REDIS_URL
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(
+            f"REDIS_URL: scheme must be redis://, rediss:// or unix://, got {raw!r}"
+        )
+    if parts.scheme != "unix":
+        _check_host_port("REDIS_URL", raw)
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise SettingsError(f"REDIS_URL: database must be a number, got {db!r}")
+    if parts.scheme == "rediss":
+        # Celery and redis-py refuse rediss:// without a certificate policy. Heroku
+        # Redis presents a self-signed certificate and needs K1_REDIS_SSL_CERT_REQS=none.
+        query = dict(parse_qsl(parts.query))
+        if "ssl_cert_reqs" not in query:
+            query["ssl_cert_reqs"] = _choice(
+                env, "K1_REDIS_SSL_CERT_REQS", REDIS_SSL_CERT_REQS, "required"
+            )
+        raw = urlunsplit(parts._replace(query=urlencode(query)))
+    return raw
+
+
+def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
+    raw = env.get("DATABASE_URL")
+    if not raw:
+        return f"sqlite:///{(data_dir / 'k1.db').resolve()}"
+    parts = urlsplit(raw)
+    scheme = parts.scheme
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        # Heroku hands out postgres://, which SQLAlchemy 2 no longer accepts; K1
+        # speaks psycopg 3, so every PostgreSQL URL gets the +psycopg driver.
+        _check_host_port("DATABASE_URL", raw)
+        if not parts.path.strip("/"):
+            raise SettingsError(f"DATABASE_URL: no database name in {_redact(raw)!r}")
+        return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+    if scheme == "sqlite":
+        return raw
+    raise SettingsError(
+        f"DATABASE_URL: expected postgres://, postgresql:// or sqlite:///, got scheme {scheme!r}"
+    )
+
+
+def _secret_key(env: Mapping[str, str]) -> str:
+    key = env.get("K1_SECRET_KEY", "")
+    if not key:
+        raise SettingsError(
+            "K1_SECRET_KEY: not set. It signs API tokens; generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(48))'` "
+            "(`make run` writes one to .env)"
+        )
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise SettingsError(
+            f"K1_SECRET_KEY: must be at least {MIN_SECRET_KEY_LENGTH} characters, "
+            f"got {len(key)}"
+        )
+    return key
+
+
+def _optional_http_url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}: expected an http(s):// URL, got {raw!r}")
+    _check_host_port(name, raw)
+    return raw.rstrip("/")
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = []
+    for item in env.get(name, "").split(","):
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        if origin == "*":
+            raise SettingsError(f"{name}: '*' is not allowed; list the origins explicitly")
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise SettingsError(
+                f"{name}: each origin must look like https://host[:port], got {origin!r}"
+            )
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, low: int | None = None,
+    high: int | None = None,
+) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise SettingsError(f"{name}: must be {bounds}, got {value}")
+    return value
+
+
+def _choice(
+    env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str, *,
+    upper: bool = False,
+) -> str:
+    raw = env.get(name, "").strip() or default
+    value = raw.upper() if upper else raw.lower()
+    if value not in choices:
+        raise SettingsError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _check_host_port(name: str, raw: str) -> None:
+    parts = urlsplit(raw)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise SettingsError(f"{name}: invalid port in {_redact(raw)!r}") from None
+    if not parts.hostname:
+        raise SettingsError(f"{name}: no host in {_redact(raw)!r}")
+
+
+def _redact(url: str) -> str:
+    """The URL with its password hidden, for error messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -1,0 +1,44 @@
+"""``python -m k1.web``: the web process (Procfile ``web``), one async worker.
+
+Monkey-patching comes first, before anything imports socket or threading: the Redis
+message queue of python-socketio needs a green socket under eventlet.
+"""
+
+import os
+import warnings
+
+# Eventlet is in maintenance mode and says so on import; K1 knows (K1_ASYNC_MODE switches).
+warnings.filterwarnings("ignore", message="\nEventlet is deprecated")
+_ASYNC_MODE = os.environ.get("K1_ASYNC_MODE", "eventlet").strip().lower()
+if _ASYNC_MODE == "eventlet":
+    import eventlet
+
+    eventlet.monkey_patch()
+elif _ASYNC_MODE == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+
+import sys  # noqa: E402
+
+from k1.settings import SettingsError, get_settings  # noqa: E402
+
+
+def main() -> int:
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"k1 web: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from k1.logs import configure_logging
+    from k1.web.app import create_app, socketio
+
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    print(f"k1 web: listening on http://{settings.host}:{settings.port}", flush=True)
+    socketio.run(app, host=settings.host, port=settings.port, log_output=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

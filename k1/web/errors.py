@@ -1,0 +1,52 @@
+"""API errors: raised anywhere in a request, rendered once as ``{"error", "detail"}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+
+class APIError(Exception):
+    """An error for the client: ``raise APIError(400, "limit must be >= 1", detail=...)``."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    if not request.get_data(cache=True):
+        raise APIError(400, "request body must be a JSON object", detail="the body is empty")
+    if not request.is_json:
+        raise APIError(
+            400, "request body must be a JSON object",
+            detail=f"Content-Type is {request.content_type!r}, expected 'application/json'",
+        )
+    body = request.get_json(silent=True)
+    if body is None:
+        raise APIError(400, "request body must be a JSON object", detail="malformed JSON")
+    if not isinstance(body, dict):
+        raise APIError(
+            400, "request body must be a JSON object", detail=f"got {type(body).__name__}"
+        )
+    return body
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def _api_error(exc: APIError):  # type: ignore[no-untyped-def]
+        return jsonify(error=exc.error, detail=exc.detail), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        if not request.path.startswith("/api/"):
+            return exc
+        return jsonify(error=exc.name.lower(), detail=exc.description), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(error="internal server error", detail=type(exc).__name__), 500

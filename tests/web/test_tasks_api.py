@@ -1,0 +1,114 @@
+"""POST /api/tasks and GET /api/tasks/<id> against the real web process and worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import API
+from tests.support import wait_for
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def wait_state(api: API, task_id: str, states: set[str], timeout: float = 30) -> dict:
+    seen: list[str] = []
+
+    def probe() -> dict | None:
+        body = api.get(f"/api/tasks/{task_id}").json()
+        if not seen or seen[-1] != body["state"]:
+            seen.append(body["state"])
+        return body if body["state"] in states else None
+
+    return wait_for(probe, timeout=timeout, interval=0.1,
+                    message=lambda: f"task {task_id} never reached {states}; states seen {seen}")
+
+
+def test_task_posted_runs_on_a_worker_and_its_result_is_readable(api: API) -> None:
+    response = api.post("/api/tasks", json={
+        "task": "k1.tasks.demo.flaky", "kwargs": {"sleep_ms": 10}, "project_id": "acme"})
+    assert response.status_code == 202, response.text
+    task_id = response.json()["task_id"]
+    body = wait_state(api, task_id, {"SUCCESS", "FAILURE"})
+    assert body["state"] == "SUCCESS"
+    assert body["result"] == {"project_id": "acme", "runs": 1}
+    assert body["task"] == "k1.tasks.demo.flaky" and body["user_id"] == "ada"
+
+
+def test_flaky_shows_failures_then_success(api: API, unique: str) -> None:
+    response = api.post("/api/tasks", json={
+        "task": "k1.tasks.demo.flaky", "kwargs": {"fail_times": 2, "key": unique},
+        "project_id": "acme"})
+    task_id = response.json()["task_id"]
+    retry = wait_state(api, task_id, {"RETRY"})
+    assert retry["error"]["type"] == "TransientError"
+    assert "failure 1 of 2" in retry["error"]["message"]
+    done = wait_state(api, task_id, {"SUCCESS", "FAILURE"})
+    assert done["state"] == "SUCCESS" and done["result"]["runs"] == 3
+
+
+def test_analyze_profile_calls_the_external_service(api: API, external_service: str) -> None:
+    task_id = api.post("/api/tasks", json={
+        "task": "k1.tasks.analyze_profile", "kwargs": {"data_path": "s3://bucket/p.csv"},
+        "project_id": "acme"}).json()["task_id"]
+    body = wait_state(api, task_id, {"SUCCESS", "FAILURE"})
+    assert body["state"] == "SUCCESS", body
+    assert body["result"]["data_path"] == "s3://bucket/p.csv"
+    assert len(body["result"]["profile"]["fingerprint"]) == 16
+
+
+def test_unknown_task_is_a_400_listing_the_known_ones(api: API) -> None:
+    response = api.post("/api/tasks", json={"task": "nope", "project_id": "acme"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "unknown task 'nope'" in error
+    assert "k1.tasks.demo.flaky" in error and "k1.tasks.analyze_profile" in error
+
+
+@pytest.mark.parametrize(("kwargs", "detail"), [
+    ({"data": "not json", "headers": {"Content-Type": "application/json"}}, "malformed JSON"),
+    ({"data": "task=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+     "expected 'application/json'"),
+    ({"json": [1, 2]}, "got list"),
+    ({}, "the body is empty"),
+])
+def test_a_body_that_is_not_a_json_object_is_a_400(api: API, kwargs: dict, detail: str) -> None:
+    response = api.post("/api/tasks", **kwargs)
+    assert response.status_code == 400
+    assert response.json()["error"] == "request body must be a JSON object"
+    assert detail in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"project_id": None}, "project_id: required"),
+    ({"args": {}}, "args: must be a JSON list"),
+    ({"kwargs": []}, "kwargs: must be"),
+    ({"kwargs": {"bogus": 1}}, "arguments do not match k1.tasks.demo.flaky"),
+    ({"priority": 1}, "unknown field(s): priority"),
+])
+def test_bad_fields_are_named(api: API, body: dict, message: str) -> None:
+    body = {"task": "k1.tasks.demo.flaky", "project_id": "acme", **body}
+    response = api.post("/api/tasks", json=body)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_writes_need_a_valid_token(web: str) -> None:
+    body = {"task": "k1.tasks.demo.flaky", "project_id": "acme"}
+    anonymous = API(web, None).post("/api/tasks", json=body)
+    assert anonymous.status_code == 401 and anonymous.json()["detail"] == "missing token"
+    forged = API(web, "not.a.token").post("/api/tasks", json=body)
+    assert forged.status_code == 401 and "invalid token" in forged.json()["detail"]
+
+
+def test_a_token_reaches_only_its_own_projects(web: str, make_token, api: API) -> None:
+    other = API(web, make_token("bob", "beta"))
+    response = other.post("/api/tasks", json={"task": "k1.tasks.demo.flaky", "project_id": "acme"})
+    assert response.status_code == 403
+    task_id = api.post("/api/tasks", json={"task": "k1.tasks.demo.flaky",
+                                           "project_id": "acme"}).json()["task_id"]
+    assert other.get(f"/api/tasks/{task_id}").status_code == 403
+
+
+def test_unknown_task_id_is_a_404(api: API) -> None:
+    response = api.get("/api/tasks/00000000-0000-0000-0000-000000000000")
+    assert response.status_code == 404 and response.json()["error"] == "task not found"
