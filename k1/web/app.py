@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_socketio import SocketIO
 
+from k1.events import SOCKETIO_CHANNEL
 from k1.settings import Settings, get_settings
 from k1.web import health, realtime, tasks
 from k1.web.errors import register_error_handlers
@@ -39,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app,
         async_mode=settings.async_mode,
         message_queue=settings.redis_url,
-        channel="k1-socketio",
+        channel=SOCKETIO_CHANNEL,
         # Same origin only unless K1_CORS_ORIGINS lists others; never '*'.
         cors_allowed_origins=list(settings.cors_origins) or None,
         ping_interval=PING_INTERVAL,

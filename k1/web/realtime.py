@@ -1,6 +1,7 @@
 """Socket.IO: authenticated connections, per-project and per-user rooms.
 
-A client connects with ``auth={"token": ...}``; it joins ``user_<id>`` at once and
+A client connects with ``auth={"token": ...}``; it joins ``user_<id>`` and
+``platform`` (platform-wide events such as breaker states) at once, and
 ``project_<id>`` on ``subscribe {"project_id": ...}`` for a project its token grants.
 Refusals are answered with an ``error`` event, never ignored.
 """
@@ -14,16 +15,9 @@ from flask_socketio import SocketIO, join_room, leave_room
 from flask_socketio import emit as reply
 
 from k1.auth import InvalidToken, Principal, verify_token
+from k1.events import PLATFORM_ROOM, project_room, user_room
 
 _principals: dict[str, Principal] = {}  # by Socket.IO sid, for this process's connections
-
-
-def project_room(project_id: str) -> str:
-    return f"project_{project_id}"
-
-
-def user_room(user_id: str) -> str:
-    return f"user_{user_id}"
 
 
 def register(socketio: SocketIO) -> None:
@@ -39,6 +33,7 @@ def register(socketio: SocketIO) -> None:
             return False
         _principals[request.sid] = principal
         join_room(user_room(principal.user_id))
+        join_room(PLATFORM_ROOM)
         return True
 
     @socketio.on("disconnect")

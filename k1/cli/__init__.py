@@ -1,4 +1,5 @@
-"""The ``k1`` command.
+"""The ``k1`` command. Each area's subcommands live in a module of this package
+(``k1/cli/dlq.py``...) and are added to :data:`cli` at the bottom of this file.
 
 Reads the environment like every K1 process; a ``.env`` file in the current directory
 (the one ``make run`` writes, which honcho also reads) fills in what the environment
@@ -82,6 +83,10 @@ def conductor_worker() -> None:
     # honcho stops every process when one exits, so the placeholder idles until stopped.
     click.echo("k1 conductor-worker: the Conductor bridge is not built yet; idling.")
     signal.pause()
+
+
+def _add_area_commands() -> None:
+    """Each area's group, imported here so ``k1 --help`` lists them all."""
 
 
 def main() -> None:
