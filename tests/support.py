@@ -150,7 +150,7 @@ class PostgresServer:
     def __init__(self, port: int, data_dir: Path, log_dir: Path) -> None:
         self.port, self.data_dir, self.log_dir = port, data_dir, log_dir
         self.bin = pg_bindir()
-        self.process: Process | None = None
+        self.log_path = log_dir / f"postgres-{port}.log"
 
     @property
     def url(self) -> str:
@@ -166,6 +166,8 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.data_dir, "postgres", "postgres")
             shutil.chown(self.data_dir.parent, "postgres", "postgres")
+            self.log_path.touch()
+            shutil.chown(self.log_path, "postgres", "postgres")
         subprocess.run(
             self._as_owner([str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", "k1",
                             "-A", "trust", "-E", "UTF8", "--no-sync"]),
@@ -175,13 +177,15 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         if not (self.data_dir / "PG_VERSION").exists():
             self.init()
-        argv = self._as_owner([
-            str(self.bin / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.data_dir}",
-            "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
-        ])
-        self.process = Process(f"postgres-{self.port}", argv, os.environ, self.log_dir).start()
-        self.process.wait_until(self._ready, 30, "did not accept connections")
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                   f"-c unix_socket_directories={self.data_dir} -c fsync=off "
+                   "-c full_page_writes=off -c max_connections=200")
+        subprocess.run(
+            self._as_owner([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
+                            "-l", str(self.log_path), "-o", options, "start"]),
+            check=True, capture_output=True,
+        )
+        wait_for(self._ready, timeout=30, message=f"PostgreSQL on {self.port} not ready")
         if not self._database_exists():
             subprocess.run(self._as_owner([str(self.bin / "createdb"), "-h", "127.0.0.1",
                                            "-p", str(self.port), "-U", "k1", "k1"]),
@@ -204,8 +208,13 @@ class PostgresServer:
         return out.stdout.strip() == "1"
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
+        """Fast shutdown: open connections are cut, as in a real outage."""
+        if (self.data_dir / "postmaster.pid").exists():
+            subprocess.run(
+                self._as_owner([str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
+                                "-w", "-t", "60", "stop"]),
+                check=True, capture_output=True,
+            )
 
 
 def pg_bindir() -> Path:

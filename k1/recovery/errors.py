@@ -102,7 +102,12 @@ def classify(exc: BaseException, extra: ErrorTable = ()) -> Verdict:
 
 
 def retry_after_of(exc: BaseException) -> float | None:
-    """Seconds from an HTTP ``Retry-After`` header (delta or date), if the error has one."""
+    """Seconds the failing side asked us to wait: an error's own ``retry_after`` (an open
+    breaker's time to half-open) or an HTTP ``Retry-After`` header (delta or date).
+    """
+    own = getattr(exc, "retry_after", None)
+    if isinstance(own, int | float):
+        return float(own)
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     value = headers.get("Retry-After") if headers is not None else None

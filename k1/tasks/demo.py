@@ -24,6 +24,8 @@ def flaky(
 ) -> dict[str, Any]:
     """Sleep ``sleep_ms``, then fail transiently the first ``fail_times`` runs for ``key``
     (default: this task id, so the count spans its retries), or always fail permanently.
+
+    With ``fail_times``, the start time of each run is kept in ``k1:flaky:<key>:runs``.
     """
     if sleep_ms:
         time.sleep(sleep_ms / 1000)
@@ -33,7 +35,10 @@ def flaky(
     if fail_times:
         counter = f"k1:flaky:{key or self.request.id}"
         pipe = get_redis().pipeline()
-        runs, _ = pipe.incr(counter).expire(counter, FAILURE_COUNT_TTL).execute()
+        pipe.incr(counter).expire(counter, FAILURE_COUNT_TTL)
+        pipe.rpush(f"{counter}:runs", time.time()).expire(f"{counter}:runs", FAILURE_COUNT_TTL)
+        runs = pipe.execute()[0]
         if runs <= fail_times:
             raise TransientError(f"flaky: failure {runs} of {fail_times} for {key or 'task'}")
-    return {"project_id": project_id, "runs": runs}
+    return {"project_id": project_id, "runs": runs,
+            "idempotency_key": self.idempotency_key()}

@@ -19,10 +19,10 @@ from typing import Any
 from celery.result import AsyncResult
 from celery.utils.time import maybe_timedelta
 
+from k1 import headers as k1_headers
 from k1.celery import app
 from k1.connections import get_redis
 from k1.tasks import public_task_names
-from k1.tasks.base import PROJECT_HEADER, USER_HEADER
 
 SUBMISSION_KEY = "k1:task:{}"
 
@@ -66,7 +66,7 @@ def submit(
         raise SubmissionError(
             f"arguments do not match {task_name}{inspect.signature(task.run)}: {exc}"
         ) from None
-    headers = {**(headers or {}), PROJECT_HEADER: project_id, USER_HEADER: user_id}
+    headers = {**(headers or {}), k1_headers.PROJECT: project_id, k1_headers.USER: user_id}
     result = task.apply_async(args=list(args), kwargs=kwargs, headers=headers, **options)
     record(Submission(result.id, task_name, project_id, user_id, time.time()))
     return result.id

@@ -30,7 +30,7 @@ def test_task_posted_runs_on_a_worker_and_its_result_is_readable(api: API) -> No
     task_id = response.json()["task_id"]
     body = wait_state(api, task_id, {"SUCCESS", "FAILURE"})
     assert body["state"] == "SUCCESS"
-    assert body["result"] == {"project_id": "acme", "runs": 1}
+    assert body["result"] == {"project_id": "acme", "runs": 1, "idempotency_key": task_id}
     assert body["task"] == "k1.tasks.demo.flaky" and body["user_id"] == "ada"
 
 

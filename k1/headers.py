@@ -1,0 +1,17 @@
+"""Names of the Celery message headers K1 puts on tasks, in one place.
+
+They travel with a task through retries and replays (Celery keeps custom headers) and
+are read back from ``task.request``.
+"""
+
+PROJECT = "k1_project_id"  # the project a task works for: rooms, DLQ scope
+USER = "k1_user_id"  # who started it
+RETRY_POLICY = "k1_retry"  # per-call retry policy overrides: {"attempts": 5, ...}
+IDEMPOTENCY_KEY = "k1_idempotency_key"  # side effects are keyed by it; kept on replay
+FIRST_FAILURE = "k1_first_failed_at"  # ISO time of the first failed attempt
+DEFERRALS = "k1_deferrals"  # times an open breaker deferred the task
+CONDUCTOR_WORKFLOW = "k1_conductor_workflow_id"
+CONDUCTOR_TASK = "k1_conductor_task_id"
+REPLAY_OF = "k1_replay_of"  # the dead letter a replayed task came from
+SCHEDULE = "k1_schedule"  # the schedule a task was sent for (beat and "run now")
+DUE_AT = "k1_due_at"  # epoch seconds the fire was due at (beat fires only)

@@ -1,0 +1,223 @@
+"""Circuit breakers around external calls, with their state shared through Redis.
+
+One pybreaker breaker per external dependency; its state lives in Redis (pybreaker's
+``CircuitRedisStorage``), so a breaker opened by failures in one worker process is open
+in every process and host::
+
+    from k1.recovery.breakers import breaker
+    profile = breaker("analysis").call(requests.post, url, json=body, timeout=10)
+
+A refused call raises :class:`BreakerOpen` (a ``CircuitBreakerError``) that says when the
+breaker may half-open; :class:`~k1.tasks.base.K1Task` then defers the task until that
+moment instead of spending its retry budget.
+
+Each transition is published once (``breaker_state`` event) however many processes
+notice it, and counted for the trip-rate metric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import pybreaker
+import redis
+import requests
+
+from k1.events import emit
+from k1.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# Defaults (K1_BREAKER_FAIL_MAX, K1_BREAKER_RESET_TIMEOUT): 5 consecutive failures open a
+# breaker; after 60 s open, one trial call is let through (half-open).
+REGISTRY_KEY = "k1:breakers"  # hash: name -> "fail_max:reset_timeout", for the API
+TRANSITION_KEY = "k1:breaker:{}:last_state"  # last published state: one event per change
+CALLS_METRIC = "k1:metrics:breaker:calls"
+TRIPS_METRIC = "k1:metrics:breaker:trips"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class BreakerOpen(pybreaker.CircuitBreakerError):
+    """A call refused by an open breaker; ``retry_after`` says when to try again."""
+
+    def __init__(self, name: str, retry_after: float = 0.0) -> None:
+        super().__init__(name, retry_after)  # args rebuild it (result backend, pickle)
+        self.name, self.retry_after = name, retry_after
+
+    def __str__(self) -> str:
+        return f"circuit breaker {self.name!r} is open; retry in {self.retry_after:.1f}s"
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """An HTTP 4xx (but 429) says our request was wrong, not that the dependency is down."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return (isinstance(exc, requests.HTTPError) and status is not None
+            and 400 <= status < 500 and status != 429)
+
+
+class K1Breaker(pybreaker.CircuitBreaker):
+    """A pybreaker breaker whose refusals carry the time until half-open."""
+
+    def call(self, func, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        try:
+            return super().call(func, *args, **kwargs)
+        except BreakerOpen:
+            raise
+        except pybreaker.CircuitBreakerError:
+            raise BreakerOpen(self.name, self.seconds_until_half_open()) from None
+
+    def seconds_until_half_open(self) -> float:
+        opened_at = self._state_storage.opened_at
+        if opened_at is None:
+            return float(self.reset_timeout)
+        remaining = (opened_at.timestamp() + self.reset_timeout) - time.time()
+        return max(1.0, remaining)
+
+
+class _Announcer(pybreaker.CircuitBreakerListener):
+    """Counts calls and trips; publishes each state change once across all processes."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def before_call(self, cb: pybreaker.CircuitBreaker, func: Any, *args: Any,
+                    **kwargs: Any) -> None:
+        with contextlib.suppress(redis.RedisError):  # a metric is not worth failing a call
+            self.client.incr(CALLS_METRIC)
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
+        state = new_state.name
+        try:
+            previous = self.client.getset(TRANSITION_KEY.format(cb.name), state)
+        except redis.RedisError:
+            return
+        previous = previous.decode() if isinstance(previous, bytes) else previous
+        if previous == state or (previous is None and state == pybreaker.STATE_CLOSED):
+            return  # another process announced it already (or nothing happened)
+        if state == pybreaker.STATE_OPEN:
+            with contextlib.suppress(redis.RedisError):
+                self.client.incr(TRIPS_METRIC)
+        log.warning("circuit breaker %s: %s -> %s", cb.name, previous or "closed", state)
+        emit("breaker_state", type=state, name=cb.name, state=state,
+             previous=previous or pybreaker.STATE_CLOSED, **_timing(cb))
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    name: str
+    state: str
+    fail_counter: int
+    fail_max: int
+    reset_timeout: int
+    opened_at: str | None
+    next_half_open_at: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@functools.cache
+def _storage_client() -> redis.Redis:
+    # pybreaker's storage reads bytes: this client must not decode responses.
+    return redis.Redis.from_url(get_settings().redis_url, socket_timeout=5,
+                                socket_connect_timeout=5, health_check_interval=30)
+
+
+def breaker(name: str, *, fail_max: int | None = None,
+            reset_timeout: int | None = None) -> K1Breaker:
+    """The process's breaker for dependency ``name`` (created on first use)."""
+    settings = get_settings()
+    return _breaker(name, fail_max or settings.breaker_fail_max,
+                    reset_timeout or settings.breaker_reset_timeout)
+
+
+@functools.cache
+def _breaker(name: str, fail_max: int, reset_timeout: int) -> K1Breaker:
+    client = _storage_client()
+    try:
+        client.hset(REGISTRY_KEY, name, f"{fail_max}:{reset_timeout}")
+    except redis.RedisError:
+        log.warning("breaker %s: could not register in Redis", name)
+    storage = pybreaker.CircuitRedisStorage(
+        pybreaker.STATE_CLOSED, client, namespace=name,
+        # Redis down: let calls through rather than refuse all work; the calls
+        # themselves then fail or succeed on their own.
+        fallback_circuit_state=pybreaker.STATE_CLOSED,
+    )
+    return K1Breaker(
+        fail_max=fail_max, reset_timeout=reset_timeout, name=name, state_storage=storage,
+        exclude=[_is_client_error], listeners=[_Announcer(client)],
+    )
+
+
+def guarded(name: str, **options: int):  # type: ignore[no-untyped-def]
+    """Decorator: every call of the function goes through breaker ``name``."""
+
+    def decorate(func):  # type: ignore[no-untyped-def]
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return breaker(name, **options).call(func, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def known_breakers() -> dict[str, tuple[int, int]]:
+    """Every breaker any process has created: name -> (fail_max, reset_timeout)."""
+    registry = _storage_client().hgetall(REGISTRY_KEY)
+    known = {}
+    for raw_name, raw in registry.items():
+        fail_max, reset_timeout = (int(x) for x in raw.decode().split(":"))
+        known[raw_name.decode()] = (fail_max, reset_timeout)
+    return known
+
+
+def status(name: str) -> BreakerStatus | None:
+    options = known_breakers().get(name)
+    if options is None:
+        return None
+    cb = breaker(name, fail_max=options[0], reset_timeout=options[1])
+    state = cb.current_state
+    timing = _timing(cb) if state != pybreaker.STATE_CLOSED else {
+        "opened_at": None, "next_half_open_at": None}
+    return BreakerStatus(name=name, state=state, fail_counter=cb.fail_counter,
+                         fail_max=cb.fail_max, reset_timeout=int(cb.reset_timeout), **timing)
+
+
+def all_statuses() -> list[BreakerStatus]:
+    return [s for name in sorted(known_breakers()) if (s := status(name)) is not None]
+
+
+def states_snapshot() -> dict[str, str]:
+    """name -> state of every known breaker (stored with each dead letter)."""
+    try:
+        return {s.name: s.state for s in all_statuses()}
+    except redis.RedisError:
+        return {}
+
+
+def reset(name: str) -> BreakerStatus | None:
+    """Close breaker ``name`` and clear its failure count; None if unknown."""
+    options = known_breakers().get(name)
+    if options is None:
+        return None
+    cb = breaker(name, fail_max=options[0], reset_timeout=options[1])
+    cb.close()
+    return status(name)
+
+
+def _timing(cb: pybreaker.CircuitBreaker) -> dict[str, str | None]:
+    opened_at: datetime | None = cb._state_storage.opened_at
+    if opened_at is None:
+        return {"opened_at": None, "next_half_open_at": None}
+    half_open = datetime.fromtimestamp(opened_at.timestamp() + cb.reset_timeout, UTC)
+    return {"opened_at": opened_at.isoformat(), "next_half_open_at": half_open.isoformat()}

@@ -1,0 +1,87 @@
+"""Tables of the dead-letter queue."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from k1.db import Base
+
+STATUSES = ("dead", "replayed", "discarded")
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+
+
+class DeadLetter(Base):
+    """A task that failed for good, with what is needed to understand and replay it."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        # One row per failed attempt: a redelivered failure of the same attempt
+        # (acks_late after a crash) hits this constraint and writes nothing.
+        UniqueConstraint("task_id", "attempts", name="uq_dead_letters_task_attempt"),
+        CheckConstraint(f"status IN {STATUSES}", name="ck_dead_letters_status"),
+        Index("ix_dead_letters_status_died", "status", "died_at", "id"),
+        Index("ix_dead_letters_project_died", "project_id", "died_at", "id"),
+        Index("ix_dead_letters_task_died", "task_name", "died_at", "id"),
+        Index("ix_dead_letters_exception_died", "exception_type", "died_at", "id"),
+        # Covers the stats' counts by task and exception (index-only scans of dead rows).
+        Index("ix_dead_letters_dead_counts", "task_name", "exception_type",
+              postgresql_where=text("status = 'dead'"), sqlite_where=text("status = 'dead'")),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(64))
+    task_name: Mapped[str] = mapped_column(String(255))
+    queue: Mapped[str | None] = mapped_column(String(255))
+    args: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    kwargs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    project_id: Mapped[str | None] = mapped_column(String(255))
+    user_id: Mapped[str | None] = mapped_column(String(255))
+    exception_type: Mapped[str] = mapped_column(String(255))
+    exception_message: Mapped[str] = mapped_column(Text, default="")
+    traceback: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    died_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    breaker_states: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    workflow_id: Mapped[str | None] = mapped_column(String(64))
+    conductor_task_id: Mapped[str | None] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="dead")
+    replay_count: Mapped[int] = mapped_column(Integer, default=0)
+    replay_task_id: Mapped[str | None] = mapped_column(String(64))
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+ALL_PROJECTS = "*"  # DepthSnapshot.project_id of the row that holds the total
+
+
+class DepthSnapshot(Base):
+    """DLQ depth at a moment, in total (project ``*``) and per project with letters;
+    the last day's snapshots give ``daily_avg_depth``.
+    """
+
+    __tablename__ = "dlq_depth_snapshots"
+    __table_args__ = (Index("ix_dlq_depth_snapshots_taken", "taken_at", "project_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    project_id: Mapped[str] = mapped_column(String(255))
+    depth: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,108 @@
+"""Retries, deaths and replays through real worker processes, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+
+import pytest
+
+from k1.connections import get_redis
+from k1.recovery.dlq.store import SPOOL_KEY
+from tests.conftest import API
+from tests.recovery.conftest import letters_of, post_task, wait_letter, wait_task
+from tests.support import wait_for
+
+pytestmark = pytest.mark.usefixtures("worker")
+FLAKY = "k1.tasks.demo.flaky"
+
+
+def test_transient_failures_retry_with_growing_jittered_countdowns(api: API, unique: str) -> None:
+    task_id = post_task(api, FLAKY, retry={"attempts": 4, "initial": 0.5}, fail_times=3,
+                        key=unique)
+    done = wait_task(api, task_id, {"SUCCESS", "FAILURE"})
+    assert done["state"] == "SUCCESS" and done["result"]["runs"] == 4
+    runs = [float(t) for t in get_redis().lrange(f"k1:flaky:{unique}:runs", 0, -1)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(runs)]
+    # waits of 0.5, 1 and 2 s, each +10-20 %; the upper bound allows for a busy machine.
+    for gap, base in zip(gaps, (0.5, 1.0, 2.0), strict=True):
+        assert base * 1.1 - 0.05 <= gap <= base * 1.2 + 1.5, (gaps, base)
+    assert gaps[0] < gaps[1] < gaps[2]
+    assert letters_of(task_id) == []
+
+
+def test_non_transient_failure_dies_at_once_with_a_complete_letter(api: API) -> None:
+    task_id = post_task(api, FLAKY, project_id="acme", permanent=True)
+    letter = wait_letter(task_id)
+    assert letter.attempts == 1 and letter.status == "dead"
+    assert letter.task_name == FLAKY and letter.queue == "celery"
+    assert letter.args == [] and letter.kwargs == {"permanent": True, "project_id": "acme"}
+    assert letter.project_id == "acme" and letter.user_id == "ada"
+    assert letter.exception_type == "NonRetryableError"
+    assert "permanent failure for project acme" in letter.exception_message
+    assert "NonRetryableError" in letter.traceback and "demo.py" in letter.traceback
+    assert letter.first_failed_at <= letter.died_at
+    assert letter.worker == "worker@k1test"
+    assert isinstance(letter.breaker_states, dict)
+    assert letter.idempotency_key == task_id
+    assert letter.workflow_id is None and letter.replay_count == 0
+    assert wait_task(api, task_id, {"FAILURE"})["error"]["type"] == "NonRetryableError"
+
+
+def test_exhausted_retries_die_with_their_attempt_count(api: API, unique: str) -> None:
+    task_id = post_task(api, FLAKY, retry={"initial": 0.2}, fail_times=5, key=unique)
+    letter = wait_letter(task_id)
+    assert letter.attempts == 3 and letter.exception_type == "TransientError"
+    assert letter.first_failed_at < letter.died_at
+
+
+def test_replay_runs_the_task_again_and_marks_the_letter(api: API, unique: str) -> None:
+    task_id = post_task(api, FLAKY, retry={"attempts": 1}, fail_times=1, key=unique)
+    letter = wait_letter(task_id)
+    response = api.post(f"/api/dlq/{letter.id}/replay")
+    assert response.status_code == 200, response.text
+    replayed = response.json()
+    assert replayed["status"] == "replayed" and replayed["replay_count"] == 1
+    done = wait_task(api, replayed["replay_task_id"], {"SUCCESS", "FAILURE"})
+    assert done["state"] == "SUCCESS"
+    assert done["result"]["idempotency_key"] == task_id  # the key survives the replay
+    shown = api.get(f"/api/dlq/{letter.id}").json()
+    assert shown["status"] == "replayed" and shown["replay_task_id"] == replayed["replay_task_id"]
+
+    again = api.post(f"/api/dlq/{letter.id}/replay")
+    assert again.status_code == 409 and "replayed already" in again.json()["error"]
+    forced = api.post(f"/api/dlq/{letter.id}/replay", json={"force": True})
+    assert forced.status_code == 200 and forced.json()["replay_count"] == 2
+
+
+def test_the_same_failure_delivered_twice_makes_one_row(api: API) -> None:
+    from k1.tasks.demo import flaky
+
+    task_id = str(uuid.uuid4())
+    for _ in range(2):  # the same message again, as after a crash before the ack
+        flaky.apply_async(kwargs={"project_id": "acme", "permanent": True}, task_id=task_id)
+        wait_letter(task_id)
+    first = flaky.AsyncResult(task_id)
+    first.get(timeout=30, propagate=False)
+    assert len(letters_of(task_id)) == 1
+
+
+def test_a_database_outage_spools_letters_and_loses_none(api: API, postgres) -> None:  # type: ignore[no-untyped-def]
+    from k1.recovery.dlq.tasks import drain_spool
+
+    def spooled() -> set[str]:
+        return {json.loads(raw)["task_id"] for raw in get_redis().lrange(SPOOL_KEY, 0, -1)}
+
+    postgres.stop()
+    try:
+        task_ids = [post_task(api, FLAKY, permanent=True) for _ in range(3)]
+        wait_for(lambda: set(task_ids) <= spooled(), timeout=60,
+                 message=lambda: f"letters of {task_ids} not spooled; spool: {spooled()}")
+    finally:
+        postgres.start()
+    outcome = drain_spool.delay().get(timeout=60)
+    assert outcome["left"] == 0 and outcome["written"] >= 3
+    for task_id in task_ids:
+        [letter] = letters_of(task_id)
+        assert letter.exception_type == "NonRetryableError" and letter.status == "dead"
