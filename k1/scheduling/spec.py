@@ -1,0 +1,189 @@
+"""What a schedule is, checked: :class:`ScheduleSpec` and :class:`InvalidSchedule`.
+
+    spec = ScheduleSpec.from_json({"name": "nightly", "task": "k1.tasks.demo.flaky",
+                                   "cron": "0 2 * * *", "project_id": "acme"}, known_tasks)
+    spec = spec.patched({"every": 30}, known_tasks)    # cron is dropped, all re-checked
+
+Every field is checked before anything is written; the first problem found is raised
+as an :class:`InvalidSchedule` that names the field.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celery.schedules import schedule as Interval
+
+from k1.celery import app
+from k1.scheduling.timing import Cron, interval, parse_cron
+
+FIELDS = ("name", "task", "cron", "every", "args", "kwargs", "enabled", "timezone",
+          "project_id", "catch_up")
+CATCH_UP = ("once", "skip")  # after downtime: fire once on return, or skip what was missed
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # no ':' - names become Redis keys
+MIN_EVERY = 1  # s; beat looks at the schedule about once a second, finer would not hold
+
+
+class InvalidSchedule(ValueError):
+    """A field of a schedule is wrong: ``field`` names it, the message says how."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    task: str
+    cron: str | None = None
+    every: float | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    timezone: str = "UTC"
+    project_id: str | None = None
+    catch_up: str = "once"
+    builtin: bool = False  # defined in code (k1.scheduling.builtins); operators only
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any], known_tasks: Collection[str]) -> ScheduleSpec:
+        """A spec from an API/CLI body; InvalidSchedule on the first problem."""
+        _no_unknown_fields(body)
+        if "name" not in body:
+            raise InvalidSchedule("name", "required")
+        spec = cls(**{k: v for k, v in body.items() if v is not None or k in ("cron", "every")})
+        return spec.checked(known_tasks)
+
+    def patched(self, changes: Mapping[str, Any], known_tasks: Collection[str]) -> ScheduleSpec:
+        """This spec with ``changes`` applied and everything checked again.
+
+        Giving ``cron`` drops ``every`` and the other way round.
+        """
+        _no_unknown_fields(changes)
+        if "name" in changes and changes["name"] != self.name:
+            raise InvalidSchedule("name", "cannot be changed; delete and create instead")
+        merged = dict(changes)
+        if merged.get("cron") is not None and "every" not in merged:
+            merged["every"] = None
+        if merged.get("every") is not None and "cron" not in merged:
+            merged["cron"] = None
+        return replace(self, **merged).checked(known_tasks)
+
+    def checked(self, known_tasks: Collection[str]) -> ScheduleSpec:
+        if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
+            raise InvalidSchedule(
+                "name", f"{self.name!r} must be 1-100 letters, digits, '_', '.' or '-', "
+                        "starting with a letter or digit")
+        timezone = _timezone(self.timezone)
+        cron, every = self.cron, self.every
+        if (cron is None) == (every is None):
+            raise InvalidSchedule(
+                "cron, every", "give exactly one: cron (a 5-field cron expression) or every "
+                               f"(seconds); got {'both' if cron is not None else 'neither'}")
+        if cron is not None:
+            if not isinstance(cron, str):
+                raise InvalidSchedule("cron", f"must be a string, got {type(cron).__name__}")
+            try:
+                cron = parse_cron(cron, timezone).expr
+            except ValueError as exc:
+                raise InvalidSchedule("cron", f"invalid cron expression {cron!r}: {exc}") from None
+        else:
+            every = _every(every)
+        if not isinstance(self.args, list):
+            raise InvalidSchedule("args", f"must be a JSON list, got {_json_type(self.args)}")
+        if not isinstance(self.kwargs, dict):
+            raise InvalidSchedule("kwargs",
+                                  f"must be a JSON object, got {_json_type(self.kwargs)}")
+        if not isinstance(self.enabled, bool):
+            raise InvalidSchedule("enabled", f"must be true or false, got {self.enabled!r}")
+        if self.catch_up not in CATCH_UP:
+            raise InvalidSchedule("catch_up",
+                                  f"must be one of {', '.join(CATCH_UP)}, got {self.catch_up!r}")
+        project_id = _project_id(self.project_id)
+        spec = replace(self, cron=cron, every=every, timezone=timezone, project_id=project_id)
+        spec._check_task(known_tasks)
+        return spec
+
+    def _check_task(self, known_tasks: Collection[str]) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise InvalidSchedule("task", "required, the name of a registered task")
+        if self.task not in known_tasks:
+            known = ", ".join(sorted(known_tasks))
+            raise InvalidSchedule("task", f"unknown task {self.task!r}; known tasks: {known}")
+        kwargs = self.call_kwargs()
+        if self.project_id is not None and kwargs["project_id"] != self.project_id:
+            raise InvalidSchedule("kwargs", f"kwargs.project_id {kwargs['project_id']!r} "
+                                            f"differs from project_id {self.project_id!r}")
+        run = app.tasks[self.task].run
+        param = inspect.signature(run).parameters.get("project_id")
+        needs_project = param is not None and param.default is inspect.Parameter.empty
+        if self.project_id is None and needs_project and "project_id" not in kwargs:
+            raise InvalidSchedule("project_id", f"required: {self.task} runs for a project")
+        try:
+            inspect.signature(run).bind(*self.args, **kwargs)
+        except TypeError as exc:
+            raise InvalidSchedule("args, kwargs", f"do not match {self.task}"
+                                                  f"{inspect.signature(run)}: {exc}") from None
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """The kwargs the task is called with: ``project_id`` is passed as a keyword."""
+        if self.project_id is None:
+            return dict(self.kwargs)
+        return {"project_id": self.project_id, **self.kwargs}
+
+    def timing(self) -> Cron | Interval:
+        if self.cron is not None:
+            return Cron(self.cron, self.timezone)
+        assert self.every is not None
+        return interval(self.every)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _no_unknown_fields(body: Mapping[str, Any]) -> None:
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise InvalidSchedule(", ".join(unknown),
+                              f"unknown field(s); known fields: {', '.join(FIELDS)}")
+
+
+def _timezone(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidSchedule("timezone", f"must be an IANA time zone name, got {value!r}")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSchedule("timezone", f"unknown time zone {value!r} "
+                                          "(use an IANA name such as 'Europe/Paris')") from None
+    return value
+
+
+def _every(value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidSchedule("every", f"must be a number of seconds, got {value!r}")
+    if value <= 0:
+        raise InvalidSchedule("every", f"must be positive, got {value}")
+    if value < MIN_EVERY:
+        raise InvalidSchedule("every", f"must be at least {MIN_EVERY} second, got {value}")
+    return int(value) if float(value).is_integer() else value
+
+
+def _project_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise InvalidSchedule("project_id", f"must be a non-empty string, got {value!r}")
+    return str(value)
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(value), "number")

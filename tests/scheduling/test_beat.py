@@ -1,0 +1,106 @@
+"""Real ``k1 beat`` processes: one active beat, hand-over, downtime and catch-up, and
+the supervisor that restarts a beat which lost its lock."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import pytest
+import redis
+
+from tests.scheduling.conftest import HANDOVER_BOUND, LOCK_TIMEOUT, fires, wait_fires
+from tests.support import wait_for
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+LOCK_KEY = "k1:redbeat::lock"  # RedBeat: redbeat_key_prefix + ':lock'
+
+
+def client() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+
+
+def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:  # type: ignore[no-untyped-def]
+    a, b = beats("a"), beats("b")
+    name = schedules(every=2)["name"]
+    wait_for(lambda: a.acquisitions() + b.acquisitions() >= 1, timeout=30,
+             message="neither beat took the lock")
+    seen = wait_fires(name, 5, timeout=30)
+    assert a.acquisitions() + b.acquisitions() == 1  # the other one waits for the lock
+    due = [f["due_at"] for f in seen]
+    assert len(set(due)) == len(due), seen
+    gaps = [later - earlier for earlier, later in itertools.pairwise(due)]
+    assert all(abs(gap - 2) < 0.01 for gap in gaps), gaps  # one fire per due time, on the grid
+    assert all(f["task_id"] for f in seen)
+
+
+def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -> None:  # type: ignore[no-untyped-def]
+    a, b = beats("a"), beats("b")
+    name = schedules(every=1)["name"]
+    active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
+                      timeout=30, message="neither beat took the lock")
+    standby = b if active is a else a
+    wait_fires(name, 1, timeout=10)
+
+    killed_at = time.time()
+    active.kill()  # SIGKILL: no lock release, the lock has to expire
+    standby.wait_active(timeout=HANDOVER_BOUND + 5)
+    first = wait_for(lambda: [f for f in fires(name) if f["fired_at"] > killed_at],
+                     timeout=HANDOVER_BOUND + 5, message="no fire after the hand-over")[0]
+    handover = first["fired_at"] - killed_at
+    assert handover <= HANDOVER_BOUND, f"took {handover:.1f}s"
+    assert handover >= LOCK_TIMEOUT - 2  # the lock held until it expired: no double beat
+    assert first["due_count"] >= 2  # the fire times missed meanwhile were counted, once
+    wait_fires(name, 2, timeout=10, after=len(fires(name)))  # and it keeps firing
+
+
+def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(  # type: ignore[no-untyped-def]
+        beats, schedules) -> None:
+    from k1.scheduling.history import DUE_BY_SCHEDULE, ON_TIME_BY_SCHEDULE
+
+    first = beats("first")
+    once = schedules("once", every=2, catch_up="once")["name"]
+    skip = schedules("skip", every=2, catch_up="skip")["name"]
+    first.wait_active()
+    wait_fires(once, 1, timeout=15)
+    wait_fires(skip, 1, timeout=15)
+    first.stop()  # clean stop: the lock is released
+    before = {n: len(fires(n)) for n in (once, skip)}
+    time.sleep(7)  # beat down across three or more due times (downtime cannot be awaited)
+
+    beats("second").wait_active()
+    after_once = wait_fires(once, 2, timeout=15, after=before[once])[before[once]:]
+    after_skip = wait_fires(skip, 2, timeout=15, after=before[skip])[before[skip]:]
+
+    catch_up, following = after_once[0], after_once[1]
+    assert catch_up["task_id"] and catch_up["due_count"] >= 3  # several missed, one fire
+    assert abs(following["due_at"] - catch_up["due_at"] - 2) < 0.01  # one fire, then the grid
+    skipped, resumed = after_skip[0], after_skip[1]
+    assert skipped["task_id"] is None and skipped["due_count"] >= 3
+    assert resumed["task_id"] and resumed["due_count"] == 1
+    assert abs(resumed["due_at"] - skipped["due_at"] - 2) < 0.01
+
+    redis_ = client()
+    for name in (once, skip):
+        due = int(redis_.hget(DUE_BY_SCHEDULE, name))
+        on_time = int(redis_.hget(ON_TIME_BY_SCHEDULE, name))
+        assert due - on_time >= 3, (name, due, on_time)  # missed fires: due, not on time
+
+
+def test_a_beat_that_loses_its_lock_exits_and_is_restarted(beats, schedules) -> None:  # type: ignore[no-untyped-def]
+    beat = beats("a")
+    name = schedules(every=1)["name"]
+    beat.wait_active()
+    wait_fires(name, 1, timeout=10)
+    redis_ = client()
+    redis_.set(LOCK_KEY, "stolen", px=LOCK_TIMEOUT * 1000)  # e.g. a failover lost the lock
+    beat.process.wait_until(lambda: "LockNotOwnedError" in beat.log(), 15,
+                            "did not notice the lost lock")
+    beat.process.wait_until(lambda: "restarting in" in beat.log(), 15, "was not restarted")
+    assert beat.process.alive()  # the supervisor outlives its celery beat
+    beat.wait_active(timeout=HANDOVER_BOUND + 5, times=2)  # the stolen lock expired
+    stolen_until = time.time()
+    wait_for(lambda: [f for f in fires(name) if f["fired_at"] > stolen_until], timeout=10,
+             message="no fire after the restart")
