@@ -4,18 +4,37 @@ A client connects with ``auth={"token": ...}``; it joins ``user_<id>`` and
 ``platform`` (platform-wide events such as breaker states) at once, and
 ``project_<id>`` on ``subscribe {"project_id": ...}`` for a project its token grants.
 Refusals are answered with an ``error`` event, never ignored.
+
+Delivery latency (a validation metric) is measured where it ends, in the dashboard: it
+asks ``clock`` for the server's time to learn its clock offset, subtracts each event's
+``ts`` (set when the worker emitted it) from the moment it received it, and reports the
+samples in batches with ``latency {"samples": [ms, ...]}`` (:mod:`k1.events.metrics`
+keeps a histogram). Every ``METRICS_INTERVAL`` one web process broadcasts the metrics
+report to ``platform`` as the ``metrics`` event, with only the newest minutes of chart
+data (it goes to every connection; the page loads the whole hour from ``/api/metrics``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
 from typing import Any
 
-from flask import current_app, request
+from flask import Flask, current_app, request
 from flask_socketio import SocketIO, join_room, leave_room
 from flask_socketio import emit as reply
 
 from k1.auth import InvalidToken, Principal, verify_token
-from k1.events import PLATFORM_ROOM, project_room, user_room
+from k1.connections import get_redis
+from k1.events import PLATFORM_ROOM, metrics, project_room, user_room
+from k1.web.offload import blocking
+
+log = logging.getLogger(__name__)
+
+METRICS_INTERVAL = 5.0  # seconds between two ``metrics`` broadcasts
+METRICS_SERIES_MINUTES = 2  # minutes of chart data per broadcast; clients merge them
+METRICS_LEADER_KEY = "k1:metrics:broadcaster"  # one web process broadcasts per interval
 
 _principals: dict[str, Principal] = {}  # by Socket.IO sid, for this process's connections
 
@@ -34,6 +53,7 @@ def register(socketio: SocketIO) -> None:
         _principals[request.sid] = principal
         join_room(user_room(principal.user_id))
         join_room(PLATFORM_ROOM)
+        _start_metrics_broadcast(socketio, current_app._get_current_object())
         return True
 
     @socketio.on("disconnect")
@@ -41,12 +61,49 @@ def register(socketio: SocketIO) -> None:
         _principals.pop(request.sid, None)
 
     @socketio.on("subscribe")
-    def subscribe(data: Any) -> dict[str, Any]:
+    def subscribe(data: Any = None) -> dict[str, Any]:
         return _change_room(data, join=True)
 
     @socketio.on("unsubscribe")
-    def unsubscribe(data: Any) -> dict[str, Any]:
+    def unsubscribe(data: Any = None) -> dict[str, Any]:
         return _change_room(data, join=False)
+
+    @socketio.on("clock")
+    def clock(*_: Any) -> dict[str, float]:
+        return {"now_ms": time.time() * 1000}
+
+    @socketio.on("latency")
+    def latency(data: Any = None) -> dict[str, Any]:
+        samples = data.get("samples") if isinstance(data, dict) else None
+        if request.sid not in _principals:
+            return _refuse("latency", "not authenticated", None)
+        if not isinstance(samples, list):
+            return _refuse("latency", "samples: required, a list of milliseconds", None)
+        return {"ok": True, "action": "latency", "recorded": metrics.record_latency(samples)}
+
+
+def _start_metrics_broadcast(socketio: SocketIO, app: Flask) -> None:
+    """Start the ``metrics`` broadcaster of this process, once, on the first connection."""
+    if app.extensions.get("k1_metrics_broadcast"):
+        return
+    app.extensions["k1_metrics_broadcast"] = True
+    socketio.start_background_task(_broadcast_metrics, socketio, app)
+
+
+def _broadcast_metrics(socketio: SocketIO, app: Flask) -> None:
+    me = uuid.uuid4().hex
+    lease_ms = int(METRICS_INTERVAL * 900)  # expires just before the next round
+    while True:
+        socketio.sleep(METRICS_INTERVAL)
+        try:
+            if not get_redis().set(METRICS_LEADER_KEY, me, nx=True, px=lease_ms):
+                continue
+            with app.app_context():
+                report = metrics.report(blocking(metrics.dlq_stats),
+                                        series_minutes=METRICS_SERIES_MINUTES)
+            socketio.emit("metrics", report, to=PLATFORM_ROOM)
+        except Exception as exc:  # a Redis hiccup skips a round, never ends the loop
+            log.warning("metrics broadcast skipped: %s", exc)
 
 
 def _change_room(data: Any, *, join: bool) -> dict[str, Any]:
@@ -55,6 +112,8 @@ def _change_room(data: Any, *, join: bool) -> dict[str, Any]:
     project_id = data.get("project_id") if isinstance(data, dict) else None
     if principal is None:
         return _refuse(action, "not authenticated", project_id)
+    if principal.expires_at < time.time():
+        return _refuse(action, "token expired; reconnect with a fresh token", project_id)
     if not isinstance(project_id, str | int) or isinstance(project_id, bool) or project_id == "":
         return _refuse(action, "project_id: required, a string", None)
     project_id = str(project_id)

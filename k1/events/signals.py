@@ -1,0 +1,164 @@
+"""Celery signal handlers: every task transition becomes one ``task_event``.
+
+Imported by the worker (``celeryconfig.imports``); each handler builds the one event
+schema and hands it to :func:`k1.events.publish`: one pipelined round trip to Redis, never
+an exception, at most ``PUBLISH_TIMEOUT`` when Redis is away. ``K1_TASK_EVENTS=off``
+leaves them unconnected.
+
+=========  =========================  =========  ============================
+type       signal                     state      process
+=========  =========================  =========  ============================
+received   task_received              RECEIVED   worker main (consumer)
+started    task_prerun                STARTED    pool child
+retried    before_task_publish        RETRY      pool child
+succeeded  task_success               SUCCESS    pool child (+ task_completed)
+failed     task_failure               FAILURE    pool child
+failed     task_revoked               REVOKED    worker main
+=========  =========================  =========  ============================
+
+Events of one task arrive in order because each is published synchronously before the
+next transition can happen: ``received`` before the request is handed to the pool, and
+``retried`` when the retry message is *published* rather than on ``task_retry``, which
+fires after that message is on the broker, so the retry's own ``received`` could
+otherwise overtake it. A breaker deferral is a ``retried`` with ``deferred: true``.
+``dead`` comes from ``K1Task.on_failure`` (:mod:`k1.recovery`) through the same emitter;
+Celery runs it before ``task_failure``, so a dead task's ``dead`` precedes its ``failed``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from celery import Task, signals
+from celery._state import get_current_task
+
+from k1.events import make_event, publish
+from k1.headers import DEFERRALS
+from k1.settings import get_settings
+from k1.tasks.base import PROJECT_HEADER, USER_HEADER, project_of
+
+MAX_TEXT = 500  # characters of an exception message or result kept in an event
+
+_started_at: dict[str, float] = {}  # task id -> monotonic start, in this pool process
+
+
+def _task_fields(task: Task) -> dict[str, Any]:
+    request = task.request
+    return {
+        "task_id": request.id, "task_name": task.name, "project_id": project_of(task),
+        "user_id": request.get(USER_HEADER), "attempt": _attempt(task),
+        "worker": request.hostname,
+    }
+
+
+def _attempt(task: Task) -> int:
+    # K1Task does not count breaker deferrals as attempts; other tasks count retries.
+    attempt = getattr(task, "attempt", None)
+    return attempt() if callable(attempt) else (task.request.retries or 0) + 1
+
+
+def _request_fields(request: Any) -> dict[str, Any]:
+    """Fields of a worker-side ``celery.worker.request.Request`` (not yet running)."""
+    headers = request.request_dict
+    kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+    return {
+        "task_id": request.id, "task_name": request.task_name,
+        "project_id": kwargs.get("project_id") or headers.get(PROJECT_HEADER),
+        "user_id": headers.get(USER_HEADER),
+        "attempt": (headers.get("retries") or 0) - (headers.get(DEFERRALS) or 0) + 1,
+        "worker": getattr(request, "hostname", None),
+    }
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "..."
+
+
+def _runtime_ms(task_id: str | None) -> float | None:
+    started = _started_at.get(task_id or "")
+    return None if started is None else round((time.monotonic() - started) * 1000, 2)
+
+
+def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    publish([("task_event", make_event("received", state="RECEIVED", eta=request.eta,
+                                       **_request_fields(request)))])
+
+
+def on_prerun(sender: Task | None = None, task_id: str | None = None,
+              task: Task | None = None, **_: Any) -> None:
+    if task is None:
+        return
+    _started_at[task_id or ""] = time.monotonic()
+    publish([("task_event", make_event("started", state="STARTED", **_task_fields(task)))])
+
+
+def on_postrun(task_id: str | None = None, **_: Any) -> None:
+    _started_at.pop(task_id or "", None)
+
+
+def on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
+    if sender is None:
+        return
+    fields = {**_task_fields(sender), "state": "SUCCESS",
+              "runtime_ms": _runtime_ms(sender.request.id), "result": _short(result)}
+    publish([("task_event", make_event("succeeded", **fields)),
+             ("task_completed", make_event("succeeded", **fields))])
+
+
+def on_failure(sender: Task | None = None, exception: BaseException | None = None,
+               **_: Any) -> None:
+    if sender is None:
+        return
+    publish([("task_event", make_event(
+        "failed", state="FAILURE", runtime_ms=_runtime_ms(sender.request.id),
+        exception=type(exception).__name__, message=_short(str(exception)),
+        **_task_fields(sender),
+    ))])
+
+
+def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None = None,
+                       **_: Any) -> None:
+    """A running task re-publishing itself with more retries is retrying."""
+    task = get_current_task()
+    headers = headers or {}
+    if task is None or headers.get("id") != task.request.id:
+        return
+    if (headers.get("retries") or 0) <= (task.request.retries or 0):
+        return
+    exc = sys.exc_info()[1]  # K1Task retries from inside its except block
+    deferred = (headers.get(DEFERRALS) or 0) > (task.request.get(DEFERRALS) or 0)
+    publish([("task_event", make_event(
+        "retried", state="RETRY", runtime_ms=_runtime_ms(task.request.id),
+        exception=type(exc).__name__ if exc else None,
+        message=_short(str(exc)) if exc else None, eta=headers.get("eta"),
+        deferred=deferred, **_task_fields(task),
+    ))])
+
+
+def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
+               expired: bool = False, **_: Any) -> None:
+    if request is None:
+        return
+    reason = "expired" if expired else "terminated" if terminated else "revoked"
+    publish([("task_event", make_event("failed", state="REVOKED", exception="Revoked",
+                                       message=reason, **_request_fields(request)))])
+
+
+def connect() -> bool:
+    """Connect the handlers unless ``K1_TASK_EVENTS=off``; True when connected."""
+    if not get_settings().task_events:
+        return False
+    signals.task_received.connect(on_received, weak=False)
+    signals.task_prerun.connect(on_prerun, weak=False)
+    signals.task_postrun.connect(on_postrun, weak=False)
+    signals.task_success.connect(on_success, weak=False)
+    signals.task_failure.connect(on_failure, weak=False)
+    signals.before_task_publish.connect(on_retry_published, weak=False)
+    signals.task_revoked.connect(on_revoked, weak=False)
+    return True
+
+
+connect()

@@ -1,0 +1,78 @@
+"""A recording Socket.IO client for the real-time tests (python-socketio's ``Client``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+
+from tests.support import wait_for
+
+
+@dataclass(frozen=True)
+class Received:
+    name: str
+    data: Any
+    at: float  # time.time() when it arrived
+
+
+class Listener:
+    """Connects with a token and records every event it receives, in order.
+
+        with Listener(web, token) as alice:
+            alice.subscribe("acme")
+            alice.wait_for(lambda e: e.name == "task_event" and e.data["type"] == "succeeded")
+    """
+
+    def __init__(self, url: str, token: str | None, *, headers: dict[str, str] | None = None,
+                 transports: tuple[str, ...] = ("websocket",)) -> None:
+        self.url, self.token, self.headers, self.transports = url, token, headers, transports
+        self.client = socketio.Client(reconnection=False)
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        self.client.on("*", self._record)
+
+    def _record(self, name: str, *args: Any) -> None:
+        with self.lock:
+            self.received.append(Received(name, args[0] if args else None, time.time()))
+
+    def connect(self) -> Listener:
+        auth = {"token": self.token} if self.token is not None else None
+        self.client.connect(self.url, auth=auth, headers=self.headers or {},
+                            transports=list(self.transports), wait_timeout=10)
+        return self
+
+    def __enter__(self) -> Listener:
+        return self.connect()
+
+    def __exit__(self, *_: object) -> None:
+        self.client.disconnect()
+
+    def call(self, event: str, data: Any = None, timeout: float = 10) -> Any:
+        return self.client.call(event, data, timeout=timeout)
+
+    def subscribe(self, project_id: Any) -> Any:
+        return self.call("subscribe", {"project_id": project_id})
+
+    def events(self, predicate: Callable[[Received], bool] = lambda _: True) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if predicate(r)]
+
+    def task_events(self, task_id: str) -> list[dict[str, Any]]:
+        return [r.data for r in self.events(
+            lambda r: r.name == "task_event" and isinstance(r.data, dict)
+            and r.data.get("task_id") == task_id)]
+
+    def wait_for(self, predicate: Callable[[Received], bool], timeout: float = 30,
+                 what: str = "an event") -> Received:
+        found = wait_for(lambda: self.events(predicate), timeout=timeout,
+                         message=lambda: f"no {what}; received: {self.summary()}")
+        return found[0]
+
+    def summary(self) -> list[tuple[str, Any]]:
+        return [(r.name, r.data.get("type") if isinstance(r.data, dict) else r.data)
+                for r in self.events()][-30:]

@@ -1,0 +1,208 @@
+"""Socket.IO against the real web process: who may connect, rooms, hostile payloads,
+and a stalled database that must not stall the event loop."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+import socketio
+import websocket
+
+from k1.events import emit
+from tests.conftest import SECRET_KEY
+from tests.events.sockets import Listener
+
+
+def _expired_token() -> str:
+    now = int(time.time())
+    claims = {"sub": "ada", "projects": ["acme"], "iat": now - 7200, "exp": now - 3600,
+              "iss": "k1"}
+    return jwt.encode(claims, SECRET_KEY, algorithm="HS256")
+
+
+def _forged_token() -> str:
+    now = int(time.time())
+    claims = {"sub": "ada", "projects": ["*"], "iat": now, "exp": now + 600, "iss": "k1"}
+    return jwt.encode(claims, "not-the-secret-" + "x" * 40, algorithm="HS256")
+
+
+@pytest.mark.parametrize("token", [None, "", "garbage", "expired", "forged"])
+def test_a_connection_without_a_valid_token_is_refused(web, token):  # type: ignore[no-untyped-def]
+    token = {"expired": _expired_token(), "forged": _forged_token()}.get(token, token)
+    listener = Listener(web, token)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        listener.connect()
+    assert not listener.client.connected
+
+
+def test_every_connection_joins_its_user_room(web, make_token, unique):  # type: ignore[no-untyped-def]
+    with Listener(web, make_token(f"ada-{unique}", "acme")) as alice, \
+            Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
+        emit("task_event", type="started", task_id=f"t-{unique}", user_id=f"ada-{unique}")
+        alice.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == f"t-{unique}")
+        time.sleep(0.3)
+        assert bob.task_events(f"t-{unique}") == []
+
+
+def test_subscribing_to_a_foreign_project_is_refused_with_an_error_event(web, make_token):  # type: ignore[no-untyped-def]
+    with Listener(web, make_token("ada", "acme")) as alice:
+        answer = alice.subscribe("globex")
+        assert answer["ok"] is False and "globex" in answer["error"]
+        error = alice.wait_for(lambda r: r.name == "error", what="error event").data
+        assert error["action"] == "subscribe" and error["project_id"] == "globex"
+        emit("task_event", type="started", task_id="foreign-1", project_id="globex")
+        assert alice.subscribe("acme")["ok"] is True  # a round trip after the emit
+        time.sleep(0.3)
+        assert alice.task_events("foreign-1") == []
+
+
+def test_an_operator_token_may_subscribe_to_any_project(web, make_token):  # type: ignore[no-untyped-def]
+    with Listener(web, make_token("root", "*")) as operator:
+        assert operator.subscribe("anything")["ok"] is True
+        assert operator.call("unsubscribe", {"project_id": "anything"})["ok"] is True
+
+
+@pytest.mark.parametrize("payload", [
+    None, "acme", 42, ["acme"], {"project_id": None}, {"project_id": ""},
+    {"project_id": True}, {"project_id": {"$ne": ""}}, {"project_id": ["acme"]}, {},
+])
+def test_malformed_subscribe_payloads_get_an_error_not_a_crash(web, make_token, payload):  # type: ignore[no-untyped-def]
+    with Listener(web, make_token("ada", "acme")) as alice:
+        answer = alice.call("subscribe", payload)
+        assert answer["ok"] is False and answer["error"]
+        alice.wait_for(lambda r: r.name == "error")
+        assert alice.subscribe("acme")["ok"] is True  # the connection still works
+
+
+def test_malformed_latency_reports_are_refused(web, make_token):  # type: ignore[no-untyped-def]
+    with Listener(web, make_token("ada", "acme")) as alice:
+        for payload in (None, "fast", {"samples": "1,2"}, {"samples": {"a": 1}}):
+            assert alice.call("latency", payload)["ok"] is False
+        answer = alice.call("latency", {"samples": ["x", None, -1, float("inf"), 10**12, True]})
+        assert answer == {"ok": True, "action": "latency", "recorded": 0}
+
+
+def test_an_oversized_message_is_refused_and_the_server_carries_on(web, make_token):  # type: ignore[no-untyped-def]
+    token = make_token("ada", "acme")
+    big = Listener(web, token).connect()
+    big.client.emit("subscribe", {"project_id": "x" * (1024 * 1024)})
+    # the server drops the connection rather than read a megabyte
+    big.client.sleep(0)
+    deadline = time.monotonic() + 20
+    while big.client.connected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not big.client.connected
+    assert big.events(lambda r: r.name == "error") == []  # dropped unread, not parsed
+    with Listener(web, token) as alice:
+        assert alice.subscribe("acme")["ok"] is True
+    assert requests.get(f"{web}/api/health", timeout=10).status_code == 200
+
+
+def _raw_socket(web: str, token: str) -> tuple[websocket.WebSocket, dict]:
+    ws = websocket.create_connection(
+        web.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket", timeout=10)
+    opened = ws.recv()
+    assert opened.startswith("0")
+    ws.send("40" + json.dumps({"token": token}))
+    assert ws.recv().startswith("40{")
+    return ws, json.loads(opened[1:])
+
+
+def test_the_handshake_announces_the_heartbeat_and_payload_limit(web, make_token):  # type: ignore[no-untyped-def]
+    ws, handshake = _raw_socket(web, make_token("ada", "acme"))
+    ws.close()
+    assert handshake["pingInterval"] == 25_000
+    assert handshake["pingTimeout"] == 20_000
+    assert handshake["maxPayload"] == 64 * 1024
+
+
+def test_garbage_packets_do_not_hurt_the_server(web, make_token):  # type: ignore[no-untyped-def]
+    token = make_token("ada", "acme")
+    for packet in ['42[', '42{}', '42["subscribe"', '4', '9', '42[1,2,3]', '42["nope"]',
+                   '451-["subscribe",{"_placeholder":true,"num":0}]', '43', '2probe' * 1000,
+                   b"\x00\xff\xfe", '42["subscribe",' + '['*5000 + ']'*5000 + ']']:
+        ws, _ = _raw_socket(web, token)
+        try:
+            (ws.send_binary if isinstance(packet, bytes) else ws.send)(packet)
+            time.sleep(0.05)
+        except websocket.WebSocketException:
+            pass  # the server may hang up on garbage: that is fine
+        finally:
+            ws.close()
+    with Listener(web, token) as alice:
+        assert alice.subscribe("acme")["ok"] is True
+    assert requests.get(f"{web}/api/health", timeout=10).status_code == 200
+
+
+def test_other_origins_are_refused(web, make_token):  # type: ignore[no-untyped-def]
+    token = make_token("ada", "acme")
+    # long-polling: the Origin header goes out exactly as given (websocket-client adds its own)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        Listener(web, token, headers={"Origin": "http://evil.example"},
+                 transports=("polling",)).connect()
+    with Listener(web, token, headers={"Origin": web}, transports=("polling",)) as same_origin:
+        assert same_origin.subscribe("acme")["ok"] is True
+    handshake = requests.get(f"{web}/socket.io/?EIO=4&transport=polling",
+                             headers={"Origin": "http://evil.example"}, timeout=10)
+    assert handshake.status_code == 400
+    assert "Access-Control-Allow-Origin" not in handshake.headers
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def test_a_stalled_database_does_not_stall_socket_events(web, postgres, make_token, unique):  # type: ignore[no-untyped-def]
+    """psycopg 3 blocks whatever thread runs it. The web process runs its queries in
+    eventlet's thread pool (k1.web.offload.blocking), so while /api/health waits on a
+    frozen PostgreSQL, Socket.IO still relays events and answers calls."""
+    assert requests.get(f"{web}/api/health", timeout=10).json()["database"]["status"] == "up"
+    postmaster = int((postgres.data_dir / "postmaster.pid").read_text().split()[0])
+    cluster = _descendants(postmaster)  # backends run in sessions of their own
+    with Listener(web, make_token("ada", "acme")) as alice, \
+            ThreadPoolExecutor(1) as pool:
+        assert alice.subscribe("acme")["ok"] is True
+        _signal_all(cluster, signal.SIGSTOP)
+        try:
+            health = pool.submit(requests.get, f"{web}/api/health", timeout=120)
+            time.sleep(1.5)  # the health check is now stuck in PostgreSQL
+            assert not health.done(), "health answered although PostgreSQL was frozen"
+            for n in range(5):
+                emit("task_event", type="started", task_id=f"stall-{unique}-{n}",
+                     project_id="acme", state="STARTED")
+                alice.wait_for(lambda r, n=n: r.name == "task_event"
+                               and r.data["task_id"] == f"stall-{unique}-{n}", timeout=15,
+                               what="an event while the database is frozen")
+            assert alice.call("clock")["now_ms"] > 0
+            assert not health.done(), "the database call finished early: nothing was proven"
+        finally:
+            _signal_all(cluster, signal.SIGCONT)
+        assert health.result(timeout=120).status_code in (200, 503)
+    assert requests.get(f"{web}/api/health", timeout=30).status_code == 200
