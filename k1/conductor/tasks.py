@@ -1,0 +1,103 @@
+"""Celery tasks of the Conductor integration (imported by workers through celeryconfig).
+
+- ``k1.conductor.start_workflow``: start a workflow from Celery (API deferral, beat).
+- ``k1.conductor.report_outcome``: a Celery outcome that could not reach Conductor at once.
+- ``k1.conductor.render_report``, ``k1.conductor.compensate``,
+  ``k1.conductor.prune_executions``: task types of the sample workflows (workflows/).
+
+Importing this module also connects the bridge's signal handlers (:mod:`.bridge`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from k1 import headers
+from k1.celery import app
+from k1.conductor import bridge, executions
+from k1.conductor.client import TERMINAL_WORKFLOW_STATUSES, ConductorClient, ConductorNotFound
+from k1.connections import get_redis
+from k1.recovery.policy import RetryPolicy
+from k1.tasks.base import K1Task
+
+# Conductor may be down for a restart or an upgrade: keep trying for ~30 minutes
+# (2 s doubling to 5 min), far below the broker visibility timeout per wait.
+CONDUCTOR_CALL_POLICY = RetryPolicy(attempts=10, initial=2.0, maximum=300.0)
+COMPENSATIONS_KEY = "k1:conductor:compensations"  # hash: workflow id -> what was undone
+DEFAULT_PRUNE_AGE_DAYS = 30
+
+
+@app.task(base=K1Task, bind=True, name="k1.conductor.start_workflow",
+          retry_policy=CONDUCTOR_CALL_POLICY)
+def start_workflow(self: K1Task, name: str, version: int | None = None,
+                   input: dict[str, Any] | None = None,
+                   project_id: str | None = None) -> dict[str, str]:
+    """Start workflow ``name`` (latest version unless ``version``) with ``input``."""
+    workflow_id = executions.start(
+        name, input, version=version, project_id=project_id,
+        user_id=self.request.get(headers.USER), idempotency_key=self.idempotency_key(),
+    )
+    return {"workflow_id": workflow_id}
+
+
+@app.task(base=K1Task, bind=True, name=bridge.REPORT_TASK, public=False,
+          retry_policy=CONDUCTOR_CALL_POLICY)
+def report_outcome(self: K1Task, conductor_task_id: str, workflow_id: str, status: str,
+                   output: dict[str, Any] | None = None, reason: str | None = None,
+                   celery_task_id: str | None = None, task_name: str | None = None,
+                   project_id: str | None = None) -> dict[str, str]:
+    """Report a Celery task's outcome to Conductor (looking at the task's state first)."""
+    done = bridge.settle(conductor_task_id, workflow_id, status, output=output, reason=reason,
+                         celery_task_id=celery_task_id, task_name=task_name,
+                         check_state=True)
+    return {"conductor_task_id": conductor_task_id, "outcome": done}
+
+
+@app.task(base=K1Task, name="k1.conductor.render_report")
+def render_report(project_id: str, analysis: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Render an analysis (``k1.tasks.analyze_profile``'s output) as a text report."""
+    if not isinstance(analysis, dict):
+        raise ValueError(f"analysis must be an object, got {type(analysis).__name__}")
+    profile = analysis.get("profile") or {}
+    lines = [f"Profile report for project {project_id}",
+             f"data: {analysis.get('data_path', '?')}"]
+    lines += [f"{key}: {profile[key]}" for key in sorted(profile)]
+    return {"project_id": project_id, "report": "\n".join(lines),
+            "score": profile.get("score")}
+
+
+@app.task(base=K1Task, name="k1.conductor.compensate")
+def compensate(project_id: str | None, workflow_id: str, failed_task_id: str | None = None,
+               reason: str | None = None) -> dict[str, Any]:
+    """Withdraw a failed review: record it once per workflow (idempotent)."""
+    record = {"project_id": project_id, "failed_task_id": failed_task_id,
+              "reason": reason, "at": time.time()}
+    get_redis().hsetnx(COMPENSATIONS_KEY, workflow_id, json.dumps(record))
+    return {"compensated": workflow_id, "project_id": project_id}
+
+
+@app.task(base=K1Task, name="k1.conductor.prune_executions")
+def prune_executions(project_id: str | None = None,
+                     older_than_days: int | None = None) -> dict[str, int]:
+    """Delete finished executions older than ``older_than_days`` (default 30) from
+    Conductor and from K1's index; running ones are kept.
+    """
+    days = DEFAULT_PRUNE_AGE_DAYS if older_than_days is None else int(older_than_days)
+    old = executions.forget_before(time.time() - days * 86400)
+    client = ConductorClient()
+    pruned, kept = 0, []
+    for workflow_id in old:
+        try:
+            status = client.get_workflow(workflow_id).get("status")
+        except ConductorNotFound:
+            continue
+        if status in TERMINAL_WORKFLOW_STATUSES:
+            client.remove_workflow(workflow_id)
+            pruned += 1
+        else:
+            kept.append(workflow_id)
+    for workflow_id in kept:  # still running: back into the index
+        executions.remember(workflow_id, None)
+    return {"pruned": pruned, "kept": len(kept)}
