@@ -38,9 +38,16 @@ result_expires = 7 * 24 * 3600  # 7 days
 worker_send_task_events = True
 task_send_sent_event = True
 
-imports = ("k1.tasks", "k1.tasks.demo")
+imports = ("k1.tasks", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
+           "k1.recovery.dlq.tasks", "k1.conductor.tasks")
 
-beat_scheduler = "redbeat.RedBeatScheduler"
+# RedBeat, extended by K1 (time zones, catch-up policy, fire accounting; k1.scheduling).
+beat_scheduler = "k1.scheduling.beat:K1Scheduler"
 redbeat_redis_url = _settings.redis_url
+redbeat_redis_options = {"socket_timeout": 5, "socket_connect_timeout": 5}  # never hang beat
 redbeat_key_prefix = "k1:redbeat:"
+# A small loop makes API changes take effect within a second or two; the lock must
+# outlive several loops (docs/scheduling.md explains the trade-off).
+beat_max_loop_interval = _settings.beat_max_loop_interval
+redbeat_lock_timeout = _settings.beat_lock_timeout
 

@@ -25,11 +25,21 @@ DEFAULT_DATA_DIR = ".k1"  # local state (SQLite file, Redis data, Conductor jar)
 DEFAULT_PORT = 5000
 DEFAULT_FLOWER_PORT = 5555
 DEFAULT_EXTERNAL_SERVICE_URL = "http://127.0.0.1:8090"
+# workflows/*.json beside the package (the repository root; Heroku runs from it too).
+DEFAULT_WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 # The longest K1 task runs well under an hour; with acks_late a task that is still
 # unacknowledged after this long is delivered again, so retry countdowns and breaker
 # deferrals are kept below it (see k1.recovery.policy).
 DEFAULT_VISIBILITY_TIMEOUT = 3600  # 1 h
 DEFAULT_TOKEN_TTL = 12 * 3600  # 12 h: a working day, then sign in again
+# Beat sleeps at most this long between looks at the schedule, so a schedule changed
+# through the API takes effect within it; each look costs a few Redis round trips.
+DEFAULT_BEAT_MAX_LOOP_INTERVAL = 1  # s
+# The active beat's lock lives this long unless renewed (every loop). A standby beat
+# takes over at most this long after the active one dies; an active beat stalled for
+# longer loses the lock and exits (k1 beat restarts it). See docs/scheduling.md.
+DEFAULT_BEAT_LOCK_TIMEOUT = 10  # s
+MIN_BEAT_LOCK_LOOPS = 3  # the lock must outlive several loops, or a busy beat loses it
 MIN_SECRET_KEY_LENGTH = 32  # HS256 wants at least 256 bits of key
 ASYNC_MODES = ("eventlet", "gevent", "threading")
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
@@ -56,6 +66,13 @@ class Settings:
     log_level: str
     dlq_retention_days: int
     dlq_max_rows: int
+    breaker_fail_max: int  # default for every breaker; pybreaker's fail_max
+    breaker_reset_timeout: int  # seconds open before a trial call
+    workflows_dir: Path  # the workflow definition files (k1.conductor.registry)
+    conductor_cache_dir: Path  # where `k1 conductor-server` keeps the server jar
+    task_events: bool  # K1_TASK_EVENTS=off leaves the task signal handlers unconnected (bench)
+    beat_max_loop_interval: int
+    beat_lock_timeout: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -83,6 +100,13 @@ class Settings:
             ),
             dlq_retention_days=_int(env, "K1_DLQ_RETENTION_DAYS", 30, low=1),
             dlq_max_rows=_int(env, "K1_DLQ_MAX_ROWS", 100_000, low=1),
+            breaker_fail_max=_int(env, "K1_BREAKER_FAIL_MAX", 5, low=1),
+            breaker_reset_timeout=_int(env, "K1_BREAKER_RESET_TIMEOUT", 60, low=1),
+            workflows_dir=Path(env.get("K1_WORKFLOWS_DIR") or DEFAULT_WORKFLOWS_DIR),
+            conductor_cache_dir=Path(env.get("K1_CONDUCTOR_CACHE")
+                                     or data_dir / "cache" / "conductor"),
+            task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
+            **_beat_timing(env),
         )
 
 
@@ -95,6 +119,18 @@ def get_settings() -> Settings:
 def generate_secret_key() -> str:
     """A fresh random key suitable for ``K1_SECRET_KEY``."""
     return secrets.token_urlsafe(48)
+
+
+def _beat_timing(env: Mapping[str, str]) -> dict[str, int]:
+    loop = _int(env, "K1_BEAT_MAX_LOOP_INTERVAL", DEFAULT_BEAT_MAX_LOOP_INTERVAL, low=1, high=60)
+    lock = _int(env, "K1_BEAT_LOCK_TIMEOUT", max(DEFAULT_BEAT_LOCK_TIMEOUT,
+                                                   MIN_BEAT_LOCK_LOOPS * loop), low=1)
+    if lock < MIN_BEAT_LOCK_LOOPS * loop:
+        raise SettingsError(
+            f"K1_BEAT_LOCK_TIMEOUT: must be at least {MIN_BEAT_LOCK_LOOPS} x "
+            f"K1_BEAT_MAX_LOOP_INTERVAL ({MIN_BEAT_LOCK_LOOPS * loop}), got {lock}"
+        )
+    return {"beat_max_loop_interval": loop, "beat_lock_timeout": lock}
 
 
 def _redis_url(env: Mapping[str, str]) -> str:

