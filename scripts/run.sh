@@ -26,6 +26,8 @@ export PORT="${PORT:-5000}" FLOWER_PORT="${FLOWER_PORT:-5555}"
 # The local Conductor server (dev only) and where every process finds it.
 export K1_CONDUCTOR_PORT="${K1_CONDUCTOR_PORT:-8080}"
 export CONDUCTOR_SERVER_URL="${CONDUCTOR_SERVER_URL:-http://127.0.0.1:$K1_CONDUCTOR_PORT/api}"
+export K1_EXTERNAL_SERVICE_PORT="${K1_EXTERNAL_SERVICE_PORT:-8090}"
+export K1_EXTERNAL_SERVICE_URL="${K1_EXTERNAL_SERVICE_URL:-http://127.0.0.1:$K1_EXTERNAL_SERVICE_PORT}"
 
 redis_port=$(python -c 'import os, urllib.parse as u; p = u.urlsplit(os.environ["REDIS_URL"]); print(p.port or 6379 if p.hostname in ("127.0.0.1", "localhost") else "")')
 started_redis=""
@@ -65,11 +67,15 @@ echo "  API token   .venv/bin/k1 token create --user you --project demo"
 echo
 # honcho gives web the port -p names; Ctrl-C reaches every process and honcho stops them.
 status=0
-# Dev only: the Procfile plus a local Conductor server (data in .k1/conductor). Heroku's
-# Procfile has no such process: production points CONDUCTOR_SERVER_URL at a real server.
-{ cat Procfile; echo "conductor-server: k1 conductor-server --port \$K1_CONDUCTOR_PORT"; } \
-    > .k1/Procfile.dev
-honcho start -f .k1/Procfile.dev -p "$PORT" web worker beat conductor conductor-server flower \
-    || status=$?
+# Dev only: the Procfile plus a local Conductor server (data in .k1/conductor) and the
+# stand-in external service that k1.tasks.analyze_profile calls. Heroku's Procfile has
+# neither: production points CONDUCTOR_SERVER_URL and K1_EXTERNAL_SERVICE_URL at real ones.
+{
+    cat Procfile
+    echo "conductor-server: k1 conductor-server --port \$K1_CONDUCTOR_PORT"
+    echo "external-service: k1 external-service --port \$K1_EXTERNAL_SERVICE_PORT"
+} > .k1/Procfile.dev
+honcho start -f .k1/Procfile.dev -p "$PORT" \
+    web worker beat conductor conductor-server external-service flower || status=$?
 [ "$status" -eq 130 ] && status=0  # Ctrl-C is the normal way to stop
 exit "$status"
