@@ -34,10 +34,10 @@ from typing import Any
 from celery import Task, signals
 from celery._state import get_current_task
 
+from k1 import headers as k1_headers
 from k1.events import make_event, publish
-from k1.headers import DEFERRALS
 from k1.settings import get_settings
-from k1.tasks.base import PROJECT_HEADER, USER_HEADER, project_of
+from k1.tasks.base import project_of
 
 MAX_TEXT = 500  # characters of an exception message or result kept in an event
 
@@ -48,7 +48,7 @@ def _task_fields(task: Task) -> dict[str, Any]:
     request = task.request
     return {
         "task_id": request.id, "task_name": task.name, "project_id": project_of(task),
-        "user_id": request.get(USER_HEADER), "attempt": _attempt(task),
+        "user_id": request.get(k1_headers.USER), "attempt": _attempt(task),
         "worker": request.hostname,
     }
 
@@ -65,9 +65,9 @@ def _request_fields(request: Any) -> dict[str, Any]:
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
     return {
         "task_id": request.id, "task_name": request.task_name,
-        "project_id": kwargs.get("project_id") or headers.get(PROJECT_HEADER),
-        "user_id": headers.get(USER_HEADER),
-        "attempt": (headers.get("retries") or 0) - (headers.get(DEFERRALS) or 0) + 1,
+        "project_id": kwargs.get("project_id") or headers.get(k1_headers.PROJECT),
+        "user_id": headers.get(k1_headers.USER),
+        "attempt": (headers.get("retries") or 0) - (headers.get(k1_headers.DEFERRALS) or 0) + 1,
         "worker": getattr(request, "hostname", None),
     }
 
@@ -129,7 +129,8 @@ def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None
     if (headers.get("retries") or 0) <= (task.request.retries or 0):
         return
     exc = sys.exc_info()[1]  # K1Task retries from inside its except block
-    deferred = (headers.get(DEFERRALS) or 0) > (task.request.get(DEFERRALS) or 0)
+    deferrals_before = task.request.get(k1_headers.DEFERRALS) or 0
+    deferred = (headers.get(k1_headers.DEFERRALS) or 0) > deferrals_before
     publish([("task_event", make_event(
         "retried", state="RETRY", runtime_ms=_runtime_ms(task.request.id),
         exception=type(exc).__name__ if exc else None,

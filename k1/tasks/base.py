@@ -33,11 +33,6 @@ from k1.recovery.policy import DEFAULT_MAX_DEFER_WAIT, DEFAULT_POLICY, RetryPoli
 
 log = logging.getLogger(__name__)
 
-# Kept for callers that import them from here; the names live in k1.headers.
-RETRY_HEADER = headers.RETRY_POLICY
-PROJECT_HEADER = headers.PROJECT
-USER_HEADER = headers.USER
-
 DEFER_JITTER = 0.10  # up to +10 % on a deferral, so deferred tasks do not return in a herd
 MAX_MESSAGE = 10_000  # characters of an exception message kept in a dead letter
 
