@@ -37,6 +37,7 @@ SERIES_MINUTES = 60  # the dashboard's charts show the last hour, minute by minu
 HOUR_TTL = (WINDOW_HOURS + 2) * 3600
 MINUTE_TTL = (SERIES_MINUTES + 10) * 60
 COUNTED_TYPES = ("received", "started", "retried", "succeeded", "failed", "dead")
+DEFERRED = "deferred"  # counted apart from "retried" (see count_event)
 # Delivery latency histogram bucket upper bounds, milliseconds (200 ms is the target).
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 75, 100, 150, 200, 300, 500, 1000, 2500, 5000, 10000)
 MAX_LATENCY_MS = 600_000  # a sample above 10 min is a broken clock, not a latency
@@ -45,15 +46,20 @@ MAX_SAMPLES_PER_REPORT = 200  # a dashboard reports every few seconds, far fewer
 KEY = "k1:metrics:{family}"  # all time
 HOUR_KEY = "k1:metrics:{family}:h:{hour}"
 MINUTE_KEY = "k1:metrics:{family}:m:{minute}"
-# Written by the other areas (k1.scheduling, k1.recovery.breakers): plain INCR counters.
+# Written by the other areas (k1.scheduling.history, k1.recovery.breakers): plain counters.
 SCHEDULE_DUE, SCHEDULE_ON_TIME = "k1:metrics:schedule:due", "k1:metrics:schedule:on_time"
 BREAKER_CALLS, BREAKER_TRIPS = "k1:metrics:breaker:calls", "k1:metrics:breaker:trips"
 
 
 def count_event(pipe: redis.client.Pipeline, name: str, event: dict[str, Any]) -> None:
-    """Queue the counter updates for one published event (task events only)."""
+    """Queue the counter updates for one published event (task events only).
+
+    A breaker deferral (``retried`` with ``deferred``) is counted apart: it spends no
+    attempt, so it is not a retry for the "average retry attempts" metric.
+    """
     if name == "task_event" and event.get("type") in COUNTED_TYPES:
-        _bump(pipe, "tasks", {event["type"]: 1}, event.get("ts") or time.time())
+        kind = DEFERRED if event.get("deferred") else event["type"]
+        _bump(pipe, "tasks", {kind: 1}, event.get("ts") or time.time())
 
 
 def record_latency(samples: Iterable[Any], client: redis.Redis | None = None) -> int:
@@ -153,24 +159,19 @@ LABELS = {
 }
 
 
-def dlq_stats() -> dict[str, Any] | None:
-    """Platform-wide DLQ depth and daily average; None until k1.recovery.dlq exists.
+def dlq_stats() -> dict[str, Any]:
+    """Platform-wide DLQ depth and daily average (``DeadLetterStore.summary``).
 
     Only the totals: the metrics go to every signed-in user, and the split by task and
     exception would tell one project about another's (``GET /api/dlq/stats`` is scoped).
     Touches the database: call it through :func:`k1.web.offload.blocking` in the web process.
     """
+    from k1.recovery.dlq.store import DeadLetterStore
+
     try:
-        from k1.recovery.dlq.store import DeadLetterStore
-    except ImportError:
-        return None
-    try:
-        stats = DeadLetterStore().stats()
+        return DeadLetterStore().summary()
     except Exception as exc:  # the DLQ's database down must not take the metrics down
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    oldest = stats.get("oldest_at")
-    return {"depth": stats.get("depth"), "daily_avg_depth": stats.get("daily_avg_depth"),
-            "oldest_at": oldest.isoformat() if hasattr(oldest, "isoformat") else oldest}
 
 
 def report(dlq: dict[str, Any] | None, client: redis.Redis | None = None,
@@ -254,7 +255,7 @@ def _ratio(part: float, whole: float) -> float | None:
 
 def _dlq_value(dlq: dict[str, Any] | None) -> tuple[float | None, dict[str, Any]]:
     if dlq is None:
-        return None, {"source": "k1.recovery.dlq not available"}
+        return None, {"source": "no DLQ figures given"}
     if "error" in dlq:
         return None, {"error": dlq["error"]}
     value = dlq.get("daily_avg_depth")
@@ -294,7 +295,7 @@ class _Collector:
 
         events = CounterMetricFamily("k1_task_events", "Task events published, by type",
                                      labels=["type"])
-        for event_type in COUNTED_TYPES:
+        for event_type in (*COUNTED_TYPES, DEFERRED):
             events.add_metric([event_type], float(tasks.get(event_type, 0)))
         yield events
 

@@ -29,7 +29,7 @@ import pybreaker
 import redis
 import requests
 
-from k1.events import emit
+from k1.events import emit, metrics
 from k1.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 # breaker; after 60 s open, one trial call is let through (half-open).
 REGISTRY_KEY = "k1:breakers"  # hash: name -> "fail_max:reset_timeout", for the API
 TRANSITION_KEY = "k1:breaker:{}:last_state"  # last published state: one event per change
-CALLS_METRIC = "k1:metrics:breaker:calls"
-TRIPS_METRIC = "k1:metrics:breaker:trips"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -91,7 +89,7 @@ class _Announcer(pybreaker.CircuitBreakerListener):
     def before_call(self, cb: pybreaker.CircuitBreaker, func: Any, *args: Any,
                     **kwargs: Any) -> None:
         with contextlib.suppress(redis.RedisError):  # a metric is not worth failing a call
-            self.client.incr(CALLS_METRIC)
+            self.client.incr(metrics.BREAKER_CALLS)
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         state = new_state.name
@@ -104,7 +102,7 @@ class _Announcer(pybreaker.CircuitBreakerListener):
             return  # another process announced it already (or nothing happened)
         if state == pybreaker.STATE_OPEN:
             with contextlib.suppress(redis.RedisError):
-                self.client.incr(TRIPS_METRIC)
+                self.client.incr(metrics.BREAKER_TRIPS)
         log.warning("circuit breaker %s: %s -> %s", cb.name, previous or "closed", state)
         emit("breaker_state", type=state, name=cb.name, state=state,
              previous=previous or pybreaker.STATE_CLOSED, **_timing(cb))
@@ -183,24 +181,19 @@ def known_breakers() -> dict[str, tuple[int, int]]:
 
 def status(name: str) -> BreakerStatus | None:
     options = known_breakers().get(name)
-    if options is None:
-        return None
-    cb = breaker(name, fail_max=options[0], reset_timeout=options[1])
-    state = cb.current_state
-    timing = _timing(cb) if state != pybreaker.STATE_CLOSED else {
-        "opened_at": None, "next_half_open_at": None}
-    return BreakerStatus(name=name, state=state, fail_counter=cb.fail_counter,
-                         fail_max=cb.fail_max, reset_timeout=int(cb.reset_timeout), **timing)
+    return None if options is None else _status_of(name, options)
 
 
 def all_statuses() -> list[BreakerStatus]:
-    return [s for name in sorted(known_breakers()) if (s := status(name)) is not None]
+    known = known_breakers()
+    return [_status_of(name, known[name]) for name in sorted(known)]
 
 
 def states_snapshot() -> dict[str, str]:
     """name -> state of every known breaker (stored with each dead letter)."""
     try:
-        return {s.name: s.state for s in all_statuses()}
+        return {name: breaker(name, fail_max=fail_max, reset_timeout=reset_timeout).current_state
+                for name, (fail_max, reset_timeout) in known_breakers().items()}
     except redis.RedisError:
         return {}
 
@@ -210,9 +203,17 @@ def reset(name: str) -> BreakerStatus | None:
     options = known_breakers().get(name)
     if options is None:
         return None
+    breaker(name, fail_max=options[0], reset_timeout=options[1]).close()
+    return _status_of(name, options)
+
+
+def _status_of(name: str, options: tuple[int, int]) -> BreakerStatus:
     cb = breaker(name, fail_max=options[0], reset_timeout=options[1])
-    cb.close()
-    return status(name)
+    state = cb.current_state
+    timing = _timing(cb) if state != pybreaker.STATE_CLOSED else {
+        "opened_at": None, "next_half_open_at": None}
+    return BreakerStatus(name=name, state=state, fail_counter=cb.fail_counter,
+                         fail_max=cb.fail_max, reset_timeout=int(cb.reset_timeout), **timing)
 
 
 def _timing(cb: pybreaker.CircuitBreaker) -> dict[str, str | None]:

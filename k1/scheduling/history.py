@@ -26,6 +26,7 @@ from celery import Task, signals
 
 from k1 import headers
 from k1.connections import get_redis
+from k1.events import metrics
 from k1.scheduling.entry import entry_key
 
 ON_TIME_TOLERANCE = 2.0  # s: a fire sent later than this after its due time is late
@@ -33,8 +34,6 @@ FIRE_LOG_LENGTH = 20  # fires kept per schedule, for GET /api/scheduler/jobs/<na
 DRIFT_SAMPLES = 10_000  # most recent start delays kept
 
 FIRE_LOG_KEY = "k1:scheduling:fires:{}"
-DUE_TOTAL = "k1:metrics:schedule:due"
-ON_TIME_TOTAL = "k1:metrics:schedule:on_time"
 DUE_BY_SCHEDULE = "k1:metrics:schedule:due:by_schedule"
 ON_TIME_BY_SCHEDULE = "k1:metrics:schedule:on_time:by_schedule"
 DRIFT_KEY = "k1:metrics:schedule:drift"
@@ -69,8 +68,8 @@ def record_fire(name: str, *, due_count: int, on_time: bool, due_at: float, fire
                       "due_count": due_count, "on_time": on_time})
     client = get_redis()
     client.eval(
-        _RECORD_FIRE, 6, entry_key(name), DUE_TOTAL, ON_TIME_TOTAL, DUE_BY_SCHEDULE,
-        ON_TIME_BY_SCHEDULE, FIRE_LOG_KEY.format(name),
+        _RECORD_FIRE, 6, entry_key(name), metrics.SCHEDULE_DUE, metrics.SCHEDULE_ON_TIME,
+        DUE_BY_SCHEDULE, ON_TIME_BY_SCHEDULE, FIRE_LOG_KEY.format(name),
         name, due_count, int(on_time), fired_at, due_at, task_id or "", log, FIRE_LOG_LENGTH,
     )
 

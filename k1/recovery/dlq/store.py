@@ -177,13 +177,25 @@ class DeadLetterStore:
             by_exception = dict(session.execute(
                 select(DeadLetter.exception_type, func.count()).where(*dead)
                 .group_by(DeadLetter.exception_type)).all())
-            oldest = session.scalar(select(func.min(DeadLetter.died_at)).where(*dead))
-            depth = sum(by_task.values())
-            daily_avg = self._daily_average(session, scope)
+            summary = self._summary(session, scope, depth=sum(by_task.values()))
+        return {**summary, "by_task": by_task, "by_exception": by_exception}
+
+    def summary(self, scope: frozenset[str] | None = None) -> dict[str, Any]:
+        """Depth, oldest death and daily average only: what the metrics need, without
+        the splits by task and exception (a scan of every dead row).
+        """
+        with session_scope() as session:
+            return self._summary(session, scope)
+
+    def _summary(self, session: Session, scope: frozenset[str] | None,
+                 depth: int | None = None) -> dict[str, Any]:
+        dead = LetterFilter(status="dead", scope=scope).where()
+        if depth is None:
+            depth = session.scalar(select(func.count()).where(*dead)) or 0
+        oldest = session.scalar(select(func.min(DeadLetter.died_at)).where(*dead))
+        daily_avg = self._daily_average(session, scope)
         return {
             "depth": depth,
-            "by_task": by_task,
-            "by_exception": by_exception,
             "oldest_at": _iso(oldest),
             "daily_avg_depth": depth if daily_avg is None else round(daily_avg, 2),
         }
