@@ -28,7 +28,6 @@ import urllib.parse
 from typing import Any
 
 import pybreaker
-import redis
 import requests
 
 from k1.recovery.breakers import breaker
@@ -193,7 +192,7 @@ class ConductorClient:
         try:
             # The one call site of the "conductor" breaker: an unreachable server or a
             # 5xx counts against it; 4xx answers do not (the breaker excludes them).
-            response = _guard().call(self._send, method, path, **kwargs)
+            response = breaker(BREAKER_NAME).call(self._send, method, path, **kwargs)
         except pybreaker.CircuitBreakerError as exc:
             raise ConductorBreakerOpen(str(exc), getattr(exc, "retry_after", None)) from exc
         except requests.HTTPError as exc:
@@ -211,22 +210,6 @@ class ConductorClient:
                                         **kwargs)
         response.raise_for_status()
         return response
-
-
-class _Unguarded:
-    @staticmethod
-    def call(func: Any, *args: Any, **kwargs: Any) -> Any:
-        return func(*args, **kwargs)
-
-
-def _guard() -> Any:
-    """The "conductor" breaker; without Redis (where breakers keep their state) calls go
-    through unguarded rather than not at all, like the breakers' own Redis fallback.
-    """
-    try:
-        return breaker(BREAKER_NAME)
-    except redis.RedisError:
-        return _Unguarded
 
 
 def _translate(response: requests.Response, method: str, path: str) -> ConductorError:

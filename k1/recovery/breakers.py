@@ -130,11 +130,31 @@ def _storage_client() -> redis.Redis:
 
 
 def breaker(name: str, *, fail_max: int | None = None,
-            reset_timeout: int | None = None) -> K1Breaker:
-    """The process's breaker for dependency ``name`` (created on first use)."""
+            reset_timeout: int | None = None) -> K1Breaker | _Unguarded:
+    """The process's breaker for dependency ``name`` (created on first use).
+
+    While Redis, where the state lives, cannot be reached, calls go through unguarded,
+    as pybreaker's storage itself does when Redis fails later (fallback: closed); the
+    breaker is created on the first call after Redis is back.
+    """
     settings = get_settings()
-    return _breaker(name, fail_max or settings.breaker_fail_max,
-                    reset_timeout or settings.breaker_reset_timeout)
+    try:
+        return _breaker(name, fail_max or settings.breaker_fail_max,
+                        reset_timeout or settings.breaker_reset_timeout)
+    except redis.RedisError as exc:
+        log.warning("breaker %s: state unreachable (%s); calling unguarded", name, exc)
+        return _UNGUARDED
+
+
+class _Unguarded:
+    """What :func:`breaker` returns while Redis is unreachable: calls pass straight on."""
+
+    @staticmethod
+    def call(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return func(*args, **kwargs)
+
+
+_UNGUARDED = _Unguarded()
 
 
 @functools.cache
@@ -154,19 +174,6 @@ def _breaker(name: str, fail_max: int, reset_timeout: int) -> K1Breaker:
         fail_max=fail_max, reset_timeout=reset_timeout, name=name, state_storage=storage,
         exclude=[_is_client_error], listeners=[_Announcer(client)],
     )
-
-
-def guarded(name: str, **options: int):  # type: ignore[no-untyped-def]
-    """Decorator: every call of the function goes through breaker ``name``."""
-
-    def decorate(func):  # type: ignore[no-untyped-def]
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-            return breaker(name, **options).call(func, *args, **kwargs)
-
-        return wrapper
-
-    return decorate
 
 
 def known_breakers() -> dict[str, tuple[int, int]]:
@@ -192,8 +199,8 @@ def all_statuses() -> list[BreakerStatus]:
 def states_snapshot() -> dict[str, str]:
     """name -> state of every known breaker (stored with each dead letter)."""
     try:
-        return {name: breaker(name, fail_max=fail_max, reset_timeout=reset_timeout).current_state
-                for name, (fail_max, reset_timeout) in known_breakers().items()}
+        return {name: _breaker(name, *options).current_state
+                for name, options in known_breakers().items()}
     except redis.RedisError:
         return {}
 
@@ -203,12 +210,12 @@ def reset(name: str) -> BreakerStatus | None:
     options = known_breakers().get(name)
     if options is None:
         return None
-    breaker(name, fail_max=options[0], reset_timeout=options[1]).close()
+    _breaker(name, *options).close()
     return _status_of(name, options)
 
 
 def _status_of(name: str, options: tuple[int, int]) -> BreakerStatus:
-    cb = breaker(name, fail_max=options[0], reset_timeout=options[1])
+    cb = _breaker(name, *options)
     state = cb.current_state
     timing = _timing(cb) if state != pybreaker.STATE_CLOSED else {
         "opened_at": None, "next_half_open_at": None}

@@ -104,15 +104,3 @@ class RetryPolicy:
 
 
 DEFAULT_POLICY = RetryPolicy()
-
-
-def in_process_retry(max_delay: float = 0.5, attempts: int = 3) -> tenacity.Retrying:
-    """Tenacity retrying for sub-second blips inside one attempt (bounded in total).
-
-    ``for attempt in in_process_retry(): with attempt: call()``
-    """
-    return tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(max_delay),
-        wait=tenacity.wait_exponential(multiplier=0.05, max=0.2),
-        reraise=True,
-    )
