@@ -4,12 +4,23 @@ Configured from ``celeryconfig.py`` at the repository root (installed beside the
 package), which reads :mod:`k1.settings`.
 """
 
+import functools
 import logging
 
 from celery import Celery, signals
 
 app = Celery("k1")
 app.config_from_object("celeryconfig")
+
+
+@functools.cache
+def load_task_modules() -> None:
+    """Import ``celeryconfig.imports`` once, so that every K1 task is registered here too.
+
+    A worker does it when it starts; the web process, the CLI and beat call this before
+    they look tasks up by name.
+    """
+    app.loader.import_default_modules()
 
 
 @signals.setup_logging.connect

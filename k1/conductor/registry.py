@@ -196,9 +196,9 @@ def validate(files: list[WorkflowFile],
 
 def k1_celery_tasks() -> dict[str, Any]:
     """K1's Celery tasks by name (those of the modules in ``celeryconfig.imports``)."""
-    from k1.celery import app
+    from k1.celery import app, load_task_modules
 
-    app.loader.import_default_modules()
+    load_task_modules()
     return {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
 
 

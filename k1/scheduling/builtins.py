@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from k1.celery import load_task_modules
 from k1.scheduling.spec import InvalidSchedule, ScheduleSpec
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ BUILTINS: tuple[ScheduleSpec, ...] = (
 
 
 def registered_builtin_tasks(app: Any, specs: tuple[ScheduleSpec, ...] = BUILTINS) -> set[str]:
-    app.loader.import_default_modules()  # the modules in celeryconfig.imports register theirs
+    load_task_modules()
     return {spec.task for spec in specs if spec.task in app.tasks}
 
 

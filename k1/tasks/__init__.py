@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from k1.celery import app
+from k1.celery import app, load_task_modules
 from k1.recovery.breakers import breaker
 from k1.settings import get_settings
 from k1.tasks.base import K1Task
@@ -40,5 +40,5 @@ def _post_json(url: str, body: dict[str, Any], *, idempotency_key: str) -> dict[
 
 def public_task_names() -> list[str]:
     """Names of the tasks clients may start, sorted."""
-    app.loader.import_default_modules()  # the modules in celeryconfig.imports register theirs
+    load_task_modules()
     return sorted(name for name, task in app.tasks.items() if getattr(task, "public", False))
