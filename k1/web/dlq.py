@@ -17,11 +17,27 @@ from k1.recovery.dlq.store import (
     letter_as_dict,
 )
 from k1.web.auth import authorize_project, current_principal, require_auth
-from k1.web.errors import APIError, json_object
+from k1.web.errors import APIError, error_response, json_object
 from k1.web.offload import blocking
 
 bp = Blueprint("dlq", __name__)
 store = DeadLetterStore()
+
+
+@bp.errorhandler(LetterNotFound)
+def _not_found(exc: LetterNotFound):  # type: ignore[no-untyped-def]
+    return error_response(APIError(404, "dead letter not found",
+                                   detail=exc.args[0] if exc.args else None))
+
+
+@bp.errorhandler(ReplayRefused)
+def _refused(exc: ReplayRefused):  # type: ignore[no-untyped-def]
+    return error_response(APIError(409, str(exc)))
+
+
+@bp.errorhandler(FilterError)
+def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
+    return error_response(APIError(400, str(exc)))
 
 
 def _scope() -> frozenset[str] | None:
@@ -30,10 +46,7 @@ def _scope() -> frozenset[str] | None:
 
 
 def _filters(params: Any, extra: tuple[str, ...] = ()) -> LetterFilter:
-    try:
-        filters = LetterFilter.parse(params, extra=extra)
-    except FilterError as exc:
-        raise APIError(400, str(exc)) from None
+    filters = LetterFilter.parse(params, extra=extra)
     if filters.project_id:
         authorize_project(filters.project_id)
     return filters.scoped(_scope())
@@ -49,12 +62,8 @@ def stats():  # type: ignore[no-untyped-def]
 @require_auth
 def list_letters():  # type: ignore[no-untyped-def]
     filters = _filters(request.args, extra=("limit", "cursor"))
-    try:
-        limit = parse_limit(request.args.get("limit"))
-        page, next_cursor = blocking(store.query, filters, limit=limit,
-                                     cursor=request.args.get("cursor"))
-    except FilterError as exc:
-        raise APIError(400, str(exc)) from None
+    page, next_cursor = blocking(store.query, filters, limit=parse_limit(request.args.get("limit")),
+                                 cursor=request.args.get("cursor"))
     return jsonify(items=[letter_as_dict(letter, full=False) for letter in page],
                    next_cursor=next_cursor)
 
@@ -62,19 +71,14 @@ def list_letters():  # type: ignore[no-untyped-def]
 @bp.get("/api/dlq/<int:letter_id>")
 @require_auth
 def show(letter_id: int):  # type: ignore[no-untyped-def]
-    return jsonify(letter_as_dict(_get(letter_id)))
+    return jsonify(letter_as_dict(blocking(store.get, letter_id, _scope())))
 
 
 @bp.post("/api/dlq/<int:letter_id>/replay")
 @require_auth
 def replay(letter_id: int):  # type: ignore[no-untyped-def]
     force = _force(json_object() if request.get_data(cache=True) else {})
-    try:
-        letter = blocking(store.replay, letter_id, force=force, scope=_scope())
-    except LetterNotFound:
-        raise APIError(404, "dead letter not found", detail=letter_id) from None
-    except ReplayRefused as exc:
-        raise APIError(409, str(exc)) from None
+    letter = blocking(store.replay, letter_id, force=force, scope=_scope())
     return jsonify(id=letter.id, status=letter.status, replay_task_id=letter.replay_task_id,
                    replay_count=letter.replay_count)
 
@@ -96,18 +100,8 @@ def replay_matching():  # type: ignore[no-untyped-def]
 @bp.delete("/api/dlq/<int:letter_id>")
 @require_auth
 def discard(letter_id: int):  # type: ignore[no-untyped-def]
-    try:
-        letter = blocking(store.discard, letter_id, scope=_scope())
-    except LetterNotFound:
-        raise APIError(404, "dead letter not found", detail=letter_id) from None
+    letter = blocking(store.discard, letter_id, scope=_scope())
     return jsonify(id=letter.id, status=letter.status)
-
-
-def _get(letter_id: int) -> Any:
-    try:
-        return blocking(store.get, letter_id, _scope())
-    except LetterNotFound:
-        raise APIError(404, "dead letter not found", detail=letter_id) from None
 
 
 def _force(body: dict[str, Any]) -> bool:

@@ -35,10 +35,13 @@ def json_object() -> dict[str, Any]:
     return body
 
 
+def error_response(exc: APIError):  # type: ignore[no-untyped-def]
+    """The JSON answer for ``exc``; blueprints use it to map their own exceptions."""
+    return jsonify(error=exc.error, detail=exc.detail), exc.status
+
+
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(APIError)
-    def _api_error(exc: APIError):  # type: ignore[no-untyped-def]
-        return jsonify(error=exc.error, detail=exc.detail), exc.status
+    app.register_error_handler(APIError, error_response)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
