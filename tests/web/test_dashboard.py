@@ -27,7 +27,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-SCREENSHOT = ROOT / "artifacts" / "dashboard.png"
+SCREENSHOT = ROOT / "artifacts" / "dashboard.png"  # the whole page; each tab: dashboard-<tab>.png
 MODULES = ROOT / "k1" / "web" / "static" / "dashboard"
 FLAKY = "k1.tasks.demo.flaky"
 # Markup that runs script if it is ever parsed as HTML: it must show as these characters.
@@ -77,11 +77,14 @@ def show_project(page, project: str) -> None:  # type: ignore[no-untyped-def]
     expect(page.locator("#connection")).to_have_attribute("data-subscribed", project)
 
 
-def open_tab(page, tab: str):  # type: ignore[no-untyped-def]
+def open_tab(page, tab: str) -> None:  # type: ignore[no-untyped-def]
     page.click(f'.tabs button[data-tab="{tab}"]')
-    panel = page.locator(f"#tab-{tab}")
-    expect(panel).to_be_visible()
-    return panel
+    expect(page.locator(f"#tab-{tab}")).to_be_visible()
+
+
+def screenshot_tabs(page, tab: str) -> None:  # type: ignore[no-untyped-def]
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.locator(".tabs-panel").screenshot(path=str(SCREENSHOT.with_stem(f"dashboard-{tab}")))
 
 
 def dead_letter(api: API, project: str, task_id: str) -> dict:
@@ -187,6 +190,7 @@ def test_markup_in_a_dead_letter_or_a_project_id_is_text(web, worker, page, make
     row.get_by_role("button", name="Details").click()
     expect(page.locator("#dlq-table .detail h3").first).to_contain_text(HOSTILE)
     expect(page.locator("#dlq-table .detail pre.traceback")).to_contain_text(HOSTILE)
+    screenshot_tabs(page, "dlq")
     assert page.locator("img").count() == 0
     assert page.evaluate("window.__k1_xss") is None
     assert page.errors == []
@@ -250,6 +254,7 @@ def test_every_panel_shows_what_the_api_has(web, worker, page, make_token, uniqu
     open_tab(page, "breakers")
     tripped = page.locator(f'#breakers-body tr[data-breaker="{breaker_name}"]')
     expect(tripped.locator(".badge")).to_have_text("open")
+    screenshot_tabs(page, "breakers")
     tripped.get_by_role("button", name="Reset").click()
     expect(tripped.locator(".badge")).to_have_text("closed")
 
@@ -257,6 +262,7 @@ def test_every_panel_shows_what_the_api_has(web, worker, page, make_token, uniqu
     job = page.locator(f'#schedules-body tr[data-job="{schedule}"]')
     expect(job).to_contain_text("every 3600 s")
     expect(job).to_contain_text(project)
+    screenshot_tabs(page, "schedules")
     job.get_by_role("button", name="Pause").click()
     expect(job.locator(".badge.s-paused")).to_be_visible()
     assert api.get(f"/api/scheduler/jobs/{schedule}").json()["enabled"] is False
@@ -266,6 +272,7 @@ def test_every_panel_shows_what_the_api_has(web, worker, page, make_token, uniqu
     run = page.locator(f'#workflows-body tr[data-workflow-id="{workflow_id}"]')
     expect(run).to_contain_text("profile_workflow v1")
     expect(run).to_contain_text(project)
+    screenshot_tabs(page, "workflows")
 
     open_tab(page, "dlq")
     expect(page.locator(f'#dlq-table tr[data-letter-id="{dead["id"]}"]')).to_be_visible()
@@ -281,6 +288,7 @@ def test_a_failed_sign_in_link_says_why_and_falls_back_to_the_form(web, page):  
     expect(page.locator("#token-input")).to_be_visible()
     assert "signin" not in page.url and page.evaluate("location.hash") == ""
     assert page.evaluate("sessionStorage.getItem('k1.token')") is None
+    page.locator("#sign-in").screenshot(path=str(SCREENSHOT.with_stem("dashboard-signin")))
     assert page.errors == []
 
 
