@@ -268,7 +268,8 @@ def test_every_panel_shows_what_the_api_has(
 
     open_tab(page, "schedules")
     job = page.locator(f'#schedules-body tr[data-job="{schedule}"]')
-    expect(job).to_contain_text("every 3600 s")
+    described = api.get(f"/api/scheduler/jobs/{schedule}").json()["description"]
+    expect(job.locator('td[title="every 3600 s"]')).to_have_text(described)
     expect(job).to_contain_text(project)
     screenshot_tabs(page, "schedules")
     job.get_by_role("button", name="Pause").click()
@@ -316,3 +317,46 @@ def test_a_sign_in_link_signs_in_and_leaves_no_token_in_the_address(web: str, pa
     page.go_forward()
     assert "signin" not in page.url, page.url
     expect(page.locator("#connection")).to_have_text("live")  # signed in from sessionStorage
+
+
+def test_the_forms_and_buttons_act(
+        web: str, worker: Process, page: Page, make_token: MakeToken, unique: str) -> None:
+    """Run a task, add a schedule, discard a dead letter, and a start that the server
+    refuses (no Conductor configured in the tests) says why in its row."""
+    project = f"forms-{unique}"
+    token = make_token(f"ada-{unique}", project)
+    api = API(web, token)
+    sign_in(page, web, token)
+    show_project(page, project)
+
+    page.fill("#run-task-kwargs", '{"permanent": true}')
+    page.click("#run-task button[type=submit]")
+    expect(page.locator("#run-task-result")).to_contain_text("started")
+    started = page.locator("#run-task-result").inner_text().split()[-1]
+    dead = page.locator(f'#dlq-table tr[data-task-id^="{started}"]')
+    expect(dead).to_be_visible(timeout=DEAD_WITHIN * 1000)
+    discard = dead.locator('button[data-action="discard"]')
+    discard.click()
+    expect(discard).to_have_text("Confirm discard")
+    discard.click()
+    expect(dead).to_have_count(0)
+    letters = api.get(f"/api/dlq?project_id={project}&status=discarded").json()["items"]
+    assert [letter["task_id"][:8] for letter in letters] == [started]
+
+    open_tab(page, "schedules")
+    form = page.locator("#schedule-add")
+    form.locator('[name="name"]').fill(f"form-{unique}")
+    form.locator('[name="cron"]').fill("30 2 * * *")
+    form.locator('[name="timezone"]').fill("Europe/Paris")
+    form.get_by_role("button", name="Add").click()
+    expect(page.locator("#schedule-add-result")).to_have_text("added")
+    job = page.locator(f'#schedules-body tr[data-job="form-{unique}"]')
+    saved = api.get(f"/api/scheduler/jobs/form-{unique}").json()
+    expect(job.locator('td[title="cron 30 2 * * *"]')).to_have_text(saved["description"])
+    assert (saved["project_id"], saved["cron"], saved["timezone"]) == (
+        project, "30 2 * * *", "Europe/Paris")
+
+    open_tab(page, "workflows")
+    row = page.locator('#workflows-body tr[data-workflow="profile_workflow"]')
+    row.get_by_role("button", name="Start").click()
+    expect(row.locator(".note")).to_contain_text("conductor not configured")

@@ -6,14 +6,19 @@ import { feedNote } from "../feed.js";
 import { state } from "../state.js";
 import { dataTable, loadPanel } from "../table.js";
 
+const timingText = (job) => job.cron ? "cron " + job.cron : job.every ? "every " + job.every + " s" : "—";
+
 const COLUMNS = [
-  { head: "name", title: (job) => job.description || "", cell: (job) => [
-    el("b", { text: job.name }), job.project_id ? el("div", { class: "note", text: job.project_id }) : null] },
+  { head: "name", cell: (job) => [el("b", { text: job.name }),
+    job.project_id ? el("div", { class: "note", text: job.project_id }) : null,
+    job.error ? el("div", { class: "error", text: job.error }) : null] },
   { head: "task", cell: (job) => job.task },
-  { head: "when", cell: (job) => job.cron ? "cron " + job.cron : job.every ? "every " + job.every + " s" : "—" },
+  { head: "when", title: timingText, cell: (job) => job.description || timingText(job) },
   { head: "next fire", cell: (job) => job.enabled ? fmtTime((job.next_runs || [])[0]) : "paused" },
   { head: "last run", cell: (job) => [fmtTime(job.last_run_at), " ",
     job.last_status ? badge(job.last_status) : null] },
+  { head: "on time", title: () => "fires on time / fires due",
+    cell: (job) => job.uptime && job.uptime.due ? job.uptime.on_time + " / " + job.uptime.due : "—" },
   { head: "", cell: (job) => badge(job.enabled ? "enabled" : "paused") },
   { head: "", class: "actions", cell: (job) => [
     el("button", { type: "button", text: job.enabled ? "Pause" : "Resume",
@@ -43,7 +48,7 @@ export async function addSchedule(event) {
   const body = { name: value("name"), task: value("task"), enabled: true };
   if (value("cron")) body.cron = value("cron");
   if (value("every")) body.every = Number(value("every"));
-  if (value("description")) body.description = value("description");
+  if (value("timezone")) body.timezone = value("timezone");
   try {
     body.kwargs = value("kwargs") ? JSON.parse(value("kwargs")) : {};
   } catch (err) { out.textContent = "kwargs: not JSON"; return; }
