@@ -7,7 +7,7 @@
 
 import { api, errorText, onUnauthorized } from "./api.js";
 import { loadHealth, renderBanner } from "./banner.js";
-import { $, debounce } from "./dom.js";
+import { $, debounce, json } from "./dom.js";
 import { feedNote, renderCounters, resetFeed, showTaskEvent } from "./feed.js";
 import { connect, disconnect, subscribe, unsubscribe } from "./live.js";
 import { loadMetrics, onMetricsBroadcast } from "./metrics.js";
@@ -19,7 +19,7 @@ import { adopt, exchangeLinkToken, forget, savedToken, setProject, showSignIn, t
   from "./session.js";
 import { state } from "./state.js";
 
-const HEALTH_POLL_MS = 10000;
+const HEALTH_POLL_MS = 10000;   // the banner notices a dependency going down within 10 s
 const RELOAD_DEBOUNCE_MS = 300;  // a burst of events reloads a panel once
 
 // Server events: what each one changes on the page (every one also measures latency).
@@ -28,7 +28,7 @@ const HANDLERS = {
     showTaskEvent(event);
     if (event.type === "dead") debounce("dlq", loadDlq, RELOAD_DEBOUNCE_MS);
   },
-  task_completed: () => {},
+  task_completed: () => {},  // the succeeded task_event shows it; this one only measures latency
   dlq_changed: () => debounce("dlq", loadDlq, RELOAD_DEBOUNCE_MS),
   breaker_state: (event) => {
     feedNote("breaker", "breaker " + event.name + " " + event.type);
@@ -37,8 +37,8 @@ const HANDLERS = {
   schedule_fired: () => debounce("schedules", loadSchedules, RELOAD_DEBOUNCE_MS),
   workflow_event: () => debounce("workflows", loadWorkflows, RELOAD_DEBOUNCE_MS),
   metrics: onMetricsBroadcast,
-  error: (payload) => feedNote("error", "server refused " + ((payload && payload.action) || "a request")
-    + ": " + ((payload && payload.error) || JSON.stringify(payload))),
+  error: (refusal) => feedNote("error", "server refused " + ((refusal && refusal.action) || "a request")
+    + ": " + ((refusal && refusal.error) || json(refusal))),
 };
 
 function refreshAll() {
