@@ -40,6 +40,7 @@ HOSTILE = '<img src=x onerror="window.__k1_xss=1">'
 # The ways a script turns a string into markup: the modules use none of them.
 HTML_SINKS = re.compile(
     r"\.(inner|outer)HTML\b|insertAdjacentHTML|document\.write|createContextualFragment")
+DLQ_PAGE = 50  # PAGE_SIZE in panels/dlq.js
 DEAD_WITHIN = 60  # s: a failing task dies after its retries (about 4 s on an idle machine)
 
 
@@ -200,6 +201,28 @@ def test_markup_in_a_dead_letter_or_a_project_id_is_text(
     screenshot_tabs(page, "dlq")
     assert page.locator("img").count() == 0
     assert page.evaluate("window.__k1_xss") is None
+
+
+def test_the_dlq_panel_pages_with_load_more(
+        web: str, worker: Process, page: Page, make_token: MakeToken, unique: str) -> None:
+    from k1.tasks.submissions import submit
+
+    project = f"pages-{unique}"
+    token = make_token(f"ada-{unique}", project)
+    api = API(web, token)
+    for _ in range(DLQ_PAGE + 1):  # straight to the broker: no API write limit in the way
+        submit(FLAKY, kwargs={"permanent": True}, project_id=project)
+    wait_for(lambda: api.get("/api/dlq/stats").json()["depth"] == DLQ_PAGE + 1,
+             timeout=DEAD_WITHIN, message=f"{DLQ_PAGE + 1} dead letters never arrived")
+
+    sign_in(page, web, token)
+    rows = page.locator("#dlq-table tbody tr")
+    expect(rows).to_have_count(DLQ_PAGE)
+    page.locator("#dlq-body button.more").click()
+    expect(rows).to_have_count(DLQ_PAGE + 1)
+    expect(page.locator("#dlq-body button.more")).to_have_count(0)  # that was the last page
+    ids = rows.evaluate_all("rows => rows.map(r => r.dataset.letterId)")
+    assert len(set(ids)) == DLQ_PAGE + 1, ids
 
 
 def test_the_page_reconnects_and_resynchronises_after_a_restart(
