@@ -41,6 +41,8 @@ HOSTILE = '<img src=x onerror="window.__k1_xss=1">'
 HTML_SINKS = re.compile(
     r"\.(inner|outer)HTML\b|insertAdjacentHTML|document\.write|createContextualFragment")
 DLQ_PAGE = 50  # PAGE_SIZE in panels/dlq.js
+# A token short enough to wait for, long enough for a loaded machine to sign in with it.
+TOKEN_TTL_S = 15
 DEAD_WITHIN = 60  # s: a failing task dies after its retries (about 4 s on an idle machine)
 
 
@@ -311,6 +313,16 @@ def test_every_panel_shows_what_the_api_has(
 
     for body in ("#breakers-body", "#schedules-body", "#workflows-body", "#dlq-body"):
         assert page.locator(f"{body} .error").count() == 0, page.locator(body).inner_text()
+
+
+def test_the_page_signs_out_when_its_token_expires(
+        web: str, page: Page, make_token: MakeToken, unique: str) -> None:
+    sign_in(page, web, make_token(f"ada-{unique}", f"exp-{unique}", ttl=TOKEN_TTL_S))
+    expect(page.locator("#app")).to_be_visible()
+    expect(page.locator("#sign-in-error")).to_contain_text(
+        "expired", timeout=(TOKEN_TTL_S + 30) * 1000)
+    expect(page.locator("#app")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('k1.token')") is None
 
 
 def test_a_failed_sign_in_link_says_why_and_falls_back_to_the_form(web: str, page: Page) -> None:

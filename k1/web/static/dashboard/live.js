@@ -32,7 +32,11 @@ export function connect({ onConnect, onRefused, handlers }) {
     subscribe();
     onConnect();
   });
-  socket.on("disconnect", () => setConnected(false));
+  socket.on("disconnect", (reason) => {
+    setConnected(false);
+    // Closed by the server on purpose: the client will not reconnect by itself.
+    if (reason === "io server disconnect") onRefused("the server closed the connection");
+  });
   socket.on("connect_error", (err) => {
     setConnected(false);
     if (!socket.active) onRefused(err && err.message);  // refused by the server, not the network
@@ -41,6 +45,9 @@ export function connect({ onConnect, onRefused, handlers }) {
     socket.on(name, (event) => { measure(event); handler(event); });
   }
 }
+
+/** The server's clock (ms since the epoch), as well as the clock probes tell. */
+export function serverNow() { return Date.now() + clockOffsetMs; }
 
 export function disconnect() {
   if (state.socket) { state.socket.disconnect(); state.socket = null; }
@@ -93,7 +100,7 @@ function syncClock(socket) {
 
 function measure(event) {
   if (!event || typeof event.ts !== "number") return;
-  const latency = Date.now() + clockOffsetMs - event.ts * 1000;
+  const latency = serverNow() - event.ts * 1000;
   if (latency >= 0 && latency < MAX_LATENCY_MS && samples.length < MAX_SAMPLES) {
     samples.push(Math.round(latency * 10) / 10);
   }

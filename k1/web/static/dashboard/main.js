@@ -9,7 +9,7 @@ import { api, errorText, onUnauthorized } from "./api.js";
 import { loadHealth, renderBanner } from "./banner.js";
 import { $, debounce, json } from "./dom.js";
 import { feedNote, renderCounters, resetFeed, showTaskEvent } from "./feed.js";
-import { connect, disconnect, subscribe, unsubscribe } from "./live.js";
+import { connect, disconnect, serverNow, subscribe, unsubscribe } from "./live.js";
 import { loadMetrics, onMetricsBroadcast } from "./metrics.js";
 import { loadBreakers } from "./panels/breakers.js";
 import { loadDlq } from "./panels/dlq.js";
@@ -21,6 +21,7 @@ import { state } from "./state.js";
 
 const HEALTH_POLL_MS = 10000;   // the banner notices a dependency going down within 10 s
 const RELOAD_DEBOUNCE_MS = 300;  // a burst of events reloads a panel once
+const MAX_TIMER_MS = 2 ** 31 - 1;  // setTimeout fires at once beyond this (24.8 days)
 
 // Server events: what each one changes on the page (every one also measures latency).
 const HANDLERS = {
@@ -37,9 +38,27 @@ const HANDLERS = {
   schedule_fired: () => debounce("schedules", loadSchedules, RELOAD_DEBOUNCE_MS),
   workflow_event: () => debounce("workflows", loadWorkflows, RELOAD_DEBOUNCE_MS),
   metrics: onMetricsBroadcast,
-  error: (refusal) => feedNote("error", "server refused " + ((refusal && refusal.action) || "a request")
-    + ": " + ((refusal && refusal.error) || json(refusal))),
+  error: (refusal) => {
+    // action "connection": the server is closing this connection (token expired or revoked)
+    if (refusal && refusal.action === "connection") {
+      signOut("The server closed the live connection: " + refusal.error + ". Sign in again.");
+      return;
+    }
+    feedNote("error", "server refused " + ((refusal && refusal.action) || "a request")
+      + ": " + ((refusal && refusal.error) || json(refusal)));
+  },
 };
+
+let expiryTimer = null;
+
+// Sign out when the token expires, saying so, rather than failing request by request.
+function watchExpiry() {
+  clearTimeout(expiryTimer);
+  if (!state.claims || !state.claims.exp) return;
+  const left = state.claims.exp * 1000 - serverNow();
+  if (left <= 0) { signOut("Your token expired; sign in again."); return; }
+  expiryTimer = setTimeout(watchExpiry, Math.min(left, MAX_TIMER_MS));
+}
 
 function refreshAll() {
   if (!state.token) return;
@@ -60,10 +79,12 @@ function signIn(token) {
       + ". Your token may have expired; sign in again."),
     handlers: HANDLERS,
   });
+  watchExpiry();
   refreshAll();
 }
 
 function signOut(message) {
+  clearTimeout(expiryTimer);
   disconnect();
   forget(message);
   renderBanner();
