@@ -35,7 +35,7 @@ from k1.web.offload import blocking
 bp = Blueprint("dlq", __name__)
 store = DeadLetterStore()
 
-LETTER = f"/api/dlq/<int(max={MAX_ID}):letter_id>"  # past BIGINT: no such letter (404)
+LETTER = "/api/dlq/<int:letter_id>"
 Status = Literal[(*STATUSES, ANY_STATUS)]  # type: ignore[valid-type]
 
 
@@ -119,6 +119,13 @@ def _refused(exc: ReplayRefused):  # type: ignore[no-untyped-def]
 @bp.errorhandler(FilterError)
 def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
     return error_response(APIError(400, str(exc)))
+
+
+@bp.url_value_preprocessor
+def _existing_id(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """An id past BIGINT names no letter: 404 before the database sees (and refuses) it."""
+    if values and values.get("letter_id", 0) > MAX_ID:
+        raise LetterNotFound(values["letter_id"])
 
 
 def _scope() -> frozenset[str] | None:

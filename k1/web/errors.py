@@ -67,7 +67,12 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         if not request.path.startswith("/api/"):
             return exc
-        return jsonify(error=exc.name.lower(), detail=exc.description), exc.code
+        response = jsonify(error=exc.name.lower(), detail=exc.description)
+        response.status_code = exc.code or 500
+        for name, value in exc.get_headers():  # Allow on a 405, ...
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     for error, classes in UNAVAILABLE.items():
         for cls in classes:

@@ -49,6 +49,7 @@ class ScheduleChanges(Body):
 
 class NewSchedule(ScheduleChanges):
     name: Name
+    task: Name
 
 
 class Job(BaseModel):

@@ -152,3 +152,9 @@ def test_every_field_at_fault_is_named(api: API) -> None:
     assert body["detail"]["field"] == "task"
     assert {e["field"] for e in body["detail"]["errors"]} == {"task", "project_id", "args",
                                                               "extra"}
+
+
+def test_a_wrong_method_is_a_405_that_says_which_are_allowed(api: API) -> None:
+    response = api.put("/api/tasks", json={})
+    assert response.status_code == 405 and response.json()["error"] == "method not allowed"
+    assert "POST" in response.headers["Allow"]
