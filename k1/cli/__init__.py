@@ -46,9 +46,9 @@ def token_create(user_id: str, projects: tuple[str, ...], ttl: int | None) -> No
     from k1.auth import create_token
     from k1.settings import DEFAULT_TOKEN_TTL
 
+    secret = get_settings().secret_key  # a SettingsError is the configuration's, not ours
     try:
-        token = create_token(user_id, projects, secret=get_settings().secret_key,
-                             ttl=ttl or DEFAULT_TOKEN_TTL)
+        token = create_token(user_id, projects, secret=secret, ttl=ttl or DEFAULT_TOKEN_TTL)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(token)

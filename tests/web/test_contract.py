@@ -10,6 +10,7 @@ touch nothing the other tests rely on; tasks it starts land in a queue no worker
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import LOGS, k1_process
+from tests.conftest import API, LOGS, k1_process
 from tests.support import VENV_BIN, free_port
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -94,3 +95,65 @@ def test_generated_requests_get_described_answers_and_no_5xx(
     report.write_text(done.stdout + done.stderr)
     assert done.returncode == 0, f"schemathesis found problems (all of it in {report}):\n" + (
         done.stdout[-6000:])
+
+
+def cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+BIG = 2**64 + 1  # past every 64-bit column
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "field"), [
+    # very deep nesting
+    ("post", "/api/tasks", {"data": '{"task": "k1.tasks.demo.flaky", "project_id": "acme", '
+                                    '"kwargs": {"key": ' + "[" * 5000 + "]" * 5000 + "}}"},
+     400, None),
+    ("post", "/api/dlq/replay", {"data": "[" * 100_000 + "]" * 100_000}, 400, None),
+    # null where a string is required
+    ("post", "/api/tasks", {"json": {"task": None, "project_id": "acme"}}, 400, "task"),
+    ("post", "/api/scheduler/jobs", {"json": {"name": "n", "task": None, "every": 5}}, 400,
+     "task"),
+    ("patch", "/api/scheduler/jobs/n", {"json": {"enabled": None, "every": "5"}}, 400, "every"),
+    ("post", "/api/workflows/profile_workflow/start", {"json": {"project_id": None}}, 400,
+     "project_id"),
+    ("post", "/api/dlq/replay", {"json": {"task": None, "status": None}}, 400, None),
+    # integers beyond 64 bits in ids and cursors
+    ("get", f"/api/dlq/{BIG}", {}, 404, None),
+    ("post", f"/api/dlq/{BIG}/replay", {}, 404, None),
+    ("delete", f"/api/dlq/{BIG}", {}, 404, None),
+    ("get", "/api/dlq", {"params": {"cursor": cursor(f"2026-11-26T00:00:00+00:00|{BIG}")}},
+     400, None),
+    ("get", "/api/dlq", {"params": {"limit": str(BIG)}}, 400, None),
+    ("get", "/api/workflows", {"params": {"limit": str(BIG)}}, 400, "limit"),
+    ("post", "/api/workflows/profile_workflow/start",
+     {"json": {"project_id": "acme", "version": 2**31}}, 400, "version"),
+    # wrong JSON types in DLQ replay filters
+    ("post", "/api/dlq/replay", {"json": {"task": 5}}, 400, "task"),
+    ("post", "/api/dlq/replay", {"json": {"project_id": ["acme"]}}, 400, "project_id"),
+    ("post", "/api/dlq/replay", {"json": {"since": {"a": 1}}}, 400, "since"),
+    ("post", "/api/dlq/replay", {"json": {"all": "yes"}}, 400, "all"),
+    ("post", "/api/dlq/replay", {"json": {"task": "x\u0000y"}}, 400, None),
+    # numeric overflow in schedule intervals
+    ("post", "/api/scheduler/jobs", {"data": '{"name": "n", "task": "k1.tasks.demo.flaky", '
+                                             '"every": 1e400}'}, 400, None),
+    ("post", "/api/scheduler/jobs", {"data": '{"name": "n", "task": "k1.tasks.demo.flaky", '
+                                             '"every": ' + "9" * 400 + "}"}, 400, "every"),
+    ("post", "/api/scheduler/jobs", {"json": {"name": "n", "task": "k1.tasks.demo.flaky",
+                                              "every": 5, "project_id": "acme",
+                                              "args": [], "kwargs": {"key": "k"},
+                                              "catch_up": "sometimes"}}, 400, "catch_up"),
+])
+def test_the_probes_bad_input_gets_a_4xx_naming_the_field(
+        web: str, make_token, method: str, path: str, kwargs: dict[str, Any], status: int,
+        field: str | None) -> None:  # type: ignore[no-untyped-def]
+    api = API(web, make_token("ops", "*"))
+    if "data" in kwargs:
+        kwargs = {**kwargs, "headers": {"Content-Type": "application/json"}}
+    response = getattr(api, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]
+    if field is not None:
+        assert body["error"].startswith(f"{field}: "), body
+        assert body["detail"]["field"] == field
