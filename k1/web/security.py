@@ -24,6 +24,7 @@ from flask_limiter.util import get_remote_address
 from limits import parse_many
 
 from k1.auth import InvalidToken, decode_token
+from k1.connections import REDIS_SOCKET_TIMEOUT
 from k1.settings import SettingsError
 
 # A client that scripts against the API sends bursts of a few dozen; a tenant that sends
@@ -71,6 +72,9 @@ def init_app(app: Flask) -> None:
         default_limits=[write_limit()],
         default_limits_exempt_when=_not_a_write,
         storage_uri=app.config["K1_SETTINGS"].redis_url,
+        # A Redis that hangs must not hang every write: fail fast, then let it through.
+        storage_options={"socket_timeout": REDIS_SOCKET_TIMEOUT,
+                         "socket_connect_timeout": REDIS_SOCKET_TIMEOUT},
         strategy="sliding-window-counter",  # no double burst at a window's edge
         key_prefix=RATE_LIMIT_PREFIX,
         headers_enabled=True,  # Retry-After (and X-RateLimit-*) on the answers

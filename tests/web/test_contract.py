@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -77,6 +78,22 @@ def test_the_description_is_openapi_3_1_and_covers_every_route(contract_web: str
     assert {"202", "400", "401", "403", "429", "503"} <= set(new_task["responses"])
     assert spec["paths"]["/api/health"]["get"]["security"] == []  # no token needed
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_no_route_is_left_out_of_the_description(contract_web: str) -> None:
+    """A new route must be declared with k1.web.contract.validate (mode "strict" leaves
+    undeclared ones out of the document)."""
+    from k1.web.app import create_app
+
+    app = create_app()
+    spec = requests.get(f"{contract_web}/api/openapi.json", timeout=10).json()
+    described = {(method.upper(), path) for path, item in spec["paths"].items()
+                 for method in item}
+    served = {(method, re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule))
+              for rule in app.url_map.iter_rules()
+              if rule.rule.startswith(("/api/", "/metrics"))
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert served - described == set()
 
 
 @pytest.mark.parametrize("projects", [("*",), ("acme",)], ids=["operator", "project"])
