@@ -175,7 +175,10 @@ def validate(*, json: type[Body] | None = None, query: type[Query] | None = None
     them). ``public`` routes need no token; without ``body_required`` an empty body reads
     as ``{}``.
     """
-    checked = api.validate(json=json, query=query, resp=resp or responses(), tags=tags,
+    resp = resp or responses()
+    if json is not None:
+        resp.add_model(413, Error, replace=False)  # past MAX_CONTENT_LENGTH
+    checked = api.validate(json=json, query=query, resp=resp, tags=tags,
                            security=[] if public else None)
 
     def decorate(view: F) -> F:

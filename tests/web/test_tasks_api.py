@@ -158,3 +158,9 @@ def test_a_wrong_method_is_a_405_that_says_which_are_allowed(api: API) -> None:
     response = api.put("/api/tasks", json={})
     assert response.status_code == 405 and response.json()["error"] == "method not allowed"
     assert "POST" in response.headers["Allow"]
+
+
+def test_a_body_past_one_mebibyte_is_a_413(api: API) -> None:
+    response = api.post("/api/tasks", json={"task": "k1.tasks.demo.flaky", "project_id": "acme",
+                                            "kwargs": {"key": "x" * (1024 * 1024)}})
+    assert response.status_code == 413 and response.json()["error"] == "request entity too large"
