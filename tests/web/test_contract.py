@@ -127,6 +127,11 @@ BIG = 2**64 + 1  # past every 64-bit column
                                     '"kwargs": {"key": ' + "[" * 5000 + "]" * 5000 + "}}"},
      400, None),
     ("post", "/api/dlq/replay", {"data": "[" * 100_000 + "]" * 100_000}, 400, None),
+    ("post", "/api/tasks", {"data": b'{"task": "\xff\xfe", "project_id": "acme"}'}, 400, None),
+    ("post", "/api/tasks", {"data": b'\xef\xbb\xbf{"task": "t", "project_id": "acme"}'},
+     400, None),
+    ("get", "/api/dlq", {"params": [("limit", "1"), ("limit", "2")]}, 400, "limit"),
+    ("get", "/api/dlq", {"params": {"since": "99999-01-01"}}, 400, None),
     # null where a string is required
     ("post", "/api/tasks", {"json": {"task": None, "project_id": "acme"}}, 400, "task"),
     ("post", "/api/scheduler/jobs", {"json": {"name": "n", "task": None, "every": 5}}, 400,
