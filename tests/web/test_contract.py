@@ -27,6 +27,7 @@ from tests.support import VENV_BIN, free_port
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 CONTRACT_DB = "k1_contract"
+SEEDED_SCHEDULES = ("contract-a", "contract-b", "contract-c")  # as in schemathesis.toml
 CONTRACT_REDIS_DB = 7  # of the session's Redis server
 MAX_EXAMPLES = 30  # per operation and phase: the two runs stay within ~3 minutes here
 
@@ -52,8 +53,39 @@ def contract_web(services: dict[str, Any]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     process.wait_until(lambda: requests.get(f"{url}/api/openapi.json", timeout=2).ok, 60,
                        "never served /api/openapi.json")  # health: 503, Conductor is down
+    seed(url, database_url)
     yield url
     process.stop()
+
+
+def seed(url: str, database_url: str) -> None:
+    """What the generated requests may name (schemathesis.toml's dictionaries): a few dead
+    letters (ids 1-3), schedules and a task of project acme."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.orm import Session
+
+    from k1.auth import create_token
+    from k1.db import make_engine
+    from k1.recovery.dlq.models import DeadLetter
+    from tests.conftest import SECRET_KEY
+
+    now = datetime.now(UTC)
+    engine = make_engine(database_url)
+    with Session(engine) as session, session.begin():
+        session.add_all(DeadLetter(
+            task_id=f"contract-{n}", task_name="k1.tasks.demo.flaky", project_id="acme",
+            kwargs={"project_id": "acme"}, exception_type="PermanentError", attempts=1,
+            first_failed_at=now, died_at=now) for n in range(3))
+    engine.dispose()
+    api = API(url, create_token("seed", ["acme"], secret=SECRET_KEY, ttl=60))
+    for name in SEEDED_SCHEDULES:
+        created = api.post("/api/scheduler/jobs", json={
+            "name": name, "task": "k1.tasks.demo.flaky", "every": 3600, "enabled": False,
+            "project_id": "acme"})
+        assert created.status_code == 201, created.text
+    assert api.post("/api/tasks", json={"task": "k1.tasks.demo.flaky",
+                                        "project_id": "acme"}).status_code == 202
 
 
 def test_the_description_is_openapi_3_1_and_covers_every_route(contract_web: str) -> None:
