@@ -41,7 +41,6 @@ API_VERSION = "1"  # of the HTTP contract; bump on a breaking change
 # Deeper bodies are refused before they reach code that recurses over them (pydantic,
 # Celery's serializer, jsonify of a stored result); real arguments nest a few levels.
 MAX_JSON_DEPTH = 32
-MAX_ID = 2**63 - 1  # PostgreSQL BIGINT: a larger id or cursor cannot name a row
 MAX_INT32 = 2**31 - 1  # Conductor's int fields (workflow versions)
 MAX_NAME = 255  # task names, project ids, filters: the widest column they are compared with
 
