@@ -126,7 +126,7 @@ class Outcome:
     completed: int
     lost: int
     dead: int
-    duplicated_effects: int
+    duplicated_effects: int | None  # None: this scenario has no side effect to count
     recovery_s: float | None
     extra: dict[str, Any] = field(default_factory=dict)
 

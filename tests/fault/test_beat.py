@@ -5,6 +5,7 @@ as one catch-up fire (``catch_up: once``), never once each.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -70,7 +71,7 @@ def test_killing_the_active_beat_fires_each_due_time_once(services, tmp_path, ma
         # (due_count): a gap it does not cover is a lost fire, a repeated due time a double.
         lost = duplicated = 0
         for fs in history.values():
-            for prev, cur in zip(fs, fs[1:], strict=False):
+            for prev, cur in itertools.pairwise(fs):
                 periods = round((cur["due_at"] - prev["due_at"]) / EVERY)
                 lost += max(0, periods - cur["due_count"])
                 duplicated += periods == 0 or max(0, cur["due_count"] - periods)

@@ -5,6 +5,7 @@ what needs the database and keeps serving the rest.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -29,7 +30,7 @@ def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, mak
     try:
         with Platform("postgres-down", tmp_path, env=env) as platform:
             subprocess.run([str(VENV_BIN / "k1"), "db", "upgrade"], check=True,
-                           env={**platform_env(), **platform.env}, capture_output=True)
+                           env={**os.environ, **platform.env}, capture_output=True)
             platform.worker("dlq", concurrency=2)
             _, web = platform.web()
             api = API(web, make_token("ada", "fault"))
@@ -81,9 +82,3 @@ def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, mak
             engine.dispose()
     finally:
         database.stop()
-
-
-def platform_env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

@@ -87,7 +87,7 @@ def test_clients_reconnect_resubscribe_and_resume_after_a_web_restart(  # type: 
                 fault="the web process SIGKILLed and started again on the same port",
                 sent=50, completed=min(len(fresh & d.task_ids) for d in dashboards),
                 lost=max(len(fresh - d.task_ids) for d in dashboards), dead=0,
-                duplicated_effects=0, recovery_s=round(resubscribed - killed, 2),
+                duplicated_effects=None, recovery_s=round(resubscribed - killed, 2),
                 extra={"events_flowing_again_s": round(resumed - killed, 2)}))
             assert outcome.lost == 0
         finally:
