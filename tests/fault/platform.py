@@ -192,9 +192,19 @@ class Load:
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
-        for state in self.states().values():
+        states = self.states()
+        for state in states.values():
             counts[state] = counts.get(state, 0) + 1
-        return f"{len(self.task_ids)} tasks: {counts}"
+        unfinished = [self.task_ids[k] for k, state in states.items() if state != "SUCCESS"]
+        return f"{len(self.task_ids)} tasks: {counts}; {self.whereabouts(unfinished[:20])}"
+
+    def whereabouts(self, task_ids: list[str]) -> dict[str, str]:
+        """Where the broker holds each task's message: queued, unacked, or nowhere."""
+        client = self.platform.redis_client()
+        queued = "\n".join(client.lrange(QUEUE, 0, -1))
+        unacked = "\n".join(client.hvals("unacked"))
+        return {task_id: "queued" if task_id in queued else "unacked" if task_id in unacked
+                else "nowhere" for task_id in task_ids}
 
     def runs(self, key: str) -> int:
         """How many times the task with ``key`` ran its body (flaky keeps a list)."""

@@ -35,7 +35,8 @@ def fires_after(platform: Platform, name: str, after: float) -> list[dict]:
 
 def test_a_redis_restart_under_load_loses_nothing_and_everything_resumes(  # type: ignore[no-untyped-def]
         services, tmp_path, make_token, unique) -> None:
-    with Platform("redis-restart", tmp_path) as platform:
+    # A message a worker held when the connection broke comes back after this timeout.
+    with Platform("redis-restart", tmp_path, env={"K1_VISIBILITY_TIMEOUT": "60"}) as platform:
         worker = platform.worker("consumer", concurrency=2)
         platform.process("beat", str(platform_bin("k1")), "beat", env=BEAT_ENV)
         _, url = platform.web()
