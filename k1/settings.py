@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -42,6 +42,7 @@ DEFAULT_BEAT_LOCK_TIMEOUT = 10  # s
 MIN_BEAT_LOCK_LOOPS = 3  # the lock must outlive several loops, or a busy beat loses it
 MIN_SECRET_KEY_LENGTH = 32  # HS256 wants at least 256 bits of key
 ASYNC_MODES = ("eventlet", "gevent", "threading")
+DOTENV_PATH = Path(".env")  # local secrets written by `make run`; gitignored
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
 
 
@@ -119,6 +120,28 @@ def get_settings() -> Settings:
 def generate_secret_key() -> str:
     """A fresh random key suitable for ``K1_SECRET_KEY``."""
     return secrets.token_urlsafe(48)
+
+
+def read_dotenv(path: Path = DOTENV_PATH) -> dict[str, str]:
+    """The ``NAME=value`` pairs of a .env file (honcho's parser, as ``make run`` used)."""
+    from honcho.environ import parse
+
+    return parse(path.read_text()) if path.is_file() else {}
+
+
+def load_dotenv(
+    path: Path = DOTENV_PATH, environ: MutableMapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Fill ``environ`` (default ``os.environ``) from ``path`` where it sets nothing.
+
+    The environment always wins: an exported variable is never replaced by the file.
+    Returns what the file supplied, so tools can say where each value came from.
+    """
+    environ = os.environ if environ is None else environ
+    supplied = {name: value for name, value in read_dotenv(path).items()
+                if name not in environ}
+    environ.update(supplied)
+    return supplied
 
 
 def _beat_timing(env: Mapping[str, str]) -> dict[str, int]:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: set up, start Redis (data under .k1/), migrate, then every Procfile process
 # under honcho. Ctrl-C stops them all, and the Redis this script started.
+#   scripts/run.sh [PROCESS...]   only these processes (default: all of them)
+# Configuration: the environment, then .env for what it leaves unset (never the reverse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh run
@@ -16,10 +18,10 @@ CONDUCTOR_SERVER_URL=http://127.0.0.1:8080/api
 ENV
     echo "k1 run: wrote .env with a new K1_SECRET_KEY and Flower password"
 fi
-set -a
-# shellcheck disable=SC1091
-. ./.env
-set +a
+# .env fills in only what the environment leaves unset, as in every k1 command: an
+# exported K1_SECRET_KEY or FLOWER_BASIC_AUTH is never replaced by the file's.
+dotenv_exports=$(.venv/bin/k1 env --export)  # a failure stops the script (set -e)
+eval "$dotenv_exports"
 export PATH="$PWD/.venv/bin:$PATH"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 export PORT="${PORT:-5000}" FLOWER_PORT="${FLOWER_PORT:-5555}"
@@ -75,7 +77,8 @@ status=0
     echo "conductor-server: k1 conductor-server --port \$K1_CONDUCTOR_PORT"
     echo "external-service: k1 external-service --port \$K1_EXTERNAL_SERVICE_PORT"
 } > .k1/Procfile.dev
-honcho start -f .k1/Procfile.dev -p "$PORT" \
-    web worker beat conductor conductor-server external-service flower || status=$?
+# `-e /dev/null`: honcho would otherwise apply .env over the environment in every child.
+[ "$#" -gt 0 ] || set -- web worker beat conductor conductor-server external-service flower
+honcho start -e /dev/null -f .k1/Procfile.dev -p "$PORT" "$@" || status=$?
 [ "$status" -eq 130 ] && status=0  # Ctrl-C is the normal way to stop
 exit "$status"

@@ -2,27 +2,21 @@
 (``k1/cli/dlq.py``...) and are added to :data:`cli` at the bottom of this file.
 
 Reads the environment like every K1 process; a ``.env`` file in the current directory
-(the one ``make run`` writes, which honcho also reads) fills in what the environment
-does not set.
+(the one ``make run`` writes) fills in only what the environment does not set: an
+exported variable always wins, here as in every process ``make run`` starts.
 """
 
 from __future__ import annotations
 
-import os
+import shlex
 import sys
-from pathlib import Path
 
 import click
-from honcho.environ import parse as parse_dotenv
 
-from k1.settings import SettingsError, get_settings
+from k1.settings import SettingsError, get_settings, load_dotenv
 
-
-def load_dotenv(path: Path = Path(".env")) -> None:
-    """Fill ``os.environ`` from ``path`` without overriding what is already set."""
-    if path.is_file():
-        for name, value in parse_dotenv(path.read_text()).items():
-            os.environ.setdefault(name, value)
+# The names the .env file supplied to this process (the environment did not set them).
+DOTENV_SUPPLIED: dict[str, str] = {}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +42,20 @@ def token_create(user_id: str, projects: tuple[str, ...], ttl: int | None) -> No
 
     click.echo(create_token(user_id, projects, secret=get_settings().secret_key,
                             ttl=ttl or DEFAULT_TOKEN_TTL))
+
+
+@cli.command("env")
+@click.option("--export", "as_exports", is_flag=True,
+              help="Print POSIX `export` lines (for `eval` in a shell script).")
+def env_command(as_exports: bool) -> None:
+    """The variables .env supplies because the environment does not set them.
+
+    ``eval "$(k1 env --export)"`` gives a shell script the same view as every k1 process:
+    the environment first, then .env for what it leaves unset (scripts/run.sh uses it).
+    """
+    prefix = "export " if as_exports else ""
+    for name, value in DOTENV_SUPPLIED.items():
+        click.echo(f"{prefix}{name}={shlex.quote(value)}")
 
 
 @cli.group()
@@ -92,7 +100,7 @@ def _add_area_commands() -> None:
 
 
 def main() -> None:
-    load_dotenv()
+    DOTENV_SUPPLIED.update(load_dotenv())
     _add_area_commands()
     try:
         cli(standalone_mode=True)
