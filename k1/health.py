@@ -26,16 +26,40 @@ def check_all() -> dict[str, Any]:
     return {"ok": all(c["status"] != "down" for c in checks.values()), **checks}
 
 
-def check_redis() -> dict[str, Any]:
+def check_redis(url: str | None = None, *, detail: bool = False) -> dict[str, Any]:
+    """Redis' status; with ``detail`` its version too. When down, ``fix`` says what to do."""
     # A client of its own with short timeouts: the shared one waits longer.
-    client = redis_from_url(get_settings().redis_url)
+    client = redis_from_url(url or get_settings().redis_url)
     client.connection_pool.connection_kwargs.update(
         socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
     )
+    found: dict[str, Any] = {}
+
+    def probe() -> None:
+        if detail:
+            found["version"] = client.info("server")["redis_version"]
+        else:
+            client.ping()
+
     try:
-        return _timed(client.ping)
+        result = _timed(probe)
     finally:
         client.close()
+    if result["status"] == "down":
+        result["fix"] = redis_fix(result["error"])
+    return {**result, **found}
+
+
+def redis_fix(error: str) -> str:
+    """What fixes a Redis connection failure, from its message (logs and `k1 check`)."""
+    if "CERTIFICATE_VERIFY_FAILED" in error:
+        return ("Redis' TLS certificate is not trusted (managed Redis such as Heroku's "
+                "presents a self-signed one): set K1_REDIS_SSL_CERT_REQS=none")
+    if any(word in error for word in ("WRONGPASS", "NOAUTH", "Authentication", "AUTH")):
+        return "put Redis' password in REDIS_URL: redis://:PASSWORD@host:port/0"
+    if "WRONG_VERSION_NUMBER" in error or "wrong version number" in error:
+        return "Redis does not speak TLS on that port: use redis://, not rediss://"
+    return "start Redis, or point REDIS_URL at a running one"
 
 
 def check_database() -> dict[str, Any]:

@@ -43,6 +43,26 @@ MIN_BEAT_LOCK_LOOPS = 3  # the lock must outlive several loops, or a busy beat l
 MIN_SECRET_KEY_LENGTH = 32  # HS256 wants at least 256 bits of key
 ASYNC_MODES = ("eventlet", "gevent", "threading")
 DOTENV_PATH = Path(".env")  # local secrets written by `make run`; gitignored
+FLOWER_AUTH_MODES = ("required", "off")  # off: an explicit opt-out, e.g. behind a proxy
+
+# Every variable K1 reads -> the Settings field it sets (None: read by a Procfile line or
+# folded into another field). `k1 check` prints them with their source.
+VARIABLES: dict[str, str | None] = {
+    "REDIS_URL": "redis_url", "K1_REDIS_SSL_CERT_REQS": None, "DATABASE_URL": "database_url",
+    "K1_SECRET_KEY": "secret_key", "CONDUCTOR_SERVER_URL": "conductor_server_url",
+    "K1_CORS_ORIGINS": "cors_origins", "K1_HOST": "host", "PORT": "port",
+    "FLOWER_PORT": "flower_port", "FLOWER_BASIC_AUTH": "flower_basic_auth",
+    "K1_FLOWER_AUTH": "flower_auth", "K1_EXTERNAL_SERVICE_URL": "external_service_url",
+    "K1_VISIBILITY_TIMEOUT": "visibility_timeout", "K1_ASYNC_MODE": "async_mode",
+    "K1_DATA_DIR": "data_dir", "K1_LOG_LEVEL": "log_level",
+    "K1_DLQ_RETENTION_DAYS": "dlq_retention_days", "K1_DLQ_MAX_ROWS": "dlq_max_rows",
+    "K1_BREAKER_FAIL_MAX": "breaker_fail_max",
+    "K1_BREAKER_RESET_TIMEOUT": "breaker_reset_timeout", "K1_WORKFLOWS_DIR": "workflows_dir",
+    "K1_CONDUCTOR_CACHE": "conductor_cache_dir", "K1_TASK_EVENTS": "task_events",
+    "K1_BEAT_MAX_LOOP_INTERVAL": "beat_max_loop_interval",
+    "K1_BEAT_LOCK_TIMEOUT": "beat_lock_timeout", "K1_WORKER_CONCURRENCY": None,
+}
+SECRET_VARIABLES = frozenset({"K1_SECRET_KEY", "FLOWER_BASIC_AUTH"})
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
 
 
@@ -60,6 +80,8 @@ class Settings:
     host: str
     port: int
     flower_port: int
+    flower_basic_auth: str | None  # user:password[,user:password...] for Flower
+    flower_auth: str  # "required" or "off" (K1_FLOWER_AUTH, an explicit opt-out)
     external_service_url: str
     visibility_timeout: int
     async_mode: str
@@ -89,6 +111,8 @@ class Settings:
             host=env.get("K1_HOST", "0.0.0.0"),
             port=_int(env, "PORT", DEFAULT_PORT, low=1, high=65535),
             flower_port=_int(env, "FLOWER_PORT", DEFAULT_FLOWER_PORT, low=1, high=65535),
+            flower_basic_auth=env.get("FLOWER_BASIC_AUTH", "").strip() or None,
+            flower_auth=_choice(env, "K1_FLOWER_AUTH", FLOWER_AUTH_MODES, "required"),
             external_service_url=_optional_http_url(env, "K1_EXTERNAL_SERVICE_URL")
             or DEFAULT_EXTERNAL_SERVICE_URL,
             visibility_timeout=_int(
@@ -191,7 +215,7 @@ def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
         # speaks psycopg 3, so every PostgreSQL URL gets the +psycopg driver.
         _check_host_port("DATABASE_URL", raw)
         if not parts.path.strip("/"):
-            raise SettingsError(f"DATABASE_URL: no database name in {_redact(raw)!r}")
+            raise SettingsError(f"DATABASE_URL: no database name in {redact(raw)!r}")
         return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
     if scheme == "sqlite":
         return raw
@@ -277,12 +301,12 @@ def _check_host_port(name: str, raw: str) -> None:
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise SettingsError(f"{name}: invalid port in {_redact(raw)!r}") from None
+        raise SettingsError(f"{name}: invalid port in {redact(raw)!r}") from None
     if not parts.hostname:
-        raise SettingsError(f"{name}: no host in {_redact(raw)!r}")
+        raise SettingsError(f"{name}: no host in {redact(raw)!r}")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL with its password hidden, for error messages."""
     parts = urlsplit(url)
     if parts.password:

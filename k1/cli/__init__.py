@@ -85,6 +85,9 @@ def external_service(host: str, port: int) -> None:
 
 def _add_area_commands() -> None:
     """Each area's group, imported here so ``k1 --help`` lists them all."""
+    from k1.cli.check import check
+
+    cli.add_command(check)
     from k1.cli.dlq import dlq
     from k1.cli.schedule import beat, schedule
 
