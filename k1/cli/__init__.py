@@ -83,6 +83,31 @@ def external_service(host: str, port: int) -> None:
     serve(host, port)
 
 
+@cli.command("flower", context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Run Celery's Flower on $K1_HOST:$FLOWER_PORT; refuse to without its password.
+
+    Flower shows every task's arguments and can revoke tasks, so it never starts open by
+    accident: FLOWER_BASIC_AUTH=user:password is required unless K1_FLOWER_AUTH=off says
+    that something in front of it authenticates. Extra arguments go to Flower.
+    """
+    import os
+
+    from k1.cli.check import Problem, check_flower
+
+    settings = get_settings()
+    try:
+        click.echo(f"k1 flower: {check_flower(settings)}", err=True)
+    except Problem as problem:
+        raise click.ClickException(f"refusing to start Flower: {problem.what}; "
+                                   f"{problem.fix}") from None
+    # exec: Flower becomes this process, so signals from honcho or the dyno reach it.
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "k1.celery", "flower",
+                              f"--port={settings.flower_port}", f"--address={settings.host}",
+                              *flower_args])
+
+
 def _add_area_commands() -> None:
     """Each area's group, imported here so ``k1 --help`` lists them all."""
     from k1.cli.check import check
