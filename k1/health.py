@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from k1.connections import redis_from_url
 from k1.db import get_engine
-from k1.settings import get_settings
+from k1.settings import get_settings, redis_error_fix
 
 CHECK_TIMEOUT = 2.0  # seconds per dependency: health must answer even when all are down
 
@@ -51,15 +51,8 @@ def check_redis(url: str | None = None, *, detail: bool = False) -> dict[str, An
 
 
 def redis_fix(error: str) -> str:
-    """What fixes a Redis connection failure, from its message (logs and `k1 check`)."""
-    if "CERTIFICATE_VERIFY_FAILED" in error:
-        return ("Redis' TLS certificate is not trusted (managed Redis such as Heroku's "
-                "presents a self-signed one): set K1_REDIS_SSL_CERT_REQS=none")
-    if any(word in error for word in ("WRONGPASS", "NOAUTH", "Authentication", "AUTH")):
-        return "put Redis' password in REDIS_URL: redis://:PASSWORD@host:port/0"
-    if "WRONG_VERSION_NUMBER" in error or "wrong version number" in error:
-        return "Redis does not speak TLS on that port: use redis://, not rediss://"
-    return "start Redis, or point REDIS_URL at a running one"
+    """What fixes a Redis connection failure, from its message (`k1 check`, health)."""
+    return redis_error_fix(error) or "start Redis, or point REDIS_URL at a running one"
 
 
 def check_database() -> dict[str, Any]:

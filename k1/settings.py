@@ -66,6 +66,24 @@ SECRET_VARIABLES = frozenset({"K1_SECRET_KEY", "FLOWER_BASIC_AUTH"})
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
 
 
+# Redis connection errors a setting fixes: a marker in the error's text -> the fix. Read by
+# `k1 check`, /api/health and every process's log handler (k1.logs), so a worker retrying
+# forever on a self-signed certificate says which variable ends it.
+REDIS_ERROR_FIXES = (
+    ("CERTIFICATE_VERIFY_FAILED", "Redis' TLS certificate is not trusted (managed Redis "
+     "such as Heroku's presents a self-signed one): set K1_REDIS_SSL_CERT_REQS=none"),
+    ("WRONGPASS", "put Redis' password in REDIS_URL: redis://:PASSWORD@host:port/0"),
+    ("NOAUTH", "put Redis' password in REDIS_URL: redis://:PASSWORD@host:port/0"),
+    ("WRONG_VERSION_NUMBER", "Redis does not speak TLS on that port: use redis://, "
+     "not rediss://"),
+)
+
+
+def redis_error_fix(message: str) -> str | None:
+    """The setting that fixes a Redis error with this message, if a setting can."""
+    return next((fix for marker, fix in REDIS_ERROR_FIXES if marker in message), None)
+
+
 class SettingsError(ValueError):
     """A variable of the environment is missing or malformed; the message names it."""
 

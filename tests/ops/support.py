@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import psycopg
 
 from tests.support import ROOT
 
@@ -24,3 +27,12 @@ def mirror_repo(target: Path) -> Path:
     if (ROOT / ".k1" / "cache").is_dir():  # the Conductor jar, fetched once
         (target / ".k1" / "cache").symlink_to(ROOT / ".k1" / "cache")
     return target
+
+
+def fresh_database(name: str) -> str:
+    """An empty database on the session's PostgreSQL; its Heroku-style postgres:// URL."""
+    admin = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {name}")
+    return admin.replace("postgresql://", "postgres://").rsplit("/", 1)[0] + f"/{name}"

@@ -7,11 +7,11 @@ import os
 import subprocess
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from k1.settings import VARIABLES, Settings
 from tests.ops.conftest import TLS_REDIS_PASSWORD, TLSRedis
+from tests.ops.support import fresh_database
 from tests.support import VENV_BIN
 
 STRONG_KEY = "Zq3v9LmT0xRk2WbN8sYc4HdJ7uPaE1fG6iKoQrS5tVwXyB"
@@ -78,11 +78,7 @@ def test_flower_opt_out_is_explicit(services: dict[str, object], tmp_path: Path)
 
 
 def test_unmigrated_database_says_run_db_upgrade(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    admin = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute("DROP DATABASE IF EXISTS k1_unmigrated")
-        connection.execute("CREATE DATABASE k1_unmigrated")
-    done = k1_check(tmp_path, DATABASE_URL=admin.rsplit("/", 1)[0] + "/k1_unmigrated")
+    done = k1_check(tmp_path, DATABASE_URL=fresh_database("k1_unmigrated"))
     assert done.returncode == 1, done.stdout
     assert "the database is at revision (empty)" in done.stdout
     assert "fix: run `k1 db upgrade`" in done.stdout

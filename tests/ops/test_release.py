@@ -7,18 +7,10 @@ import subprocess
 
 import psycopg
 
+from tests.ops.support import fresh_database
 from tests.support import VENV_BIN
 
 RELEASES = 4  # concurrent release phases; more than two makes the race likelier
-
-
-def fresh_database(name: str) -> str:
-    """An empty database on the session's PostgreSQL; its Heroku-style postgres:// URL."""
-    admin = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {name}")
-    return admin.replace("postgresql://", "postgres://").rsplit("/", 1)[0] + f"/{name}"
 
 
 def test_concurrent_release_phases_migrate_once(services: dict[str, object]) -> None:
