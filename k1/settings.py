@@ -39,6 +39,9 @@ DEFAULT_BEAT_MAX_LOOP_INTERVAL = 1  # s
 # takes over at most this long after the active one dies; an active beat stalled for
 # longer loses the lock and exits (k1 beat restarts it). See docs/scheduling.md.
 DEFAULT_BEAT_LOCK_TIMEOUT = 10  # s
+# A worker sent SIGTERM lets running tasks finish for this long, then hands the rest back
+# to the queue; it stays well inside Heroku's 30 s between SIGTERM and SIGKILL.
+DEFAULT_WORKER_SHUTDOWN_GRACE = 20  # s
 MIN_BEAT_LOCK_LOOPS = 3  # the lock must outlive several loops, or a busy beat loses it
 MIN_SECRET_KEY_LENGTH = 32  # HS256 wants at least 256 bits of key
 ASYNC_MODES = ("eventlet", "gevent", "threading")
@@ -61,6 +64,7 @@ VARIABLES: dict[str, str | None] = {
     "K1_CONDUCTOR_CACHE": "conductor_cache_dir", "K1_TASK_EVENTS": "task_events",
     "K1_BEAT_MAX_LOOP_INTERVAL": "beat_max_loop_interval",
     "K1_BEAT_LOCK_TIMEOUT": "beat_lock_timeout", "K1_WORKER_CONCURRENCY": None,
+    "K1_WORKER_SHUTDOWN_GRACE": "worker_shutdown_grace",
 }
 SECRET_VARIABLES = frozenset({"K1_SECRET_KEY", "FLOWER_BASIC_AUTH"})
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
@@ -114,6 +118,7 @@ class Settings:
     task_events: bool  # K1_TASK_EVENTS=off leaves the task signal handlers unconnected (bench)
     beat_max_loop_interval: int
     beat_lock_timeout: int
+    worker_shutdown_grace: int  # s running tasks get to finish after SIGTERM
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -149,6 +154,8 @@ class Settings:
             conductor_cache_dir=Path(env.get("K1_CONDUCTOR_CACHE")
                                      or data_dir / "cache" / "conductor"),
             task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
+            worker_shutdown_grace=_int(env, "K1_WORKER_SHUTDOWN_GRACE",
+                                       DEFAULT_WORKER_SHUTDOWN_GRACE, low=0, high=3600),
             **_beat_timing(env),
         )
 
