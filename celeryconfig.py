@@ -41,6 +41,13 @@ task_track_started = True
 result_extended = True  # name, args, kwargs stored with the result, for GET /api/tasks/<id>
 result_expires = 7 * 24 * 3600  # 7 days
 
+# Stopping (a deploy, a daily restart): the Procfile sets REMAP_SIGTERM=SIGQUIT, so that
+# SIGTERM to the worker's whole process group leaves the pool children running (billiard
+# ignores SIGTERM in them) and starts Celery's soft shutdown in the main process: running
+# tasks get this long to finish, then the unfinished are cancelled and, being unacked,
+# handed back to the queue before the worker exits (not left for the visibility timeout).
+worker_soft_shutdown_timeout = _settings.worker_shutdown_grace
+
 # Flower and the dashboard see every transition.
 worker_send_task_events = True
 task_send_sent_event = True

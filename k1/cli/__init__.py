@@ -2,27 +2,21 @@
 (``k1/cli/dlq.py``...) and are added to :data:`cli` at the bottom of this file.
 
 Reads the environment like every K1 process; a ``.env`` file in the current directory
-(the one ``make run`` writes, which honcho also reads) fills in what the environment
-does not set.
+(the one ``make run`` writes) fills in only what the environment does not set: an
+exported variable always wins, here as in every process ``make run`` starts.
 """
 
 from __future__ import annotations
 
-import os
+import shlex
 import sys
-from pathlib import Path
 
 import click
-from honcho.environ import parse as parse_dotenv
 
-from k1.settings import SettingsError, get_settings
+from k1.settings import SettingsError, get_settings, load_dotenv
 
-
-def load_dotenv(path: Path = Path(".env")) -> None:
-    """Fill ``os.environ`` from ``path`` without overriding what is already set."""
-    if path.is_file():
-        for name, value in parse_dotenv(path.read_text()).items():
-            os.environ.setdefault(name, value)
+# The names the .env file supplied to this process (the environment did not set them).
+DOTENV_SUPPLIED: dict[str, str] = {}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,6 +83,20 @@ def token_signin_link(base_url: str, user_id: str) -> None:
     click.echo(f"{base_url.rstrip('/')}/#signin={token}")
 
 
+@cli.command("env")
+@click.option("--export", "as_exports", is_flag=True,
+              help="Print POSIX `export` lines (for `eval` in a shell script).")
+def env_command(as_exports: bool) -> None:
+    """The variables .env supplies because the environment does not set them.
+
+    ``eval "$(k1 env --export)"`` gives a shell script the same view as every k1 process:
+    the environment first, then .env for what it leaves unset (scripts/run.sh uses it).
+    """
+    prefix = "export " if as_exports else ""
+    for name, value in DOTENV_SUPPLIED.items():
+        click.echo(f"{prefix}{name}={shlex.quote(value)}")
+
+
 @cli.group()
 def db() -> None:
     """Database schema."""
@@ -114,8 +122,36 @@ def external_service(host: str, port: int) -> None:
     serve(host, port)
 
 
+@cli.command("flower", context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Run Celery's Flower on $K1_HOST:$FLOWER_PORT; refuse to without its password.
+
+    Flower shows every task's arguments and can revoke tasks, so it never starts open by
+    accident: FLOWER_BASIC_AUTH=user:password is required unless K1_FLOWER_AUTH=off says
+    that something in front of it authenticates. Extra arguments go to Flower.
+    """
+    import os
+
+    from k1.cli.check import Problem, check_flower
+
+    settings = get_settings()
+    try:
+        click.echo(f"k1 flower: {check_flower(settings)}", err=True)
+    except Problem as problem:
+        raise click.ClickException(f"refusing to start Flower: {problem.what}; "
+                                   f"{problem.fix}") from None
+    # exec: Flower becomes this process, so signals from honcho or the dyno reach it.
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "k1.celery", "flower",
+                              f"--port={settings.flower_port}", f"--address={settings.host}",
+                              *flower_args])
+
+
 def _add_area_commands() -> None:
     """Each area's group, imported here so ``k1 --help`` lists them all."""
+    from k1.cli.check import check
+
+    cli.add_command(check)
     from k1.cli.dlq import dlq
     from k1.cli.schedule import beat, schedule
 
@@ -131,7 +167,7 @@ def _add_area_commands() -> None:
 
 
 def main() -> None:
-    load_dotenv()
+    DOTENV_SUPPLIED.update(load_dotenv())
     _add_area_commands()
     try:
         cli(standalone_mode=True)
