@@ -46,6 +46,9 @@ MIN_BEAT_LOCK_LOOPS = 3  # the lock must outlive several loops, or a busy beat l
 MIN_SECRET_KEY_LENGTH = 32  # HS256 wants at least 256 bits of key
 ASYNC_MODES = ("eventlet", "gevent", "threading")
 DOTENV_PATH = Path(".env")  # local secrets written by `make run`; gitignored
+# A client that scripts against the API sends bursts of a few dozen; a tenant that sends
+# more than this per second per user is flooding the shared broker.
+DEFAULT_API_WRITE_LIMIT = "50/second;1500/minute"
 FLOWER_AUTH_MODES = ("required", "off")  # off: an explicit opt-out, e.g. behind a proxy
 
 # Every variable K1 reads -> the Settings field it sets (None: read by a Procfile line or
@@ -65,6 +68,7 @@ VARIABLES: dict[str, str | None] = {
     "K1_BEAT_MAX_LOOP_INTERVAL": "beat_max_loop_interval",
     "K1_BEAT_LOCK_TIMEOUT": "beat_lock_timeout", "K1_WORKER_CONCURRENCY": None,
     "K1_WORKER_SHUTDOWN_GRACE": "worker_shutdown_grace",
+    "K1_API_WRITE_LIMIT": "api_write_limit",
 }
 SECRET_VARIABLES = frozenset({"K1_SECRET_KEY", "FLOWER_BASIC_AUTH"})
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
@@ -119,6 +123,7 @@ class Settings:
     beat_max_loop_interval: int
     beat_lock_timeout: int
     worker_shutdown_grace: int  # s running tasks get to finish after SIGTERM
+    api_write_limit: str  # API writes per user, limits notation (k1.web.security)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,8 +161,20 @@ class Settings:
             task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
             worker_shutdown_grace=_int(env, "K1_WORKER_SHUTDOWN_GRACE",
                                        DEFAULT_WORKER_SHUTDOWN_GRACE, low=0, high=3600),
+            api_write_limit=_rate_limits(env, "K1_API_WRITE_LIMIT", DEFAULT_API_WRITE_LIMIT),
             **_beat_timing(env),
         )
+
+
+def _rate_limits(env: Mapping[str, str], name: str, default: str) -> str:
+    from limits import parse_many
+
+    value = env.get(name, "").strip() or default
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc} (e.g. '20/second;600/minute')") from None
+    return value
 
 
 @functools.cache

@@ -7,45 +7,27 @@
 - Rate limits (Flask-Limiter, counters in the K1 Redis): API writes (POST, PUT, PATCH,
   DELETE under ``/api/``) are limited per user of a valid token, else per client address;
   over the limit the answer is ``429 {"error": "too many requests", ...}`` with
-  ``Retry-After``. ``K1_API_WRITE_LIMIT`` overrides :data:`DEFAULT_WRITE_LIMIT` (limits
-  notation: ``"20/second;600/minute"``). While Redis is unreachable writes are not
+  ``Retry-After``. ``K1_API_WRITE_LIMIT`` (read by :mod:`k1.settings`) overrides the
+  default (limits notation: ``"20/second;600/minute"``). While Redis is unreachable writes are not
   limited: the limiter must not turn a Redis blip into refused requests.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import parse_many
 
 from k1.auth import InvalidToken, decode_token
 from k1.connections import REDIS_SOCKET_TIMEOUT
-from k1.settings import SettingsError
 
-# A client that scripts against the API sends bursts of a few dozen; a tenant that sends
-# more than this per second per user is flooding the shared broker.
-DEFAULT_WRITE_LIMIT = "50/second;1500/minute"
-WRITE_LIMIT_ENV = "K1_API_WRITE_LIMIT"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 RATE_LIMIT_PREFIX = "k1:ratelimit"
 HTML_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 ALWAYS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
-
-
-def write_limit() -> str:
-    """The write limit in force (read here only); SettingsError when malformed."""
-    value = os.environ.get(WRITE_LIMIT_ENV, "").strip() or DEFAULT_WRITE_LIMIT
-    try:
-        parse_many(value)
-    except ValueError as exc:
-        raise SettingsError(f"{WRITE_LIMIT_ENV}: {exc} (e.g. '20/second;600/minute')"
-                            ) from None
-    return value
 
 
 def _caller() -> str:
@@ -69,7 +51,7 @@ def init_app(app: Flask) -> None:
     Limiter(
         _caller,
         app=app,
-        default_limits=[write_limit()],
+        default_limits=[app.config["K1_SETTINGS"].api_write_limit],
         default_limits_exempt_when=_not_a_write,
         storage_uri=app.config["K1_SETTINGS"].redis_url,
         # A Redis that hangs must not hang every write: fail fast, then let it through.
