@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from k1.tasks.submissions import SubmissionError, lookup, status, submit
+from k1.tasks.submissions import (
+    NotAllowed,
+    SubmissionError,
+    lookup,
+    status,
+    submit,
+    validate_project_id,
+)
 from k1.web.auth import authorize_project, current_principal, require_auth
 from k1.web.errors import APIError, json_object
 
@@ -26,14 +33,17 @@ def create_task():  # type: ignore[no-untyped-def]
         raise APIError(400, "args: must be a JSON list")
     if not isinstance(kwargs, dict):
         raise APIError(400, "kwargs: must be a JSON object")
-    if not isinstance(project_id, str | int) or isinstance(project_id, bool) or project_id == "":
-        raise APIError(400, "project_id: required, a string")
-    project_id = str(project_id)
-    authorize_project(project_id)
     try:
-        task_id = submit(
-            task, args, kwargs, project_id=project_id, user_id=current_principal().user_id
-        )
+        project_id = validate_project_id(project_id)
+    except SubmissionError as exc:
+        raise APIError(400, str(exc)) from None
+    authorize_project(project_id)
+    principal = current_principal()
+    try:
+        task_id = submit(task, args, kwargs, project_id=project_id, user_id=principal.user_id,
+                         operator=principal.is_operator)
+    except NotAllowed as exc:
+        raise APIError(403, str(exc)) from None
     except SubmissionError as exc:
         raise APIError(400, str(exc)) from None
     return jsonify(task_id=task_id), 202
