@@ -18,6 +18,8 @@ entry and gets the kept result instead of doing the effect twice::
 - **Redis effects** (:meth:`Effects.redis`) are atomic with their ledger entry: the
   effect's writes and the entry go in one MULTI/EXEC, guarded by WATCH on the entry and
   on the keys the effect reads, so they happen together or not at all.
+- **PostgreSQL effects** (:meth:`Effects.sql`) are atomic the same way: the effect's
+  statements and the ledger row (:class:`EffectEntry`) commit in one transaction.
 - **External calls** (:meth:`Effects.external`) cannot share a transaction with the
   ledger, so the remote side deduplicates: the call gets the effect's own idempotency key
   (:func:`effect_key`, stable across reruns) to send as an ``Idempotency-Key`` header,
@@ -35,12 +37,18 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 import redis.client
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from k1.connections import get_redis
+from k1.db import Base, session_scope
 
 T = TypeVar("T")
 
@@ -61,6 +69,19 @@ def effect_key(idempotency_key: str, name: str) -> str:
 
 
 RedisEffect = Callable[[redis.client.Pipeline, Mapping[str, str | None]], T]
+
+
+class EffectEntry(Base):
+    """The ledger row of an effect done in PostgreSQL, committed with the effect."""
+
+    __tablename__ = "effect_ledger"
+
+    effect_key: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(sa.Text())
+    name: Mapped[str] = mapped_column(sa.String(255))
+    result: Mapped[Any] = mapped_column(sa.JSON().with_variant(postgresql.JSONB(),
+                                                               "postgresql"))
+    done_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
 class Effects:
@@ -105,6 +126,33 @@ class Effects:
             return result
 
         return self.client.transaction(attempt, ledger, *watched, value_from_callable=True)
+
+    def sql(self, name: str, effect: Callable[[Session], T]) -> T:
+        """Perform the database effect ``name`` once, in one transaction with its ledger row.
+
+        ``effect(session)`` runs its statements on ``session`` and returns the effect's
+        result (JSON-serialisable); the row is inserted before the commit. A rerun returns
+        the kept result without calling ``effect``; a concurrent run's insert conflicts on
+        the key, its transaction (effect included) rolls back, and it returns the winner's
+        result.
+        """
+        key = self.key(name)
+        try:
+            with session_scope() as session:
+                kept = session.get(EffectEntry, key)
+                if kept is not None:
+                    return kept.result
+                result = effect(session)
+                session.add(EffectEntry(effect_key=key, idempotency_key=self.idempotency_key,
+                                        name=name, result=result, done_at=datetime.now(UTC)))
+                session.flush()  # the insert waits for, then conflicts with, a concurrent run
+                return result
+        except IntegrityError:
+            with session_scope() as session:
+                winner = session.get(EffectEntry, key)
+                if winner is None:  # the conflict was the effect's own, not the ledger's
+                    raise
+                return winner.result
 
     def external(self, name: str, call: Callable[[str], T]) -> T:
         """Perform the external effect ``name`` at most once as far as K1 can tell, and

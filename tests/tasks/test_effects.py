@@ -126,3 +126,70 @@ def test_analyze_profile_calls_the_service_once_per_idempotency_key(
     # Analysed once; the run after the "crash" was answered from the service's record,
     # and the last run from K1's ledger without calling at all.
     assert record == {"key": effect, "analysed": 1, "replays": 1}
+
+
+@pytest.fixture
+def effect_rows() -> str:
+    """A table for the test's database effects."""
+    from k1.db import get_engine
+
+    table = f"effect_rows_{uuid.uuid4().hex[:8]}"
+    with get_engine().begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE {table} (effect text, run text)")
+    return table
+
+
+def rows(table: str) -> list[tuple[str, str]]:
+    from k1.db import get_engine
+
+    with get_engine().connect() as connection:
+        return [tuple(r) for r in connection.exec_driver_sql(f"SELECT * FROM {table}")]
+
+
+def test_a_database_effect_commits_with_its_ledger_row_once(effect_rows: str) -> None:
+    from sqlalchemy import text
+
+    effects = Effects(f"key-{uuid.uuid4()}")
+
+    def insert(run: str):  # type: ignore[no-untyped-def]
+        def effect(session) -> str:  # type: ignore[no-untyped-def]
+            session.execute(text(f"INSERT INTO {effect_rows} VALUES ('invoice', :run)"),
+                            {"run": run})
+            return run
+        return effect
+
+    def broken(session) -> None:  # type: ignore[no-untyped-def]
+        session.execute(text(f"INSERT INTO {effect_rows} VALUES ('refund', 'broken')"))
+        raise RuntimeError("the task dies after its statement, before the commit")
+
+    assert effects.sql("invoice", insert("first")) == "first"
+    assert effects.sql("invoice", insert("second")) == "first"  # a rerun: the kept result
+    with pytest.raises(RuntimeError):
+        effects.sql("refund", broken)
+    assert rows(effect_rows) == [("invoice", "first")]
+
+
+def test_concurrent_runs_of_a_database_effect_leave_one(effect_rows: str) -> None:
+    import threading
+
+    from sqlalchemy import text
+
+    effects = Effects(f"key-{uuid.uuid4()}")
+    both_inside = threading.Barrier(2, timeout=20)
+    results: dict[str, str] = {}
+
+    def run(name: str) -> None:
+        def effect(session) -> str:  # type: ignore[no-untyped-def]
+            session.execute(text(f"INSERT INTO {effect_rows} VALUES ('invoice', :run)"),
+                            {"run": name})
+            both_inside.wait()  # both did the effect before either writes its ledger row
+            return name
+        results[name] = effects.sql("invoice", effect)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(set(results.values())) == 1 and set(results) == {"a", "b"}, results
+    assert rows(effect_rows) == [("invoice", results["a"])]
