@@ -26,7 +26,8 @@ timezone = "UTC"
 enable_utc = True
 
 # A task is acknowledged after it ran, and given back if its worker process dies,
-# so a crash never loses it; tasks must therefore be idempotent (see k1.tasks).
+# so a crash never loses it; a task may thus run twice and does its side effects
+# once per idempotency key (k1.tasks.effects).
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1

@@ -158,7 +158,9 @@ class K1Task(Task):
             "breaker_states": states_snapshot(),
             "workflow_id": self.request.get(headers.CONDUCTOR_WORKFLOW),
             "conductor_task_id": self.request.get(headers.CONDUCTOR_TASK),
-            "idempotency_key": self.idempotency_key(),
+            # A hard time limit calls this in the worker's main process, outside the
+            # request: its id is then the task id passed in, not "None".
+            "idempotency_key": self.request.get(headers.IDEMPOTENCY_KEY) or task_id,
         }
         recorded = DeadLetterStore().record(fields)
         log.error("task %s[%s] is dead after %d attempt(s): %s: %s (dead letter %s)",

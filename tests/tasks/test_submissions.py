@@ -139,3 +139,19 @@ def test_a_run_past_its_soft_time_limit_dies_once_with_a_letter(worker: object) 
                    project_id="acme", soft_time_limit=1)
     letter = wait_letter(task_id)
     assert letter.exception_type == "SoftTimeLimitExceeded" and letter.attempts == 1
+
+
+
+def test_a_hard_time_limit_death_gets_a_letter_of_its_own(services: object) -> None:
+    """Past its hard limit the process is killed, and Celery calls ``on_failure`` from the
+    worker's main process, outside the task's request (celery.worker.request.on_timeout):
+    done here the same way, the letter keeps the task's id as its idempotency key."""
+    from celery.exceptions import TimeLimitExceeded
+
+    from k1.tasks.demo import flaky
+
+    task_id = str(uuid.uuid4())
+    flaky.on_failure(TimeLimitExceeded(360), task_id, (), {"project_id": "acme"}, None)
+    letter = wait_letter(task_id, timeout=10)
+    assert (letter.exception_type, letter.project_id) == ("TimeLimitExceeded", "acme")
+    assert letter.idempotency_key == task_id  # not "None", shared by every such death
