@@ -55,7 +55,8 @@ class K1Task(Task):
     :cvar retry_policy: the :class:`RetryPolicy` for this task.
     :cvar error_classes: rows consulted before the default classification table.
     :cvar argument_limits: ``{argument: (low, high)}`` integer bounds, checked when the
-        task is submitted (a 400) and again when it runs (a dead letter).
+        task is submitted (a 400) and again when it runs (a dead letter); None passes, as
+        an argument not given.
     """
 
     public: ClassVar[bool] = False
@@ -80,9 +81,9 @@ class K1Task(Task):
     def check_arguments(self, arguments: Mapping[str, Any]) -> None:
         """Raise ValueError naming the first argument outside :attr:`argument_limits`."""
         for name, (low, high) in self.argument_limits.items():
-            if name not in arguments:
+            value = arguments.get(name)
+            if value is None:  # not given (a workflow passes None for an absent input)
                 continue
-            value = arguments[name]
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name}: must be an integer from {low} to {high}, "
                                  f"got {value!r}")

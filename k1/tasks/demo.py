@@ -55,7 +55,7 @@ def flaky(
                                   watch=[counter])
     if sleep_ms:
         time.sleep(sleep_ms / 1000)
-    if runs <= fail_times:
+    if fail_times and runs <= fail_times:
         raise TransientError(f"flaky: failure {runs} of {fail_times} for {key or 'task'}")
     return {"project_id": project_id, "runs": runs,
             "idempotency_key": self.idempotency_key()}
