@@ -108,14 +108,23 @@ def test_killed_pool_children_lose_no_task_and_repeat_no_effect(services) -> Non
                       or {}).get("storm@k1test", [])
             return next((t["worker_pid"] for t in active if t["name"] == flaky.name), None)
 
+        def kill_a_running_child() -> bool:
+            pid = running_pid()
+            if pid is None:
+                return False
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:  # a child killed before, still listed: pick again
+                return False
+            return True
+
         step = 2 * STORM_TASKS // (STORM_KILLS + 1)  # spread the kills over the run
         for kill in range(1, STORM_KILLS + 1):
             wait_for(lambda kill=kill: attempts_counted() >= kill * step, timeout=60,
                      message=lambda kill=kill: f"attempts stalled at {attempts_counted()} "
                                                f"before kill {kill}; worker log:\n"
                                                f"{worker.log_tail()}")
-            pid = wait_for(running_pid, timeout=30, message="no storm task running to kill")
-            os.kill(pid, signal.SIGKILL)
+            wait_for(kill_a_running_child, timeout=30, message="no storm task running to kill")
 
         wait_for(lambda: all(r.ready() for r in results), timeout=90,
                  message=lambda: f"{sum(not r.ready() for r in results)} of {STORM_TASKS} "

@@ -100,7 +100,8 @@ class Effects:
         return effect_key(self.idempotency_key, name)
 
     def done(self, name: str) -> bool:
-        """True when effect ``name`` happened already (its ledger entry exists)."""
+        """True when the Redis or external effect ``name`` happened already (its entry is in
+        the Redis ledger; a database effect's row is in ``effect_ledger``)."""
         return bool(self.client.exists(self._ledger(name)))
 
     def redis(self, name: str, effect: RedisEffect[T], *, watch: Sequence[str] = ()) -> T:
