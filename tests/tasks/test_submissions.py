@@ -155,3 +155,32 @@ def test_a_hard_time_limit_death_gets_a_letter_of_its_own(services: object) -> N
     letter = wait_letter(task_id, timeout=10)
     assert (letter.exception_type, letter.project_id) == ("TimeLimitExceeded", "acme")
     assert letter.idempotency_key == task_id  # not "None", shared by every such death
+
+
+def test_the_tasks_route_answers_403_for_operator_only_work_and_202_for_an_operator(
+        services: object, redis_server: RedisServer, make_token) -> None:  # type: ignore[no-untyped-def]
+    """The real blueprint in-process, where the test's operator-only task is registered."""
+    from flask import Flask
+
+    from k1.settings import get_settings
+    from k1.web import tasks
+    from k1.web.errors import register_error_handlers
+
+    web = Flask(__name__)
+    web.config["K1_SETTINGS"] = get_settings()
+    web.register_blueprint(tasks.bp)
+    register_error_handlers(web)
+    client = web.test_client()
+    body = {"task": "tests.platform_wide", "project_id": "acme"}
+
+    def post(token: str):  # type: ignore[no-untyped-def]
+        return client.post("/api/tasks", json=body, headers={"Authorization": f"Bearer {token}"})
+
+    refused = post(make_token("ada", "acme"))
+    assert refused.status_code == 403, refused.get_data(as_text=True)
+    assert "operators only" in refused.get_json()["error"]
+    # An operator may. (The session's worker, should one run, discards the message: this
+    # test's task is registered only in this process.)
+    started = post(make_token("root", "*"))
+    assert started.status_code == 202, started.get_data(as_text=True)
+    assert lookup(started.get_json()["task_id"]) is not None
