@@ -17,6 +17,13 @@ broker_transport_options = {
     "health_check_interval": 10,
 }
 result_backend_transport_options = {"health_check_interval": 10, "retry_policy": {"timeout": 5}}
+# A Redis restart must not turn a running task into a FAILURE: a result write (STARTED,
+# SUCCESS...) that meets a lost connection is retried with backoff for about half a minute
+# instead of failing the task "outside its body" (tests/fault/test_redis.py).
+result_backend_always_retry = True
+result_backend_max_retries = 30
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
 
 task_serializer = "json"
 result_serializer = "json"

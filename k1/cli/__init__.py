@@ -40,14 +40,53 @@ def token() -> None:
 @click.option("--project", "projects", multiple=True, required=True,
               help="Project the token may reach (repeat; '*' for every project).")
 @click.option("--ttl", type=click.IntRange(min=1), default=None,
-              help="Lifetime in seconds (default 12 h).")
+              help="Lifetime in seconds (default 12 h, at most 90 days).")
 def token_create(user_id: str, projects: tuple[str, ...], ttl: int | None) -> None:
     """Print a signed token, alone on stdout."""
     from k1.auth import create_token
     from k1.settings import DEFAULT_TOKEN_TTL
 
-    click.echo(create_token(user_id, projects, secret=get_settings().secret_key,
-                            ttl=ttl or DEFAULT_TOKEN_TTL))
+    secret = get_settings().secret_key  # a SettingsError is the configuration's, not ours
+    try:
+        token = create_token(user_id, projects, secret=secret, ttl=ttl or DEFAULT_TOKEN_TTL)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(token)
+
+
+@token.command("revoke")
+@click.argument("token_text", metavar="TOKEN", required=False)
+@click.option("--id", "token_id", help="The token's id (jti) instead of the token itself.")
+def token_revoke(token_text: str | None, token_id: str | None) -> None:
+    """Refuse a token from now on, on the API and on Socket.IO."""
+    from k1.auth import InvalidToken, decode_token, revoke
+
+    if (token_text is None) == (token_id is None):
+        raise click.UsageError("give the TOKEN or --id JTI (one of them)")
+    expires_at = None
+    if token_text is not None:
+        try:
+            principal = decode_token(token_text, secret=get_settings().secret_key,
+                                     use=None, verify_exp=False)
+        except InvalidToken as exc:
+            raise click.UsageError(f"not a token of this platform: {exc}") from None
+        token_id, expires_at = principal.token_id, principal.expires_at
+    assert token_id is not None
+    fresh = revoke(token_id, expires_at)
+    click.echo(f"token {token_id} {'revoked' if fresh else 'was revoked already'}")
+
+
+@token.command("signin-link")
+@click.option("--base-url", default="http://127.0.0.1:5000", show_default=True,
+              help="The dashboard's address.")
+@click.option("--user", "user_id", default="operator", show_default=True,
+              help="User the session will name.")
+def token_signin_link(base_url: str, user_id: str) -> None:
+    """Print a dashboard link that signs the local operator in (once, within minutes)."""
+    from k1.auth import SIGNIN_TTL, create_signin_token
+
+    token = create_signin_token(user_id, secret=get_settings().secret_key, ttl=SIGNIN_TTL)
+    click.echo(f"{base_url.rstrip('/')}/#signin={token}")
 
 
 @cli.group()

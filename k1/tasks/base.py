@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from k1 import headers
 from k1.recovery.errors import ErrorTable, Kind, classify
@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 DEFER_JITTER = 0.10  # up to +10 % on a deferral, so deferred tasks do not return in a herd
 MAX_MESSAGE = 10_000  # characters of an exception message kept in a dead letter
+# Publishing a retry rides out a broker restart (~40 s in all) before giving up: Celery's
+# default (3 tries within a second) rejects the message for good when the broker is away,
+# and with acks_late that loses the task (seen in tests/fault/test_redis.py).
+RETRY_PUBLISH_POLICY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5,
+                        "interval_max": 2.0}
 
 
 class K1Task(Task):
@@ -130,7 +135,16 @@ class K1Task(Task):
                         countdown)
         first_failure = self.request.get(headers.FIRST_FAILURE) or datetime.now(UTC).isoformat()
         carried = {**(self.request.headers or {}), headers.FIRST_FAILURE: first_failure, **extra}
-        raise self.retry(exc=exc, countdown=countdown, headers=carried)
+        try:
+            raise self.retry(exc=exc, countdown=countdown, headers=carried,
+                             retry_policy=RETRY_PUBLISH_POLICY)
+        except Reject as rejected:
+            # The retry could not be published: give the message back rather than drop it
+            # (Celery's requeue=False). If the broker is still away, the message stays
+            # unacknowledged and returns after the visibility timeout.
+            log.error("task %s[%s]: its retry could not be published (%s); handing the "
+                      "message back", self.name, self.request.id, rejected.reason)
+            raise Reject(rejected.reason, requeue=True) from exc
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], einfo: Any) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
+from pydantic import BaseModel, Field
 
 from k1.conductor import executions
 from k1.conductor.client import (
@@ -26,20 +27,44 @@ from k1.conductor.registry import ValidationFailed, load_directory
 from k1.settings import get_settings
 from k1.tasks.submissions import send
 from k1.web.auth import authorize_project, current_principal, require_auth
-from k1.web.errors import APIError, json_object
+from k1.web.contract import MAX_INT32, Body, Error, ProjectId, Query, responses, validate
+from k1.web.errors import APIError
 
 bp = Blueprint("workflows", __name__)
 
-START_FIELDS = {"input", "version", "project_id"}
+
+class Recent(Query):
+    limit: int = Field(executions.DEFAULT_RECENT, ge=1, le=executions.MAX_RECENT,
+                       description="recent executions to list")
+
+
+class Start(Body):
+    input: dict[str, Any] = Field(default_factory=dict)
+    # Conductor stores versions as 32-bit integers: a larger one is the caller's error,
+    # never a Conductor 500 that counts against its breaker.
+    version: int | None = Field(None, ge=1, le=MAX_INT32)
+    project_id: ProjectId
+
+
+class Workflows(BaseModel):
+    definitions: list[dict[str, Any]]
+    executions: list[dict[str, Any]]
+
+
+class Started(BaseModel):
+    workflow_id: str
+
+
+class Deferred(BaseModel):
+    task_id: str
+    deferred: bool
 
 
 @bp.get("/api/workflows")
 @require_auth
-def list_workflows():  # type: ignore[no-untyped-def]
-    try:
-        limit = int(request.args.get("limit", executions.DEFAULT_RECENT))
-    except ValueError:
-        raise APIError(400, "limit must be an integer") from None
+@validate(query=Recent, tags=("workflows",), resp=responses(HTTP_200=Workflows))
+def list_workflows(query: Recent):  # type: ignore[no-untyped-def]
+    limit = query.limit
     principal = current_principal()
     projects = None if principal.is_operator else principal.projects
     client = _client_or_none()
@@ -49,20 +74,10 @@ def list_workflows():  # type: ignore[no-untyped-def]
 
 @bp.post("/api/workflows/<name>/start")
 @require_auth
-def start_workflow(name: str):  # type: ignore[no-untyped-def]
-    body = json_object()
-    unknown = set(body) - START_FIELDS
-    if unknown:
-        raise APIError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    workflow_input, version = body.get("input", {}), body.get("version")
-    project_id = body.get("project_id")
-    if not isinstance(workflow_input, dict):
-        raise APIError(400, "input: must be a JSON object")
-    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
-                                or version < 1):
-        raise APIError(400, "version: must be an integer >= 1")
-    if not isinstance(project_id, str) or not project_id:
-        raise APIError(400, "project_id: required, a string")
+@validate(json=Start, tags=("workflows",),
+          resp=responses(HTTP_201=Started, HTTP_202=Deferred, HTTP_403=Error, HTTP_404=Error))
+def start_workflow(name: str, json: Start):  # type: ignore[no-untyped-def]
+    workflow_input, version, project_id = json.input, json.version, json.project_id
     authorize_project(project_id)
     user_id = current_principal().user_id
     try:
