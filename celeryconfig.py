@@ -33,7 +33,8 @@ timezone = "UTC"
 enable_utc = True
 
 # A task is acknowledged after it ran, and given back if its worker process dies,
-# so a crash never loses it; tasks must therefore be idempotent (see k1.tasks).
+# so a crash never loses it; a task may thus run twice and does its side effects
+# once per idempotency key (k1.tasks.effects).
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
@@ -48,11 +49,22 @@ result_expires = 7 * 24 * 3600  # 7 days
 # handed back to the queue before the worker exits (not left for the visibility timeout).
 worker_soft_shutdown_timeout = _settings.worker_shutdown_grace
 
+# No run is unbounded. At the soft limit the task gets SoftTimeLimitExceeded, a
+# non-retryable death with a dead letter (k1.recovery.errors says why); the hard limit,
+# later, kills a process that ignored it (the letter is still written). A task sets its
+# own with Celery's options: @app.task(soft_time_limit=..., time_limit=...), or per call
+# in apply_async. Both stay far below the visibility timeout, past which a running task
+# would be delivered again.
+DEFAULT_SOFT_TIME_LIMIT = 300  # 5 min: K1's tasks call services with 30 s timeouts
+DEFAULT_HARD_TIME_LIMIT = DEFAULT_SOFT_TIME_LIMIT + 60  # a minute to clean up after the soft
+task_soft_time_limit = DEFAULT_SOFT_TIME_LIMIT
+task_time_limit = DEFAULT_HARD_TIME_LIMIT
+
 # Flower and the dashboard see every transition.
 worker_send_task_events = True
 task_send_sent_event = True
 
-imports = ("k1.tasks", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
+imports = ("k1.tasks.analysis", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
            "k1.recovery.dlq.tasks", "k1.conductor.tasks")
 
 # RedBeat, extended by K1 (time zones, catch-up policy, fire accounting; k1.scheduling).
