@@ -13,11 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from k1.settings import get_settings
 
 CONNECT_TIMEOUT = 5  # seconds: a database that is down fails a call fast (the DLQ spools)
+# SQLSTATE classes of a statement the server refused for what it carries (data exception,
+# integrity, syntax or access, program limit such as JSON nested too deep): sending it
+# again later fails the same way. psycopg raises class 54 as an OperationalError.
+REFUSED_SQLSTATE_CLASSES = frozenset({"22", "23", "42", "54"})
 
 
 class Base(DeclarativeBase):
@@ -64,3 +71,24 @@ def session_scope() -> Iterator[Session]:
     """A session committed when the block ends, rolled back if it raises."""
     with _session_factory().begin() as session:
         yield session
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or could not serve now
+    (connection refused or lost, pool timeout, shutdown, out of resources, deadlock) --
+    worth trying again later -- rather than that it refused what the statement carries.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return False
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return not (sqlstate and sqlstate[:2] in REFUSED_SQLSTATE_CLASSES)
+
+
+def insert_or_skip(model: type[Base], *unique: str):  # type: ignore[no-untyped-def]
+    """``INSERT ... ON CONFLICT (unique) DO NOTHING`` for the engine's dialect (K1 runs on
+    PostgreSQL and SQLite, whose insert constructs both offer it).
+    """
+    builder = postgresql.insert if get_engine().dialect.name == "postgresql" else sqlite.insert
+    return builder(model).on_conflict_do_nothing(index_elements=list(unique))

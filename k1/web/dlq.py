@@ -1,4 +1,5 @@
-"""The dead-letter queue over HTTP: stats, list, show, replay (one or by filter), discard.
+"""The dead-letter queue over HTTP: stats, list, show, replay (one or by filter), discard,
+and the quarantine (letters the database refused even repaired).
 
 A token sees the letters of its projects; an operator token (project ``*``) sees all.
 """
@@ -66,6 +67,13 @@ def list_letters():  # type: ignore[no-untyped-def]
                                  cursor=request.args.get("cursor"))
     return jsonify(items=[letter_as_dict(letter, full=False) for letter in page],
                    next_cursor=next_cursor)
+
+
+@bp.get("/api/dlq/quarantine")
+@require_auth
+def quarantined():  # type: ignore[no-untyped-def]
+    items = blocking(store.quarantined, _scope(), limit=parse_limit(request.args.get("limit")))
+    return jsonify(items=items)
 
 
 @bp.get("/api/dlq/<int:letter_id>")
