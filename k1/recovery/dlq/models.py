@@ -24,7 +24,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -49,9 +48,6 @@ class DeadLetter(Base):
         Index("ix_dead_letters_project_died", "project_id", "died_at", "id"),
         Index("ix_dead_letters_task_died", "task_name", "died_at", "id"),
         Index("ix_dead_letters_exception_died", "exception_type", "died_at", "id"),
-        # Covers the stats' counts by task and exception (index-only scans of dead rows).
-        Index("ix_dead_letters_dead_counts", "task_name", "exception_type",
-              postgresql_where=text("status = 'dead'"), sqlite_where=text("status = 'dead'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
