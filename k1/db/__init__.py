@@ -86,7 +86,7 @@ def is_unreachable(exc: BaseException) -> bool:
     return not (sqlstate and sqlstate[:2] in REFUSED_SQLSTATE_CLASSES)
 
 
-def insert_or_skip(model: type[Base], *unique: str):  # type: ignore[no-untyped-def]
+def insert_or_skip(model: type[Base], *unique: str) -> postgresql.Insert | sqlite.Insert:
     """``INSERT ... ON CONFLICT (unique) DO NOTHING`` for the engine's dialect (K1 runs on
     PostgreSQL and SQLite, whose insert constructs both offer it).
     """

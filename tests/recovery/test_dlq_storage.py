@@ -265,3 +265,33 @@ def test_counts_stay_equal_to_a_count_through_every_kind_of_change() -> None:
                    for task in {t for _, t, _ in mine}}
         assert figures["by_task"] == by_task
     get_redis().delete(nowhere)
+
+
+@pytest.mark.parametrize(("statement", "unreachable"), [
+    ("SELECT 'a' || chr(0)", False),  # NUL in text: data exception (22)
+    ("SELECT (repeat('[', 100000) || repeat(']', 100000))::jsonb", False),  # limit (54)
+    ("SELECT 1/0", False),
+    ("SELECT * FROM no_such_table", False),  # 42
+])
+def test_only_an_unreachable_database_is_an_outage(statement: str, unreachable: bool) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from k1.db import is_unreachable
+
+    with pytest.raises(SQLAlchemyError) as refused, session_scope() as session:
+        session.execute(text(statement))
+    assert is_unreachable(refused.value) is unreachable, refused.value
+
+
+def test_a_refused_connection_is_an_outage() -> None:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from k1.db import is_unreachable, make_engine
+    from tests.support import free_port
+
+    engine = make_engine(f"postgresql://k1@127.0.0.1:{free_port()}/k1")
+    with pytest.raises(SQLAlchemyError) as down, engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    assert is_unreachable(down.value)
