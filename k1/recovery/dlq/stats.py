@@ -7,6 +7,7 @@ they cost the same at a million letters as at ten.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,11 +32,18 @@ def stats(scope: frozenset[str] | None = None) -> dict[str, Any]:
     """Depth (letters still dead), its split by task and exception, the oldest death, and
     the average depth over the last day's snapshots.
     """
+    by_task: Counter[str] = Counter()
+    by_exception: Counter[str] = Counter()
     with session_scope() as session:
-        by_task = _split(session, DeadLetterCount.task_name, scope)
-        by_exception = _split(session, DeadLetterCount.exception_type, scope)
+        # One read of the (few) count rows in scope; both splits are summed from it.
+        for task, exception, dead in session.execute(
+                select(DeadLetterCount.task_name, DeadLetterCount.exception_type,
+                       func.sum(DeadLetterCount.dead)).where(*_counted(scope))
+                .group_by(DeadLetterCount.task_name, DeadLetterCount.exception_type)):
+            by_task[task] += int(dead)
+            by_exception[exception] += int(dead)
         figures = _summary(session, scope, depth=sum(by_task.values()))
-    return {**figures, "by_task": by_task, "by_exception": by_exception}
+    return {**figures, "by_task": dict(by_task), "by_exception": dict(by_exception)}
 
 
 def summary(scope: frozenset[str] | None = None) -> dict[str, Any]:
@@ -65,11 +73,6 @@ def _counted(scope: frozenset[str] | None) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _split(session: Session, key: Any, scope: frozenset[str] | None) -> dict[str, int]:
-    return {name: int(total) for name, total in session.execute(
-        select(key, func.sum(DeadLetterCount.dead)).where(*_counted(scope)).group_by(key))}
-
-
 def _summary(session: Session, scope: frozenset[str] | None,
              depth: int | None = None) -> dict[str, Any]:
     if depth is None:
@@ -89,12 +92,13 @@ def _summary(session: Session, scope: frozenset[str] | None,
 
 def _daily_average(session: Session, scope: frozenset[str] | None) -> float | None:
     since = datetime.now(UTC) - DAILY_WINDOW
-    snapshots = session.scalar(select(func.count()).where(
-        DepthSnapshot.project_id == ALL_PROJECTS, DepthSnapshot.taken_at >= since))
+    total = DepthSnapshot.project_id == ALL_PROJECTS
+    projects = total if scope is None else DepthSnapshot.project_id.in_(sorted(scope))
+    # One statement: how many snapshots were taken, and the scope's depth summed over them.
+    snapshots, depth = session.execute(
+        select(func.count().filter(total),
+               func.coalesce(func.sum(DepthSnapshot.depth).filter(projects), 0))
+        .where(DepthSnapshot.taken_at >= since)).one()
     if not snapshots:
         return None
-    projects = (DepthSnapshot.project_id == ALL_PROJECTS if scope is None
-                else DepthSnapshot.project_id.in_(sorted(scope)))
-    total = session.scalar(select(func.coalesce(func.sum(DepthSnapshot.depth), 0))
-                           .where(projects, DepthSnapshot.taken_at >= since))
-    return float(total) / snapshots
+    return float(depth) / snapshots
