@@ -19,6 +19,7 @@ from k1.recovery.dlq.models import DeadLetter, DeadLetterCount, DepthSnapshot
 
 RETENTION_BATCH = 10_000  # rows deleted per statement, to keep locks short
 
+# What a letter that leaves these out stores in them (NOT NULL columns).
 DEFAULTS: dict[str, Any] = {"status": "dead", "replay_count": 0, "args": [], "kwargs": {},
                             "breaker_states": {}, "exception_message": "", "traceback": ""}
 

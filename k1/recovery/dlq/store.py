@@ -110,9 +110,6 @@ class DeadLetterStore:
             emit("dlq_changed", type="added", count=len(inserted))
         return [item.letter_id for item in inserted]
 
-    def spool(self, fields: dict[str, Any]) -> None:
-        spool.push(storable(fields))
-
     def spool_depth(self) -> int:
         return spool.depth()
 
