@@ -144,3 +144,17 @@ def test_a_database_outage_spools_letters_and_loses_none() -> None:
         worker.stop()
         engine.dispose()
         server.stop()
+
+
+def test_a_death_the_database_would_refuse_is_stored_and_others_keep_flowing(api: API) -> None:
+    """Through the real worker: a task dies with a NUL and 10 KB of text in its arguments;
+    its letter is written repaired, not spooled, and the next death is written too."""
+    hostile_key = "nul\x00" + "k" * 10_240
+    hostile = post_task(api, FLAKY, permanent=True, key=hostile_key)
+    good = post_task(api, FLAKY, permanent=True)
+    letter, after = wait_letter(hostile), wait_letter(good)
+    assert letter.kwargs["key"] == "nul\\x00" + "k" * 10_240
+    assert letter.repairs == {"kwargs": {"changes": ["escaped"]}}
+    assert after.repairs is None and after.status == "dead"
+    spooled = [json.loads(raw)["task_id"] for raw in get_redis().lrange(SPOOL_KEY, 0, -1)]
+    assert hostile not in spooled and good not in spooled
