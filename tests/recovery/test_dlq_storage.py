@@ -295,3 +295,22 @@ def test_a_refused_connection_is_an_outage() -> None:
     with pytest.raises(SQLAlchemyError) as down, engine.connect() as connection:
         connection.execute(text("SELECT 1"))
     assert is_unreachable(down.value)
+
+
+def test_one_drain_at_a_time() -> None:
+    from k1.recovery.dlq.spool import SPOOL_LOCK_KEY
+
+    client = get_redis()
+    client.delete(SPOOL_KEY)
+    waiting = letter(f"l-{uuid.uuid4().hex[:8]}")
+    client.rpush(SPOOL_KEY, spoolable(waiting) or "")
+    other = client.lock(SPOOL_LOCK_KEY, timeout=30)
+    assert other.acquire(blocking=False)
+    try:
+        assert store.drain_spool().written == 0  # another drain holds the lock
+        assert client.llen(SPOOL_KEY) == 1
+    finally:
+        other.release()
+    assert store.drain_spool().written == 1
+    assert client.llen(SPOOL_KEY) == 0 and list(rows_of([waiting["task_id"]]))
+    assert not client.exists(SPOOL_LOCK_KEY)  # released when done
