@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy.orm import Session
 
 from k1.db import insert_or_skip, session_scope
 from k1.recovery.dlq.filters import LetterFilter, cursor_condition, encode_cursor
@@ -94,8 +95,7 @@ def purge(filters: LetterFilter) -> int:
     deleted = 0
     for batch in id_batches(filters, RETENTION_BATCH):
         with session_scope() as session:
-            deleted += session.execute(
-                delete(DeadLetter).where(DeadLetter.id.in_(batch))).rowcount or 0
+            deleted += _delete(session, batch)
     return deleted
 
 
@@ -121,8 +121,7 @@ def enforce_retention(*, max_age: timedelta, max_rows: int) -> dict[str, int]:
         while True:
             oldest = select(DeadLetter.id).where(DeadLetter.died_at < cutoff).limit(
                 RETENTION_BATCH)
-            removed = session.execute(
-                delete(DeadLetter).where(DeadLetter.id.in_(oldest))).rowcount or 0
+            removed = _delete(session, oldest)
             by_age += removed
             if removed < RETENTION_BATCH:
                 break
@@ -131,8 +130,7 @@ def enforce_retention(*, max_age: timedelta, max_rows: int) -> dict[str, int]:
             oldest = (select(DeadLetter.id)
                       .order_by(DeadLetter.died_at, DeadLetter.id)
                       .limit(min(excess, RETENTION_BATCH)))
-            removed = session.execute(
-                delete(DeadLetter).where(DeadLetter.id.in_(oldest))).rowcount or 0
+            removed = _delete(session, oldest)
             by_count += removed
             excess -= removed
             if not removed:
@@ -142,6 +140,12 @@ def enforce_retention(*, max_age: timedelta, max_rows: int) -> dict[str, int]:
         # simply inserts it again.
         session.execute(delete(DeadLetterCount).where(DeadLetterCount.dead == 0))
     return {"expired": by_age, "over_limit": by_count}
+
+
+def _delete(session: Session, ids: Any) -> int:
+    """Delete the letters whose id is in ``ids`` (a list or a subquery); how many."""
+    result = session.execute(delete(DeadLetter).where(DeadLetter.id.in_(ids)))
+    return cast("CursorResult[Any]", result).rowcount or 0
 
 
 def in_scope(letter: DeadLetter, scope: frozenset[str] | None) -> bool:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import LockError, RedisError
 from sqlalchemy.exc import SQLAlchemyError
@@ -71,7 +71,8 @@ def drain(on_written: Callable[[Written], None] = lambda _: None) -> Drained:
         return Drained()
     outcome = Drained()
     try:
-        while raw := client.lrange(SPOOL_KEY, 0, DRAIN_BATCH - 1):
+        # decode_responses=True (k1.connections): the items are str.
+        while raw := cast(list[str], client.lrange(SPOOL_KEY, 0, DRAIN_BATCH - 1)):
             written = _move(raw, outcome)
             client.ltrim(SPOOL_KEY, len(raw), -1)
             outcome.written += len(written)
