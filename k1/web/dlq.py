@@ -59,6 +59,13 @@ def stats():  # type: ignore[no-untyped-def]
     return jsonify(blocking(store.stats, _scope()))
 
 
+@bp.get("/api/dlq/quarantine")
+@require_auth
+def quarantined():  # type: ignore[no-untyped-def]
+    items = blocking(store.quarantined, _scope(), limit=parse_limit(request.args.get("limit")))
+    return jsonify(items=items)
+
+
 @bp.get("/api/dlq")
 @require_auth
 def list_letters():  # type: ignore[no-untyped-def]
@@ -67,13 +74,6 @@ def list_letters():  # type: ignore[no-untyped-def]
                                  cursor=request.args.get("cursor"))
     return jsonify(items=[letter_as_dict(letter, full=False) for letter in page],
                    next_cursor=next_cursor)
-
-
-@bp.get("/api/dlq/quarantine")
-@require_auth
-def quarantined():  # type: ignore[no-untyped-def]
-    items = blocking(store.quarantined, _scope(), limit=parse_limit(request.args.get("limit")))
-    return jsonify(items=items)
 
 
 @bp.get("/api/dlq/<int:letter_id>")
