@@ -1,6 +1,6 @@
 """All K1 tables, imported by Alembic's env so that autogenerate sees them."""
 
 from k1.db import Base
-from k1.recovery.dlq.models import DeadLetter, DeadLetterCount, DepthSnapshot, QuarantinedLetter
+from k1.recovery.dlq.models import DeadLetter, DepthSnapshot
 
-__all__ = ["Base", "DeadLetter", "DeadLetterCount", "DepthSnapshot", "QuarantinedLetter"]
+__all__ = ["Base", "DeadLetter", "DepthSnapshot"]
