@@ -11,10 +11,9 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, func, select, true
 
-from k1.db import session_scope
+from k1.db import reading, session_scope
 from k1.recovery.dlq.filters import LetterFilter
 from k1.recovery.dlq.models import (
     ALL_PROJECTS,
@@ -34,22 +33,50 @@ def stats(scope: frozenset[str] | None = None) -> dict[str, Any]:
     """
     by_task: Counter[str] = Counter()
     by_exception: Counter[str] = Counter()
-    with session_scope() as session:
-        # One read of the (few) count rows in scope; both splits are summed from it.
-        for task, exception, dead in session.execute(
-                select(DeadLetterCount.task_name, DeadLetterCount.exception_type,
-                       func.sum(DeadLetterCount.dead)).where(*_counted(scope))
-                .group_by(DeadLetterCount.task_name, DeadLetterCount.exception_type)):
-            by_task[task] += int(dead)
-            by_exception[exception] += int(dead)
-        figures = _summary(session, scope, depth=sum(by_task.values()))
-    return {**figures, "by_task": dict(by_task), "by_exception": dict(by_exception)}
+    with reading() as connection:
+        rows = connection.execute(_figures(scope)).all()
+    for row in rows:
+        if row.task_name is not None:  # no row of counts: the outer join's one empty row
+            by_task[row.task_name] += int(row.dead)
+            by_exception[row.exception_type] += int(row.dead)
+    depth = sum(by_task.values())
+    oldest, snapshots, snapshot_depths = rows[0].oldest, rows[0].snapshots, rows[0].depths
+    return {
+        "depth": depth,
+        "oldest_at": iso(oldest),
+        "daily_avg_depth": round(snapshot_depths / snapshots, 2) if snapshots else depth,
+        "by_task": dict(by_task),
+        "by_exception": dict(by_exception),
+    }
 
 
 def summary(scope: frozenset[str] | None = None) -> dict[str, Any]:
     """Depth, oldest death and daily average only: what the metrics need."""
-    with session_scope() as session:
-        return _summary(session, scope)
+    figures = stats(scope)
+    return {key: figures[key] for key in ("depth", "oldest_at", "daily_avg_depth")}
+
+
+def _figures(scope: frozenset[str] | None) -> Select[Any]:
+    """Everything the stats show in one statement (one round trip, even under load): the
+    oldest death and the day's snapshots (one row), joined to the count rows in scope.
+    """
+    counts = (select(DeadLetterCount.task_name, DeadLetterCount.exception_type,
+                     func.sum(DeadLetterCount.dead).label("dead"))
+              .where(*_counted(scope))
+              .group_by(DeadLetterCount.task_name, DeadLetterCount.exception_type)
+              .subquery())
+    # The (status, died_at) and (project_id, died_at) indexes answer from their first entry.
+    oldest = (select(func.min(DeadLetter.died_at).label("oldest"))
+              .where(*LetterFilter(status="dead", scope=scope).where()).subquery())
+    total = DepthSnapshot.project_id == ALL_PROJECTS
+    projects = total if scope is None else DepthSnapshot.project_id.in_(sorted(scope))
+    daily = (select(func.count().filter(total).label("snapshots"),
+                    func.coalesce(func.sum(DepthSnapshot.depth).filter(projects), 0)
+                    .label("depths"))
+             .where(DepthSnapshot.taken_at >= datetime.now(UTC) - DAILY_WINDOW).subquery())
+    return (select(oldest.c.oldest, daily.c.snapshots, daily.c.depths, counts.c.task_name,
+                   counts.c.exception_type, counts.c.dead)
+            .select_from(oldest.join(daily, true()).outerjoin(counts, true())))
 
 
 def snapshot_depth() -> int:
@@ -71,34 +98,3 @@ def _counted(scope: frozenset[str] | None) -> list[ColumnElement[bool]]:
     if scope is not None:
         conditions.append(DeadLetterCount.project_id.in_(sorted(scope)))
     return conditions
-
-
-def _summary(session: Session, scope: frozenset[str] | None,
-             depth: int | None = None) -> dict[str, Any]:
-    if depth is None:
-        depth = int(session.scalar(select(func.coalesce(func.sum(DeadLetterCount.dead), 0))
-                                   .where(*_counted(scope))) or 0)
-    # The (status, died_at) and (project_id, died_at) indexes answer this from their first
-    # entries; no count is needed.
-    oldest = session.scalar(select(func.min(DeadLetter.died_at))
-                            .where(*LetterFilter(status="dead", scope=scope).where()))
-    daily_avg = _daily_average(session, scope)
-    return {
-        "depth": depth,
-        "oldest_at": iso(oldest),
-        "daily_avg_depth": depth if daily_avg is None else round(daily_avg, 2),
-    }
-
-
-def _daily_average(session: Session, scope: frozenset[str] | None) -> float | None:
-    since = datetime.now(UTC) - DAILY_WINDOW
-    total = DepthSnapshot.project_id == ALL_PROJECTS
-    projects = total if scope is None else DepthSnapshot.project_id.in_(sorted(scope))
-    # One statement: how many snapshots were taken, and the scope's depth summed over them.
-    snapshots, depth = session.execute(
-        select(func.count().filter(total),
-               func.coalesce(func.sum(DepthSnapshot.depth).filter(projects), 0))
-        .where(DepthSnapshot.taken_at >= since)).one()
-    if not snapshots:
-        return None
-    return float(depth) / snapshots
