@@ -1,4 +1,5 @@
-"""The dead-letter queue over HTTP: stats, list, show, replay (one or by filter), discard.
+"""The dead-letter queue over HTTP: stats, list, show, replay (one or by filter), discard,
+and the quarantine (letters the database refused even repaired).
 
 A token sees the letters of its projects; an operator token (project ``*``) sees all.
 Another project's letter answers 404, like one that does not exist.
@@ -145,6 +146,13 @@ def _filters(params: dict[str, Any], extra: tuple[str, ...] = ()) -> LetterFilte
 @validate(tags=("dlq",), resp=responses(HTTP_200=Stats))
 def stats():  # type: ignore[no-untyped-def]
     return jsonify(blocking(store.stats, _scope()))
+
+
+@bp.get("/api/dlq/quarantine")
+@require_auth
+def quarantined():  # type: ignore[no-untyped-def]
+    items = blocking(store.quarantined, _scope(), limit=parse_limit(request.args.get("limit")))
+    return jsonify(items=items)
 
 
 @bp.get("/api/dlq")
