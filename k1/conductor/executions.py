@@ -12,12 +12,15 @@ workflows, executions started elsewhere), with its name, version and project.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
-from k1.conductor.client import ConductorClient, ConductorError
+from k1 import headers as k1_headers
+from k1.celery import app
+from k1.conductor.client import ConductorClient, ConductorError, check_start
 from k1.connections import get_redis
 from k1.events import emit
+from k1.tasks.submissions import Submission, record
 
 INDEX_KEY = "k1:conductor:executions"  # sorted set: workflow id -> first seen (epoch s)
 EXECUTION_KEY = "k1:conductor:execution:{}"  # hash: name, version, project_id, user_id
@@ -35,7 +38,9 @@ def start(name: str, workflow_input: dict[str, Any] | None = None, *,
 
     ``project_id`` is put into the workflow input, where every K1 workflow reads it.
     With an ``idempotency_key`` a repeated call returns the first call's workflow id.
+    :class:`ConductorInvalidInput` (naming the field) if the start could not be valid.
     """
+    check_start(name, workflow_input or {}, version)
     redis = get_redis()
     if idempotency_key:
         existing = redis.get(START_KEY.format(idempotency_key))
@@ -123,3 +128,19 @@ def forget_before(cutoff: float) -> list[str]:
         pipe.delete(*(EXECUTION_KEY.format(i) for i in ids))
         pipe.execute()
     return ids
+
+
+def send_task(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+              *, project_id: str | None, user_id: str | None = None,
+              headers: dict[str, Any] | None = None, **options: Any) -> str:
+    """Stand-in for ``k1.tasks.submissions.send`` (being written on the wp-tasks branch,
+    same signature): send a task K1 vouches for, with the project and user headers, and
+    record the submission when ``project_id`` is set. Fold into that one on merge.
+    """
+    stamped = {**(headers or {}), k1_headers.PROJECT: project_id, k1_headers.USER: user_id}
+    result = app.send_task(task_name, args=list(args), kwargs=kwargs,
+                           headers={k: v for k, v in stamped.items() if v is not None},
+                           **options)
+    if project_id:
+        record(Submission(result.id, task_name, project_id, user_id, time.time()))
+    return result.id
