@@ -42,6 +42,7 @@ from k1.conductor.client import (
     TERMINAL_TASK_STATUSES,
     TERMINAL_WORKFLOW_STATUSES,
     ConductorClient,
+    worker_client,
 )
 from k1.conductor.executions import send_task
 from k1.connections import get_redis
@@ -191,7 +192,7 @@ def settle(conductor_task_id: str, workflow_id: str, status: str, *,
     Raises :class:`HandOffPending` while the task is IN_PROGRESS, unless ``pending_ok``
     (the caller has waited long enough: report anyway).
     """
-    client = client or ConductorClient()
+    client = client or worker_client()
     task = client.get_task(conductor_task_id)
     if task.get("status") == IN_PROGRESS and not pending_ok:
         raise HandOffPending(f"conductor task {conductor_task_id} is still IN_PROGRESS")

@@ -24,6 +24,7 @@ ConductorRejected      other HTTP 4xx (bad definition, bad input)      dead
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -243,6 +244,14 @@ class ConductorClient:
         if not response.ok and not _blames_request(response):
             response.raise_for_status()  # the server's failure: counted by the breaker
         return response
+
+
+@functools.cache
+def worker_client() -> ConductorClient:
+    """One client per worker process: its session keeps the connection to the server
+    open across reports, instead of a TCP handshake per report.
+    """
+    return ConductorClient()
 
 
 def _message(response: requests.Response) -> str:

@@ -70,7 +70,9 @@ def start_workflow(self: K1Task, name: str, version: int | None = None,
     return {"workflow_id": workflow_id}
 
 
-@app.task(base=K1Task, bind=True, name=bridge.REPORT_TASK, public=False,
+# No result kept: nobody asks for a report by id, and two result writes per bridged task
+# (STARTED, SUCCESS) would be two more Redis writes per bridged task.
+@app.task(base=K1Task, bind=True, name=bridge.REPORT_TASK, public=False, ignore_result=True,
           retry_policy=CONDUCTOR_CALL_POLICY)
 def report_outcome(self: K1Task, conductor_task_id: str, workflow_id: str, status: str,
                    output: dict[str, Any] | None = None, reason: str | None = None,
