@@ -157,6 +157,7 @@ def _definitions(client: ConductorClient | None) -> list[dict[str, Any]]:
             "description": wf.workflow.get("description") if wf else None,
             "version": wf.version if wf else None,
             "tasks": wf.simple_task_names() if wf else None,
+            "operator_only": wf.operator_only if wf else None,
             "registered_versions": None if registered is None
             else sorted(registered.get(name, [])),
         })

@@ -34,6 +34,8 @@ def test_start_returns_the_workflow_id_and_the_list_shows_it(
     names = {d["name"]: d for d in listing["definitions"]}
     assert names["profile_workflow"]["registered_versions"] == [1]
     assert "k1.tasks.analyze_profile" in names["profile_workflow"]["tasks"]
+    assert names["profile_workflow"]["operator_only"] is False
+    assert names["maintenance_workflow"]["operator_only"] is True
     mine = [e for e in listing["executions"] if e["workflow_id"] == workflow_id]
     assert mine and mine[0]["status"] == "COMPLETED" and mine[0]["name"] == "profile_workflow"
     assert all(e["project_id"] == "acme" for e in listing["executions"])
