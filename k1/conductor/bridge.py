@@ -213,8 +213,13 @@ def settle(conductor_task_id: str, workflow_id: str, status: str, *,
                  workflow_id, conductor_task_id)
         _announce_workflow(workflow, "started", rerun_from_task_id=conductor_task_id)
         return "rerun"
-    client.update_task(workflow_id, conductor_task_id, status, output=output, reason=reason)
-    workflow = client.get_workflow(workflow_id)
+    ref = task.get("referenceTaskName")
+    if status == COMPLETED and ref:  # one call: the update answers with the workflow
+        workflow = client.complete_task_sync(workflow_id, ref, output or {})
+    else:  # a failure carries its reason, which only the plain update takes
+        client.update_task(workflow_id, conductor_task_id, status, output=output,
+                           reason=reason)
+        workflow = client.get_workflow(workflow_id)
     _announce_workflow(workflow, "task_completed" if status == COMPLETED else "task_failed",
                        conductor_task_id=conductor_task_id, task_id=celery_task_id,
                        task_name=task_name, reason=reason)

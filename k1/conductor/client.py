@@ -208,6 +208,14 @@ class ConductorClient:
             body["callbackAfterSeconds"] = callback_after_seconds
         self._call("POST", "/tasks", json=body)
 
+    def complete_task_sync(self, workflow_id: str, task_ref_name: str,
+                           output: dict[str, Any]) -> dict[str, Any]:
+        """Complete the running task ``task_ref_name`` of a workflow and return the
+        workflow as the update left it: one round trip instead of an update and a GET.
+        """
+        return self._call("POST", f"/tasks/{_quote(workflow_id)}/{_quote(task_ref_name)}"
+                                  "/COMPLETED/sync", json=output)
+
     def healthy(self) -> bool:
         try:
             response = self.session.get(self.base_url.removesuffix("/api") + "/health",

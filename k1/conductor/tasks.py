@@ -35,10 +35,11 @@ from k1.tasks.base import K1Task
 # Conductor may be down for a restart or an upgrade: keep trying for ~30 minutes
 # (2 s doubling to 5 min), far below the broker visibility timeout per wait.
 CONDUCTOR_CALL_POLICY = RetryPolicy(attempts=10, initial=2.0, maximum=300.0)
-# The poller's IN_PROGRESS answer lands a few ms after the hand-off; look again this soon,
-# for at most ~3 s (60 looks), then report anyway.
-HANDOFF_RECHECK = 0.05
-HANDOFF_MAX_WAITS = 60
+# The poller's IN_PROGRESS answer lands a few ms after the hand-off: look again after
+# 20 ms, doubling to at most 0.5 s, 10 times (~3 s in all), then report anyway.
+HANDOFF_RECHECK = 0.02
+HANDOFF_RECHECK_MAX = 0.5
+HANDOFF_MAX_WAITS = 10
 COMPENSATIONS_KEY = "k1:conductor:compensations"  # hash: workflow id -> what was undone
 DEFAULT_PRUNE_AGE_DAYS = 30
 
@@ -81,8 +82,8 @@ def report_outcome(self: K1Task, conductor_task_id: str, workflow_id: str, statu
     """Report a Celery task's outcome to Conductor (looking at the task's state first).
 
     While the poller's IN_PROGRESS answer has not landed, the report comes back after
-    ``HANDOFF_RECHECK`` seconds (a deferral: no attempt spent, no slot held); after
-    ``HANDOFF_MAX_WAITS`` of those it reports anyway. A short Conductor blip is retried
+    ``HANDOFF_RECHECK`` seconds, doubling (a deferral: no attempt spent, no slot held);
+    after ``HANDOFF_MAX_WAITS`` of those it reports anyway. A short Conductor blip is retried
     in-process (``settle_now``); a longer outage by the retry policy.
     """
     waited = self.deferrals()
@@ -92,7 +93,8 @@ def report_outcome(self: K1Task, conductor_task_id: str, workflow_id: str, statu
                           check_state=check_state, pending_ok=waited >= HANDOFF_MAX_WAITS)
     except bridge.HandOffPending:
         carried = {**(self.request.headers or {}), headers.DEFERRALS: waited + 1}
-        raise self.retry(countdown=HANDOFF_RECHECK, headers=carried) from None
+        countdown = min(HANDOFF_RECHECK * 2**waited, HANDOFF_RECHECK_MAX)
+        raise self.retry(countdown=countdown, headers=carried) from None
     return {"conductor_task_id": conductor_task_id, "outcome": done}
 
 
