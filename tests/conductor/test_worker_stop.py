@@ -1,7 +1,8 @@
 """``k1 conductor-worker`` on SIGTERM (to its whole process group, as a Procfile host
 sends it) while it is busy: it exits within the 30 s grace, and no task it polled is
-left IN_PROGRESS without having been handed to Celery (such a task would wait for the
-task definition's ``responseTimeoutSeconds``, here 10 minutes).
+left IN_PROGRESS, neither before its hand-off to Celery nor with its IN_PROGRESS answer
+unsent (such a task would wait for the task definition's ``responseTimeoutSeconds``,
+here 10 minutes).
 
 Real Conductor server, real Redis; the task type is served by no Celery worker, so a
 handed-off task stays claimed and visible.
@@ -70,16 +71,19 @@ def test_sigterm_stops_polling_and_leaves_no_polled_task_behind(
     assert took < GRACE, f"exited {took:.1f} s after SIGTERM"
     assert "the poller did not stop" not in _log(poller)
 
-    orphans, claimed, queued = [], 0, 0
+    orphans, unanswered, claimed, queued = [], [], 0, 0
     for wid in ids:
         status, task_id = _probe_task(conductor, wid)
         is_claimed = task_id is not None and bridge_redis.exists(CLAIM_KEY.format(task_id))
         claimed += bool(is_claimed)
-        if status == "IN_PROGRESS" and not is_claimed:
-            orphans.append(task_id)
+        if status == "IN_PROGRESS":  # polled, and the poller's answer never landed
+            (unanswered if is_claimed else orphans).append(task_id)
         elif status == "SCHEDULED" and not is_claimed:
             queued += 1
     assert not orphans, f"{len(orphans)} polled task(s) never handed off: {orphans[:5]}"
+    # Handed off but not answered IN_PROGRESS + callback: Conductor would wait for the
+    # response timeout unless the Celery task's own report came first.
+    assert not unanswered, f"{len(unanswered)} hand-off(s) never answered: {unanswered[:5]}"
     assert claimed > 0
     # It stopped taking work: the backlog was not drained after the signal.
     assert queued > 0, f"all {BACKLOG} tasks were taken ({claimed} handed off)"
