@@ -3,6 +3,8 @@
 Every value comes from :mod:`k1.settings`, so the environment stays the one source.
 """
 
+from kombu import Queue
+
 from k1.settings import get_settings
 
 _settings = get_settings()
@@ -63,6 +65,14 @@ task_time_limit = DEFAULT_HARD_TIME_LIMIT
 # Flower and the dashboard see every transition.
 worker_send_task_events = True
 task_send_sent_event = True
+
+# K1's own work gets its own queue, so that it never waits behind a backlog of users'
+# tasks: a worker started without --queues consumes both, in turn (kombu rotates them).
+PLATFORM_QUEUE = "k1.platform"
+task_queues = (Queue("celery"), Queue(PLATFORM_QUEUE))
+task_routes = {
+    "k1.conductor.report_outcome": {"queue": PLATFORM_QUEUE},  # a workflow waits for it
+}
 
 imports = ("k1.tasks.analysis", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
            "k1.recovery.dlq.tasks", "k1.conductor.tasks")

@@ -60,6 +60,24 @@ class LetterQuery(Query, Filters):
     cursor: str | None = Field(None, max_length=200)
 
 
+class QuarantineQuery(Query):
+    limit: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_LIMIT})
+
+
+class Quarantined(BaseModel):
+    id: int
+    quarantined_at: str | None
+    reason: str
+    project_id: str | None
+    task_id: str | None
+    task_name: str | None
+    payload: Any
+
+
+class QuarantinePage(BaseModel):
+    items: list[Quarantined]
+
+
 class ReplayOne(Body):
     force: bool = False
 
@@ -150,8 +168,10 @@ def stats():  # type: ignore[no-untyped-def]
 
 @bp.get("/api/dlq/quarantine")
 @require_auth
-def quarantined():  # type: ignore[no-untyped-def]
-    items = blocking(store.quarantined, _scope(), limit=parse_limit(request.args.get("limit")))
+@validate(query=QuarantineQuery, tags=("dlq",), resp=responses(HTTP_200=QuarantinePage))
+def quarantined(query: QuarantineQuery):  # type: ignore[no-untyped-def]
+    """Letters the database refused even once made storable, with the reason."""
+    items = blocking(store.quarantined, _scope(), limit=parse_limit(query.limit))
     return jsonify(items=items)
 
 
