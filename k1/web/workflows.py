@@ -121,9 +121,11 @@ def start_workflow(name: str, json: Start):  # type: ignore[no-untyped-def]
         require_operator()
         if project_id is not None:
             raise APIError(400, f"project_id: {name} is platform-wide (operator only); "
-                                "leave project_id out")
+                                "leave project_id out",
+                           detail={"field": "project_id", "problem": "not allowed"})
     elif project_id is None:
-        raise APIError(400, "project_id: required, a string")
+        raise APIError(400, "project_id: required, a string",
+                       detail={"field": "project_id", "problem": "required"})
     else:
         authorize_project(project_id)
     user_id = current_principal().user_id
