@@ -3,9 +3,11 @@
 Task counters are bumped in the same pipeline that publishes each ``task_event``
 (:func:`count_event`, called by :func:`k1.events.publish`); Socket.IO delivery latency
 comes from the dashboards, which report what they measured (:func:`record_latency`);
-the other sources belong to their areas and are only read here::
+the other sources belong to their areas and are only read here, except the DLQ figures,
+which the caller passes in (the web layer reads them from the DLQ store: this module sits
+below the database)::
 
-    report(dlq_stats())   # {"window_s", "healthy", "metrics": [...], "series": [...]}
+    report(dlq)           # {"window_s", "healthy", "metrics": [...], "series": [...]}
     prometheus_text()     # the same, and the raw counters, for GET /metrics
 
 Every counter exists three times: all time (for Prometheus), per hour (the 24 h window
@@ -157,21 +159,6 @@ LABELS = {
     "socketio_latency_p95_ms": "Socket.IO delivery latency p95",
     "breaker_trip_rate": "Circuit breaker trip rate",
 }
-
-
-def dlq_stats() -> dict[str, Any]:
-    """Platform-wide DLQ depth and daily average (``DeadLetterStore.summary``).
-
-    Only the totals: the metrics go to every signed-in user, and the split by task and
-    exception would tell one project about another's (``GET /api/dlq/stats`` is scoped).
-    Touches the database: call it through :func:`k1.web.offload.blocking` in the web process.
-    """
-    from k1.recovery.dlq.store import DeadLetterStore
-
-    try:
-        return DeadLetterStore().summary()
-    except Exception as exc:  # the DLQ's database down must not take the metrics down
-        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def report(dlq: dict[str, Any] | None, client: redis.Redis | None = None,

@@ -31,8 +31,7 @@ import sys
 import time
 from typing import Any
 
-from celery import Task, signals
-from celery._state import get_current_task
+from celery import Task, current_task, signals
 
 from k1 import headers as k1_headers
 from k1.events import make_event, publish
@@ -122,9 +121,9 @@ def on_failure(sender: Task | None = None, exception: BaseException | None = Non
 def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None = None,
                        **_: Any) -> None:
     """A running task re-publishing itself with more retries is retrying."""
-    task = get_current_task()
+    task = current_task  # a proxy: false outside a running task
     headers = headers or {}
-    if task is None or headers.get("id") != task.request.id:
+    if not task or headers.get("id") != task.request.id:
         return
     if (headers.get("retries") or 0) <= (task.request.retries or 0):
         return

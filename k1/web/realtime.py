@@ -28,6 +28,7 @@ from flask_socketio import emit as reply
 from k1.auth import InvalidToken, Principal, verify_token
 from k1.connections import get_redis
 from k1.events import PLATFORM_ROOM, metrics, project_room, user_room
+from k1.web.metrics import dlq_stats
 from k1.web.offload import blocking
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def _broadcast_metrics(socketio: SocketIO, app: Flask) -> None:
             if not get_redis().set(METRICS_LEADER_KEY, me, nx=True, px=lease_ms):
                 continue
             with app.app_context():
-                report = metrics.report(blocking(metrics.dlq_stats),
+                report = metrics.report(blocking(dlq_stats),
                                         series_minutes=METRICS_SERIES_MINUTES)
             socketio.emit("metrics", report, to=PLATFORM_ROOM)
         except Exception as exc:  # a Redis hiccup skips a round, never ends the loop
