@@ -11,13 +11,13 @@ authenticated connection joins) through a write-only Redis publisher: no web app
 one round trip to Redis (the publish pipelined with the metrics counters of
 :mod:`k1.events.metrics`), and a failure to publish never fails or slows the caller.
 
-The publisher writes the message python-socketio's ``PubSubManager.emit`` writes (a JSON
-object on the ``k1-socketio`` channel, checked against python-socketio 5.18), so the web
-process's ordinary Redis manager relays it to the rooms. It is its own small client
-rather than ``socketio.RedisManager(write_only=True)`` for two reasons: the counters
-travel in the same pipeline, and a Redis outage costs a task at most one short timeout
+The publisher is a ``socketio.RedisManager(write_only=True)`` whose ``_publish`` puts the
+message python-socketio built into K1's own pipeline: the library keeps the wire format
+(the web process's ordinary Redis manager relays it to the rooms), the counters travel in
+the same round trip, and a Redis outage costs a task at most one short timeout
 (``PUBLISH_TIMEOUT``), after which events are dropped for ``PAUSE_AFTER_FAILURE`` instead
-of being retried in the task's time.
+of being retried in the task's time (the library's own ``_publish`` retries, and
+connects, on its own).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import json
 import logging
 import threading
 import time
-import uuid
 from typing import Any
 
 import redis
+import socketio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -101,45 +101,63 @@ def publish(events: list[tuple[str, dict[str, Any]]]) -> bool:
     return _publisher().publish(events)
 
 
-class _Publisher:
-    """Write-only publisher onto the Socket.IO message queue, with metrics counters."""
+class _JSON:
+    """The JSON module python-socketio encodes with: values JSON lacks (datetimes) as text."""
 
-    def __init__(self, url: str, channel: str) -> None:
-        self.channel = channel
-        self.host_id = uuid.uuid4().hex  # the web process relays messages of other hosts
-        self.redis = redis.Redis.from_url(
+    dumps = staticmethod(functools.partial(json.dumps, default=str))
+    loads = staticmethod(json.loads)
+
+
+class Publisher(socketio.RedisManager):
+    """Write-only Socket.IO publisher whose messages travel in K1's pipeline.
+
+        publisher = Publisher("redis://localhost:6379/0")
+        publisher.publish([("task_event", make_event("started", project_id="acme"))])
+
+    ``emit`` (python-socketio's) builds each message and hands it to :meth:`_publish`,
+    which queues it in the pipeline of the current :meth:`publish` call, beside the
+    metrics counters; the library's own connection is never opened.
+    """
+
+    def __init__(self, url: str, channel: str = SOCKETIO_CHANNEL, *,
+                 pause_after_failure: float = PAUSE_AFTER_FAILURE) -> None:
+        super().__init__(url, channel=channel, write_only=True, json=_JSON)
+        self.client = redis.Redis.from_url(
             url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT,
             retry=Retry(NoBackoff(), 0), health_check_interval=0,
         )
+        self.pause_after_failure = pause_after_failure
         self.paused_until = 0.0
         self.lock = threading.Lock()  # one pipeline at a time keeps a process's order
+        self.pipe: redis.client.Pipeline | None = None  # the pipeline being filled
 
     def publish(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Publish built events in order, in one round trip; False when dropped."""
         if time.monotonic() < self.paused_until:
             return False
         try:
             with self.lock:
-                pipe = self.redis.pipeline(transaction=False)
+                self.pipe = self.client.pipeline(transaction=False)
                 for name, event in events:
-                    pipe.publish(self.channel, self._message(name, event))
-                    metrics.count_event(pipe, name, event)
-                pipe.execute()
+                    self.emit(name, event, namespace="/", room=rooms_for(event))
+                    metrics.count_event(self.pipe, name, event)
+                self.pipe.execute()
         except Exception as exc:  # a dashboard outage must never fail a task
-            self.paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+            self.paused_until = time.monotonic() + self.pause_after_failure
             log.warning("events %s not published (pausing %.0fs): %s",
-                        [f"{n}/{e.get('type')}" for n, e in events], PAUSE_AFTER_FAILURE, exc)
+                        [f"{n}/{e.get('type')}" for n, e in events], self.pause_after_failure,
+                        exc)
             return False
+        finally:
+            self.pipe = None
         return True
 
-    def _message(self, name: str, event: dict[str, Any]) -> str:
-        # What python-socketio's PubSubManager.emit publishes for an emit to rooms.
-        return json.dumps({
-            "method": "emit", "event": name, "data": [event], "binary": False,
-            "namespace": "/", "room": rooms_for(event), "skip_sid": None,
-            "callback": None, "host_id": self.host_id,
-        }, default=str)
+    def _publish(self, data: dict[str, Any]) -> None:
+        # python-socketio's PubSubManager.emit built ``data``: the wire format is the library's.
+        assert self.pipe is not None, "Publisher.emit outside Publisher.publish"
+        self.pipe.publish(self.channel, self.json.dumps(data))
 
 
 @functools.cache
-def _publisher() -> _Publisher:
-    return _Publisher(get_settings().redis_url, SOCKETIO_CHANNEL)
+def _publisher() -> Publisher:
+    return Publisher(get_settings().redis_url)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
+import uuid
 
 import pytest
+import socketio
 
-from k1.events import PUBLISH_TIMEOUT, _Publisher, emit, make_event
+from k1.events import PUBLISH_TIMEOUT, Publisher, emit, make_event, rooms_for
 from k1.settings import Settings
 from tests.conftest import API
 from tests.events.sockets import Listener
-from tests.support import free_port
+from tests.support import wait_for
 
 FLAKY = "k1.tasks.demo.flaky"
 
@@ -101,17 +105,50 @@ def test_platform_events_reach_every_connection(web, make_token, unique):  # typ
             assert event["type"] == "opened" and event["project_id"] is None
 
 
-def test_publishing_to_an_absent_redis_neither_raises_nor_lingers() -> None:
-    publisher = _Publisher(f"redis://127.0.0.1:{free_port()}/0", "k1-socketio")
-    event = make_event("started", task_id="t1", project_id="acme")
-    started = time.monotonic()
-    assert publisher.publish([("task_event", event)]) is False
-    first = time.monotonic() - started
-    started = time.monotonic()
-    assert publisher.publish([("task_event", event)]) is False  # paused: no new attempt
-    second = time.monotonic() - started
-    assert first < PUBLISH_TIMEOUT * 4 + 1  # generous: a loaded 2-core machine
-    assert second < first + 0.05
+def test_a_failed_publish_pauses_publishing() -> None:
+    """A Redis that accepts connections and never answers costs one PUBLISH_TIMEOUT, then
+    nothing until the pause is over; then publishing is tried again."""
+    with socket.socket() as silent:  # the kernel accepts connections; nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        publisher = Publisher(url, pause_after_failure=3.0)
+        event = [("task_event", make_event("started", task_id="t1", project_id="acme"))]
+
+        def timed() -> float:
+            started = time.monotonic()
+            assert publisher.publish(event) is False
+            return time.monotonic() - started
+
+        assert timed() >= PUBLISH_TIMEOUT * 0.9  # waited for the silent server, once
+        assert publisher.paused_until > time.monotonic()
+        assert timed() < PUBLISH_TIMEOUT / 2  # paused: no second wait
+        wait_for(lambda: time.monotonic() >= publisher.paused_until, timeout=10,
+                 message="the pause never ended")
+        assert timed() >= PUBLISH_TIMEOUT * 0.9  # after the pause it tries again
+
+
+def test_the_message_is_the_one_python_socketio_builds(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """K1's publisher and python-socketio's own write-only manager put the same message on
+    the channel (but for the sender's host id)."""
+    channel = f"wire-{uuid.uuid4().hex}"
+    listener = redis_server.client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    event = make_event("started", task_id="t1", project_id="acme", user_id="ada")
+    assert Publisher(redis_server.url, channel).publish([("task_event", event)]) is True
+    socketio.RedisManager(redis_server.url, channel=channel, write_only=True).emit(
+        "task_event", event, namespace="/", room=rooms_for(event))
+
+    def next_message() -> dict:
+        message = wait_for(lambda: listener.get_message(timeout=0.5), timeout=10,
+                           message="nothing published")
+        return json.loads(message["data"])
+
+    ours, theirs = next_message(), next_message()
+    listener.close()
+    assert ours.pop("host_id") != theirs.pop("host_id")
+    assert ours == theirs
+    assert ours["room"] == ["project_acme", "user_ada"] and ours["data"] == [event]
 
 
 def test_task_events_can_be_switched_off() -> None:
