@@ -40,8 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     socketio.init_app(
         app,
         async_mode=settings.async_mode,
-        message_queue=settings.redis_url,
-        channel=SOCKETIO_CHANNEL,
+        client_manager=realtime.ProjectScopedManager(settings.redis_url, SOCKETIO_CHANNEL),
         # Same origin only unless K1_CORS_ORIGINS lists others; never '*'.
         cors_allowed_origins=list(settings.cors_origins) or None,
         ping_interval=PING_INTERVAL,

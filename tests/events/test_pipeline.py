@@ -43,6 +43,31 @@ def test_a_task_reaches_its_project_room_and_no_other(web, worker, make_token, u
         assert bob.events(lambda r: r.name.startswith("task")) == []
 
 
+def test_a_user_room_carries_only_the_projects_the_token_may_see(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+    """bob@p1 and bob@p2 are two tokens of one user: both connections are in ``user_bob``,
+    and each receives bob's events of its own project only."""
+    bob, p1, p2 = f"bob-{unique}", f"p1-{unique}", f"p2-{unique}"
+    with Listener(web, make_token(bob, p1)) as bob_p1, Listener(web, make_token(bob, p2)) as bob_p2:
+        ids = {}
+        for project in (p1, p2):
+            ids[project] = API(web, make_token(bob, project)).post("/api/tasks", json={
+                "task": FLAKY, "project_id": project, "kwargs": {"permanent": project == p2},
+            }).json()["task_id"]
+        bob_p1.wait_for(lambda r: r.name == "task_completed" and r.data["task_id"] == ids[p1],
+                        what="p1's task_completed")
+        bob_p2.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == ids[p2]
+                        and r.data["type"] == "failed", what="p2's failed event")
+        # The web process relays in order: a marker sent now arrives after anything of p2's
+        # that could still be on its way to bob@p1.
+        emit("task_event", type="started", task_id=f"marker-{unique}", project_id=p1, user_id=bob)
+        bob_p1.wait_for(lambda r: r.name == "task_event"
+                        and r.data["task_id"] == f"marker-{unique}", what="the marker")
+        assert _types(bob_p1.task_events(ids[p1])) == ["received", "started", "succeeded"]
+        assert bob_p1.events(lambda r: isinstance(r.data, dict)
+                             and r.data.get("project_id") == p2) == []
+        assert bob_p2.task_events(ids[p1]) == [] and bob_p2.task_events(ids[p2])
+
+
 def test_events_of_a_task_arrive_in_order(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
     token = make_token(f"ada-{unique}", "acme")
     with Listener(web, token) as alice:
