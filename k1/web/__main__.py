@@ -32,7 +32,7 @@ def main() -> int:
         print(f"k1 web: configuration error: {exc}", file=sys.stderr)
         return 2
     from k1.logs import configure_logging
-    from k1.web.app import create_app, socketio
+    from k1.web.app import SOCKET_TIMEOUT, create_app, socketio
 
     configure_logging(settings.log_level)
     app = create_app(settings)
@@ -43,7 +43,7 @@ def main() -> int:
     gc.freeze()
     print(f"k1 web: listening on http://{settings.host}:{settings.port}", flush=True)
     if settings.async_mode == "eventlet":
-        serve_eventlet(app, settings.host, settings.port)
+        serve_eventlet(app, settings.host, settings.port, SOCKET_TIMEOUT)
         return 0
     # threading mode serves with Werkzeug, which Flask-SocketIO refuses without a tty
     # unless told: K1_ASYNC_MODE=threading is a deliberate choice (see docs/realtime.md).
@@ -52,13 +52,14 @@ def main() -> int:
     return 0
 
 
-def serve_eventlet(app: object, host: str, port: int) -> None:
+def serve_eventlet(app: object, host: str, port: int, socket_timeout: float) -> None:
     """What ``socketio.run`` does under eventlet, with Nagle's algorithm off.
 
     eventlet's WSGI server writes headers and body separately; with Nagle on, a response
     larger than one segment waits for the client's delayed ACK (~40 ms on Linux): a
     50-letter ``GET /api/dlq`` took 48 ms instead of 3. Accepted sockets inherit the
-    option from the listener.
+    option from the listener. ``socket_timeout`` bounds every read and write on a client's
+    socket.
     """
     import socket
 
@@ -67,7 +68,7 @@ def serve_eventlet(app: object, host: str, port: int) -> None:
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     listener = eventlet.listen(address, family)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    eventlet.wsgi.server(listener, app, log_output=False)
+    eventlet.wsgi.server(listener, app, log_output=False, socket_timeout=socket_timeout)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ his ``p2`` events. Events without a project (``platform``) reach every connectio
 A client connects with ``auth={"token": ...}``; it joins ``user_<id>`` and
 ``platform`` (platform-wide events such as breaker states) at once, and
 ``project_<id>`` on ``subscribe {"project_id": ...}`` for a project its token grants.
-Refusals are answered with an ``error`` event, never ignored.
+Refusals are answered with an ``error`` event, never ignored. A connection whose token
+expires (or is revoked) is told so with an ``error`` event and disconnected by the server.
 
 Delivery latency (a validation metric) is measured where it ends, in the dashboard: it
 asks ``clock`` for the server's time to learn its clock offset, subtracts each event's
@@ -32,6 +33,7 @@ from flask import Flask, current_app, request
 from flask_socketio import SocketIO, join_room, leave_room
 from flask_socketio import emit as reply
 
+from k1 import auth as k1_auth
 from k1.auth import InvalidToken, Principal, verify_token
 from k1.connections import get_redis
 from k1.events import PLATFORM_ROOM, metrics, project_room, user_room
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 METRICS_INTERVAL = 5.0  # seconds between two ``metrics`` broadcasts
 METRICS_SERIES_MINUTES = 2  # minutes of chart data per broadcast; clients merge them
 METRICS_LEADER_KEY = "k1:metrics:broadcaster"  # one web process broadcasts per interval
+EXPIRY_CHECK_INTERVAL = 1.0  # seconds: a connection outlives its token by at most this
+REVOCATION_CHECK_INTERVAL = 5.0  # seconds between two looks at the revocation list (Redis)
 
 
 class ProjectScopedManager(python_socketio.RedisManager):
@@ -106,7 +110,7 @@ def register(socketio: SocketIO) -> None:
         _principals(socketio)[request.sid] = principal
         join_room(user_room(principal.user_id))
         join_room(PLATFORM_ROOM)
-        _start_metrics_broadcast(socketio, current_app._get_current_object())
+        _start_background_tasks(socketio, current_app._get_current_object())
         return True
 
     @socketio.on("disconnect")
@@ -135,12 +139,53 @@ def register(socketio: SocketIO) -> None:
         return {"ok": True, "action": "latency", "recorded": metrics.record_latency(samples)}
 
 
-def _start_metrics_broadcast(socketio: SocketIO, app: Flask) -> None:
-    """Start the ``metrics`` broadcaster of this process, once, on the first connection."""
-    if app.extensions.get("k1_metrics_broadcast"):
+def _start_background_tasks(socketio: SocketIO, app: Flask) -> None:
+    """Start this process's ``metrics`` broadcaster and connection reaper, once, on the
+    first connection."""
+    if app.extensions.get("k1_socket_tasks"):
         return
-    app.extensions["k1_metrics_broadcast"] = True
+    app.extensions["k1_socket_tasks"] = True
     socketio.start_background_task(_broadcast_metrics, socketio, app)
+    socketio.start_background_task(_reap_connections, socketio)
+
+
+def _reap_connections(socketio: SocketIO) -> None:
+    """Disconnect every connection whose token has expired or been revoked.
+
+    The client is told why (an ``error`` event with ``action: "connection"``) and then
+    disconnected by the server, so Socket.IO clients do not reconnect on their own with
+    the same token.
+    """
+    last_revocation_check = 0.0
+    while True:
+        socketio.sleep(EXPIRY_CHECK_INTERVAL)
+        now = time.time()
+        check_revoked = time.monotonic() - last_revocation_check >= REVOCATION_CHECK_INTERVAL
+        try:
+            for sid, principal in list(_principals(socketio).items()):
+                if principal.expires_at <= now:
+                    _drop(socketio, sid, "token expired")
+                elif check_revoked and _revoked(principal):
+                    _drop(socketio, sid, "token revoked")
+        except Exception as exc:  # a Redis hiccup skips a round, never ends the loop
+            log.warning("connection reaper skipped a round: %s", exc)
+        if check_revoked:
+            last_revocation_check = time.monotonic()
+
+
+def _revoked(principal: Principal) -> bool:
+    # CALL SITE for wp-web's revocation list: k1.auth.is_revoked(token_id) and
+    # Principal.token_id (a ``jti`` claim). Until both are on main, no token is revoked.
+    is_revoked = getattr(k1_auth, "is_revoked", None)
+    token_id = getattr(principal, "token_id", None)
+    return bool(is_revoked and token_id and is_revoked(token_id))
+
+
+def _drop(socketio: SocketIO, sid: str, reason: str) -> None:
+    socketio.emit("error", {"ok": False, "action": "connection", "project_id": None,
+                            "error": f"{reason}; reconnect with a fresh token"}, to=sid)
+    _principals(socketio).pop(sid, None)  # nothing more reaches it meanwhile
+    socketio.server.disconnect(sid)
 
 
 def _broadcast_metrics(socketio: SocketIO, app: Flask) -> None:

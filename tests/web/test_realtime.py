@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +19,10 @@ import socketio
 import websocket
 
 from k1.events import emit
+from k1.web.app import SOCKET_TIMEOUT
 from tests.conftest import SECRET_KEY
 from tests.events.sockets import Listener
+from tests.support import wait_for
 
 
 def _expired_token() -> str:
@@ -206,3 +209,47 @@ def test_a_stalled_database_does_not_stall_socket_events(web, postgres, make_tok
             _signal_all(cluster, signal.SIGCONT)
         assert health.result(timeout=120).status_code in (200, 503)
     assert requests.get(f"{web}/api/health", timeout=30).status_code == 200
+
+
+def test_a_connection_is_dropped_when_its_token_expires(web, make_token, unique):  # type: ignore[no-untyped-def]
+    short = make_token(f"ada-{unique}", "acme", ttl=3)
+    expires_at = jwt.decode(short, options={"verify_signature": False})["exp"]
+    with Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
+        brief = Listener(web, short).connect()
+        assert brief.subscribe("acme")["ok"] is True
+        error = brief.wait_for(lambda r: r.name == "error", timeout=30,
+                               what="an error event at expiry").data
+        dropped_at = time.time()
+        assert error["action"] == "connection" and "expired" in error["error"]
+        wait_for(lambda: not brief.client.connected, timeout=15,
+                 message="still connected after its token expired")
+        assert dropped_at >= expires_at - 0.05  # at expiry, not before
+        # The server dropped it: nothing of acme reaches it any more, and bob stays.
+        assert bob.subscribe("acme")["ok"] is True
+
+
+def test_an_oversized_polling_post_is_answered_413_at_once(web):  # type: ignore[no-untyped-def]
+    session = requests.Session()
+    opened = session.get(f"{web}/socket.io/?EIO=4&transport=polling", timeout=10)
+    sid = json.loads(opened.text[1:])["sid"]
+    started = time.monotonic()
+    response = session.post(f"{web}/socket.io/?EIO=4&transport=polling&sid={sid}",
+                            data="4" + "x" * 70_000, timeout=20)
+    assert response.status_code == 413, response.text
+    assert time.monotonic() - started < 10  # answered, not timed out
+    assert response.json()["error"] == "payload too large"
+    assert requests.get(f"{web}/api/health", timeout=10).status_code == 200
+
+
+def test_a_silent_client_is_cut_off_and_an_idle_socket_is_not(web, make_token):  # type: ignore[no-untyped-def]
+    """A client that stops in the middle of its request headers is disconnected after
+    SOCKET_TIMEOUT; a Socket.IO WebSocket that stays idle as long is not."""
+    with Listener(web, make_token("ada", "acme")) as alice, \
+            socket.create_connection(("127.0.0.1", int(web.rsplit(":", 1)[1])), timeout=10) as slow:
+        slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: k1\r\n")  # and never the rest
+        slow.settimeout(SOCKET_TIMEOUT + 30)
+        started = time.monotonic()
+        slow.recv(1024)  # returns when the server closes the socket (b"" or a 4xx)
+        waited = time.monotonic() - started
+        assert SOCKET_TIMEOUT * 0.8 <= waited < SOCKET_TIMEOUT + 30, waited
+        assert alice.subscribe("acme")["ok"] is True  # idle as long, still connected
