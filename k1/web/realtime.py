@@ -139,6 +139,16 @@ def register(socketio: SocketIO) -> None:
         return {"ok": True, "action": "latency", "recorded": metrics.record_latency(samples)}
 
 
+def drop_all_connections(socketio: SocketIO) -> int:
+    """Close every Engine.IO connection of this process without a Socket.IO disconnect, as
+    a lost transport: clients reconnect by themselves (to another web process). Returns
+    how many were closed. For a shutdown (``python -m k1.web`` on SIGTERM)."""
+    sockets = list(socketio.server.eio.sockets.values())
+    for sock in sockets:
+        sock.close(wait=False, abort=True, reason=socketio.server.eio.reason.SERVER_DISCONNECT)
+    return len(sockets)
+
+
 def _start_background_tasks(socketio: SocketIO, app: Flask) -> None:
     """Start this process's ``metrics`` broadcaster and connection reaper, once, on the
     first connection."""

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,9 +21,9 @@ import websocket
 
 from k1.events import emit
 from k1.web.app import SOCKET_TIMEOUT
-from tests.conftest import SECRET_KEY
+from tests.conftest import SECRET_KEY, k1_process
 from tests.events.sockets import Listener
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 
 def _expired_token() -> str:
@@ -253,3 +254,50 @@ def test_a_silent_client_is_cut_off_and_an_idle_socket_is_not(web, make_token): 
         waited = time.monotonic() - started
         assert SOCKET_TIMEOUT * 0.8 <= waited < SOCKET_TIMEOUT + 30, waited
         assert alice.subscribe("acme")["ok"] is True  # idle as long, still connected
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_drops_sockets_answers_requests_in_flight_and_exits(services, make_token):  # type: ignore[no-untyped-def]
+    """A web process sent SIGTERM drops its Socket.IO connections as a lost transport (the
+    clients reconnect, to another web process), refuses new connections, answers the
+    request it is in the middle of (here one stuck in a frozen PostgreSQL) and exits 0."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    web = k1_process(f"web-sigterm-{port}", sys.executable, "-m", "k1.web",
+                     env={"PORT": str(port)}).start()
+    reasons: list[str] = []
+    client = socketio.Client(reconnection=True, reconnection_delay=60)  # one reason to see
+    client.on("disconnect", lambda reason=None: reasons.append(reason))
+    try:
+        web.wait_until(lambda: requests.get(f"{url}/api/health", timeout=2).ok, 60,
+                       "health never answered 200")
+        client.connect(url, auth={"token": make_token("ada", "acme")},
+                       transports=["websocket"], wait_timeout=10)
+        # after the web process connected: its backends are the postmaster's children
+        postmaster = services["postgres"].data_dir / "postmaster.pid"
+        cluster = _descendants(int(postmaster.read_text().split()[0]))
+        with ThreadPoolExecutor(1) as pool:
+            _signal_all(cluster, signal.SIGSTOP)
+            try:
+                health = pool.submit(requests.get, f"{url}/api/health", timeout=60)
+                time.sleep(1.5)  # the health check is now stuck in PostgreSQL
+                assert not health.done(), "health answered although PostgreSQL was frozen"
+                os.kill(web.pid, signal.SIGTERM)
+                wait_for(lambda: reasons, timeout=15, message="the socket was not dropped")
+                assert reasons[0] != socketio.Client.reason.SERVER_DISCONNECT  # will reconnect
+                wait_for(lambda: _refused(port), timeout=15, message="still accepting connections")
+                assert web.alive() and not health.done(), "the request in flight was cut"
+            finally:
+                _signal_all(cluster, signal.SIGCONT)
+            assert health.result(timeout=60).status_code in (200, 503)
+        assert web.popen.wait(timeout=30) == 0
+    finally:
+        client.disconnect()
+        web.stop()
