@@ -13,7 +13,7 @@ import socketio
 from k1.events import PUBLISH_TIMEOUT, Publisher, emit, make_event, rooms_for
 from k1.settings import Settings
 from tests.conftest import API
-from tests.events.sockets import Listener
+from tests.events.sockets import Listener, drain
 from tests.support import wait_for
 
 FLAKY = "k1.tasks.demo.flaky"
@@ -38,7 +38,7 @@ def test_a_task_reaches_its_project_room_and_no_other(web, worker, make_token, u
                        what="task_completed for A's task")
         completed = alice.events(lambda r: r.name == "task_completed")[0].data
         assert completed["project_id"] == project_a and completed["state"] == "SUCCESS"
-        time.sleep(0.5)  # a stray event to B would have arrived with A's
+        drain(bob, cy)  # a stray event of A's would have arrived before the marker
         assert bob.task_events(task_id) == [] and cy.task_events(task_id) == []
         assert bob.events(lambda r: r.name.startswith("task")) == []
 
@@ -57,11 +57,7 @@ def test_a_user_room_carries_only_the_projects_the_token_may_see(web, worker, ma
                         what="p1's task_completed")
         bob_p2.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == ids[p2]
                         and r.data["type"] == "failed", what="p2's failed event")
-        # The web process relays in order: a marker sent now arrives after anything of p2's
-        # that could still be on its way to bob@p1.
-        emit("task_event", type="started", task_id=f"marker-{unique}", project_id=p1, user_id=bob)
-        bob_p1.wait_for(lambda r: r.name == "task_event"
-                        and r.data["task_id"] == f"marker-{unique}", what="the marker")
+        drain(bob_p1)  # anything of p2's on its way to bob@p1 would arrive before the marker
         assert _types(bob_p1.task_events(ids[p1])) == ["received", "started", "succeeded"]
         assert bob_p1.events(lambda r: isinstance(r.data, dict)
                              and r.data.get("project_id") == p2) == []
@@ -79,7 +75,7 @@ def test_events_of_a_task_arrive_in_order(web, worker, make_token, unique):  # t
             alice.wait_for(lambda r, t=task_id: r.name == "task_event"
                            and r.data["task_id"] == t and r.data["type"] == "succeeded",
                            what=f"succeeded for {task_id}")
-        time.sleep(0.3)
+        drain(alice)  # a duplicate or late event would have arrived before the marker
         for task_id in ids:
             events = alice.task_events(task_id)
             # user_ada and project_acme both match: one delivery per event all the same

@@ -22,7 +22,7 @@ import websocket
 from k1.events import emit
 from k1.web.app import SOCKET_TIMEOUT
 from tests.conftest import SECRET_KEY, k1_process
-from tests.events.sockets import Listener
+from tests.events.sockets import Listener, drain
 from tests.support import free_port, wait_for
 
 
@@ -53,7 +53,7 @@ def test_every_connection_joins_its_user_room(web, make_token, unique):  # type:
             Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
         emit("task_event", type="started", task_id=f"t-{unique}", user_id=f"ada-{unique}")
         alice.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == f"t-{unique}")
-        time.sleep(0.3)
+        drain(bob)
         assert bob.task_events(f"t-{unique}") == []
 
 
@@ -64,8 +64,8 @@ def test_subscribing_to_a_foreign_project_is_refused_with_an_error_event(web, ma
         error = alice.wait_for(lambda r: r.name == "error", what="error event").data
         assert error["action"] == "subscribe" and error["project_id"] == "globex"
         emit("task_event", type="started", task_id="foreign-1", project_id="globex")
-        assert alice.subscribe("acme")["ok"] is True  # a round trip after the emit
-        time.sleep(0.3)
+        assert alice.subscribe("acme")["ok"] is True
+        drain(alice)
         assert alice.task_events("foreign-1") == []
 
 
