@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import uuid
 
@@ -138,7 +140,7 @@ def test_a_failed_publish_pauses_publishing() -> None:
 
         def timed() -> float:
             started = time.monotonic()
-            assert publisher.publish(event) is False
+            assert publisher.publish(event, wait=True) is False
             return time.monotonic() - started
 
         assert timed() >= PUBLISH_TIMEOUT * 0.9  # waited for the silent server, once
@@ -149,6 +151,33 @@ def test_a_failed_publish_pauses_publishing() -> None:
         assert timed() >= PUBLISH_TIMEOUT * 0.9  # after the pause it tries again
 
 
+def test_publishing_never_waits_for_redis_and_the_buffer_is_bounded() -> None:
+    """The caller only buffers: with the flusher stuck on a silent Redis, publish returns
+    at once; beyond ``max_buffered`` waiting events, new ones are dropped."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        publisher = Publisher(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", max_buffered=2)
+        event = ("task_event", make_event("started", task_id="t1", project_id="acme"))
+        started = time.monotonic()
+        assert publisher.publish([event]) is True
+        wait_for(lambda: not publisher.buffer, timeout=10, message="the flusher never took it")
+        assert publisher.publish([event, event]) is True  # waiting: 2
+        assert publisher.publish([event]) is False  # a third would exceed max_buffered
+        assert time.monotonic() - started < PUBLISH_TIMEOUT  # nobody waited for Redis
+        assert list(publisher.buffer) == [event, event]
+
+
+def test_a_process_sends_its_buffer_when_it_exits(web, make_token, unique):  # type: ignore[no-untyped-def]
+    with Listener(web, make_token(f"ada-{unique}", "acme")) as alice:
+        assert alice.subscribe("acme")["ok"] is True
+        subprocess.run([sys.executable, "-c", "from k1.events import emit; "
+                        f"emit('task_event', type='started', task_id='exit-{unique}', "
+                        "project_id='acme')"], check=True, timeout=60)
+        alice.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == f"exit-{unique}",
+                       what="the event the process published as it exited")
+
+
 def test_the_message_is_the_one_python_socketio_builds(redis_server) -> None:  # type: ignore[no-untyped-def]
     """K1's publisher and python-socketio's own write-only manager put the same message on
     the channel (but for the sender's host id)."""
@@ -156,7 +185,7 @@ def test_the_message_is_the_one_python_socketio_builds(redis_server) -> None:  #
     listener = redis_server.client().pubsub(ignore_subscribe_messages=True)
     listener.subscribe(channel)
     event = make_event("started", task_id="t1", project_id="acme", user_id="ada")
-    assert Publisher(redis_server.url, channel).publish([("task_event", event)]) is True
+    assert Publisher(redis_server.url, channel).publish([("task_event", event)], wait=True)
     socketio.RedisManager(redis_server.url, channel=channel, write_only=True).emit(
         "task_event", event, namespace="/", room=rooms_for(event))
 
