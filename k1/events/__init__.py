@@ -197,7 +197,7 @@ class Publisher(socketio.RedisManager):
             self.pipe = self.client.pipeline(transaction=False)
             for name, event in batch:
                 self.emit(name, event, namespace="/", room=rooms_for(event))
-                metrics.count_event(self.pipe, name, event)
+            metrics.count_events(self.pipe, batch)
             self.pipe.execute()
         except Exception as exc:  # a dashboard outage must never fail a task
             self.paused_until = time.monotonic() + self.pause_after_failure
