@@ -15,6 +15,12 @@ own, on the infrastructure of :mod:`bench.realtime`:
   Also the worker's CPU time per task (main process and pool children, from /proc): on a
   machine shared with other work, wall-clock rates swing with the load, CPU per task much
   less; plain/K1 CPU per task is the throughput ratio of a worker that has the cores.
+- **publish CPU** (``--publish-cpu``): the events of ``--tasks`` tasks (received +
+  started, then succeeded + task_completed, as a pool child publishes them) at
+  ``--pace`` tasks/s through one :class:`k1.events.Publisher`, CPU time of the process
+  (all threads) per task, for each candidate: *sync* (every publish waits for its round
+  trip: K1 before the buffer), *buffered* (the flusher sends at once) and *linger* (the
+  flusher waits ``FLUSH_LINGER`` to gather a task's events into one round trip).
 - **latency**: ``POST /api/tasks`` at ``--rate`` tasks/s for ``--duration`` s, each timed
   from just before its POST to the ``task_completed`` event at a Socket.IO client
   subscribed to the project. Goal: p95 <= 25 ms at 100 tasks/s.
@@ -132,6 +138,36 @@ class EventsBench(Bench):
             worker.stop()
 
 
+def publish_cpu(redis_url: str, tasks: int, pace: float) -> dict[str, float]:
+    """CPU microseconds per task of K1's event path, per publishing candidate."""
+    from k1.events import FLUSH_LINGER, Publisher, make_event
+
+    results = {}
+    for candidate, linger, wait in (("sync", 0.0, True), ("buffered", 0.0, False),
+                                    ("linger", FLUSH_LINGER, False)):
+        publisher = Publisher(redis_url, f"bench-{candidate}", flush_linger=linger)
+        fields = {"task_name": K1, "project_id": "bench", "user_id": "bench", "attempt": 1,
+                  "worker": "bench@k1"}
+        interval = 1 / pace
+        cpu_before, begin = time.process_time(), time.perf_counter()
+        for n in range(tasks):
+            pause = begin + n * interval - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            task_id = f"{candidate}-{n}"
+            publisher.publish([
+                ("task_event", make_event("received", task_id=task_id, state="RECEIVED",
+                                          **fields)),
+                ("task_event", make_event("started", task_id=task_id, state="STARTED",
+                                          **fields))], wait=wait)
+            done = make_event("succeeded", task_id=task_id, state="SUCCESS", result="{}",
+                              runtime_ms=0.1, **fields)
+            publisher.publish([("task_event", done), ("task_completed", done)], wait=wait)
+        publisher.flush()
+        results[candidate] = (time.process_time() - cpu_before) / tasks * 1e6
+    return results
+
+
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its live descendants."""
     parents: dict[int, int] = {}
@@ -175,6 +211,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="alternating runs of each")
     parser.add_argument("--rate", type=float, default=100.0, help="tasks/s for the latency")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of latency load")
+    parser.add_argument("--pace", type=float, default=300.0,
+                        help="tasks/s of one pool process, for --publish-cpu")
+    parser.add_argument("--publish-cpu", action="store_true",
+                        help="only the CPU cost of publishing, per candidate")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -182,6 +222,11 @@ def main() -> None:
     print(f"# task events bench, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
     try:
+        if args.publish_cpu:
+            for candidate, us in publish_cpu(bench.redis.url, args.tasks, args.pace).items():
+                print(f"publish CPU, {candidate:<8}: {us:6.1f} µs per task "
+                      f"({args.pace:.0f} tasks/s)", flush=True)
+            return
         if not args.skip_throughput:
             rates: dict[str, list[float]] = {"plain": [], "k1": []}
             cpu: dict[str, list[float]] = {"plain": [], "k1": []}
