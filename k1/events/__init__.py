@@ -125,6 +125,17 @@ def flush() -> bool:
     return _publisher().flush()
 
 
+def publish_in_caller_thread() -> None:
+    """Make every publish of this process wait for its round trip, in the caller's thread.
+
+    For the web process: under eventlet its threads are green, and events are published
+    from eventlet's pool of real threads (:func:`k1.web.offload.blocking`) too, which
+    cannot wake a green flusher. Its events are few (replays, breaker resets) and never on
+    a task's path.
+    """
+    _publisher().synchronous = True
+
+
 class _JSON:
     """The JSON module python-socketio encodes with: values JSON lacks (datetimes) as text."""
 
@@ -156,6 +167,7 @@ class Publisher(socketio.RedisManager):
         self.pause_after_failure = pause_after_failure
         self.max_buffered = max_buffered
         self.flush_linger = flush_linger
+        self.synchronous = False  # True: every publish is sent in the caller's thread
         self.paused_until = 0.0
         self.pipe: redis.client.Pipeline | None = None  # the pipeline being filled
         self._after_fork()
@@ -178,7 +190,7 @@ class Publisher(socketio.RedisManager):
                         _names(events), len(self.buffer))
             return False
         self.buffer.extend(events)  # one step under the GIL: no event of a batch is split
-        if wait:
+        if wait or self.synchronous:
             return self.flush()
         if self.flusher is None:
             self._start_flusher()

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask
 from flask_socketio import SocketIO
 
-from k1.events import SOCKETIO_CHANNEL
+from k1.events import SOCKETIO_CHANNEL, publish_in_caller_thread
 from k1.settings import Settings, get_settings
 from k1.web import breakers, dashboard, dlq, health, metrics, realtime, scheduler, tasks, workflows
 from k1.web.errors import register_error_handlers
@@ -37,6 +37,7 @@ BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
+    publish_in_caller_thread()  # green threads and eventlet's real ones: no flusher thread
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
