@@ -15,7 +15,20 @@ from flask_socketio import SocketIO
 
 from k1.events import SOCKETIO_CHANNEL, publish_in_caller_thread
 from k1.settings import Settings, get_settings
-from k1.web import breakers, dashboard, dlq, health, metrics, realtime, scheduler, tasks, workflows
+from k1.web import (
+    auth,
+    breakers,
+    contract,
+    dashboard,
+    dlq,
+    health,
+    metrics,
+    realtime,
+    scheduler,
+    security,
+    tasks,
+    workflows,
+)
 from k1.web.errors import register_error_handlers
 
 # Heartbeat: a ping every 25 s; a client silent for 25 + 20 s is dropped.
@@ -32,7 +45,7 @@ SOCKET_TIMEOUT = 15
 socketio = SocketIO()
 
 BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp, scheduler.bp,
-              workflows.bp)
+              workflows.bp, auth.bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -48,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    contract.init_app(app)  # bounded JSON bodies, GET /api/openapi.json
     socketio.init_app(
         app,
         async_mode=settings.async_mode,
@@ -61,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Flask-SocketIO has wrapped wsgi_app; the limit goes in front of it.
     app.wsgi_app = PollingPayloadLimit(app.wsgi_app, MAX_CLIENT_PAYLOAD)  # type: ignore[method-assign]
     realtime.register(socketio)
+    security.init_app(app)  # after Socket.IO: its answers get the headers too
     return app
 
 

@@ -7,10 +7,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from k1.events import metrics
 from k1.recovery.dlq.store import DeadLetterStore
 from k1.web.auth import require_auth
+from k1.web.contract import responses, validate
 from k1.web.offload import blocking
 
 bp = Blueprint("metrics", __name__)
@@ -29,14 +31,22 @@ def dlq_stats() -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
+class Metrics(BaseModel):
+    healthy: bool
+    metrics: list[dict[str, Any]]
+    series: Any = None
+
+
 @bp.get("/api/metrics")
 @require_auth
+@validate(tags=("metrics",), resp=responses(HTTP_200=Metrics))
 def validation_metrics():  # type: ignore[no-untyped-def]
     return jsonify(metrics.report(blocking(dlq_stats)))
 
 
 @bp.get("/metrics")
 @require_auth
+@validate(tags=("metrics",), resp=responses(HTTP_200=None))
 def prometheus():  # type: ignore[no-untyped-def]
     body = metrics.prometheus_text(blocking(dlq_stats))
     return Response(body, content_type=CONTENT_TYPE_LATEST)
