@@ -33,8 +33,7 @@ from flask import Flask, current_app, request
 from flask_socketio import SocketIO, join_room, leave_room
 from flask_socketio import emit as reply
 
-from k1 import auth as k1_auth
-from k1.auth import InvalidToken, Principal, verify_token
+from k1.auth import InvalidToken, Principal, is_revoked, verify_token
 from k1.connections import get_redis
 from k1.events import PLATFORM_ROOM, metrics, project_room, user_room
 from k1.web.metrics import dlq_stats
@@ -171,24 +170,20 @@ def _reap_connections(socketio: SocketIO) -> None:
         socketio.sleep(EXPIRY_CHECK_INTERVAL)
         now = time.time()
         check_revoked = time.monotonic() - last_revocation_check >= REVOCATION_CHECK_INTERVAL
+        revoked: dict[str, bool] = {}  # by token id: one look per token, not per connection
         try:
             for sid, principal in list(_principals(socketio).items()):
                 if principal.expires_at <= now:
                     _drop(socketio, sid, "token expired")
-                elif check_revoked and _revoked(principal):
-                    _drop(socketio, sid, "token revoked")
+                elif check_revoked:
+                    if principal.token_id not in revoked:
+                        revoked[principal.token_id] = is_revoked(principal.token_id)
+                    if revoked[principal.token_id]:
+                        _drop(socketio, sid, "token revoked")
         except Exception as exc:  # a Redis hiccup skips a round, never ends the loop
             log.warning("connection reaper skipped a round: %s", exc)
         if check_revoked:
             last_revocation_check = time.monotonic()
-
-
-def _revoked(principal: Principal) -> bool:
-    # CALL SITE for wp-web's revocation list: k1.auth.is_revoked(token_id) and
-    # Principal.token_id (a ``jti`` claim). Until both are on main, no token is revoked.
-    is_revoked = getattr(k1_auth, "is_revoked", None)
-    token_id = getattr(principal, "token_id", None)
-    return bool(is_revoked and token_id and is_revoked(token_id))
 
 
 def _drop(socketio: SocketIO, sid: str, reason: str) -> None:

@@ -19,8 +19,10 @@ import requests
 import socketio
 import websocket
 
+from k1.auth import revoke, verify_token
 from k1.events import emit
 from k1.web.app import SOCKET_TIMEOUT
+from k1.web.realtime import REVOCATION_CHECK_INTERVAL
 from tests.conftest import SECRET_KEY, k1_process
 from tests.events.sockets import Listener, drain
 from tests.support import free_port, wait_for
@@ -227,6 +229,23 @@ def test_a_connection_is_dropped_when_its_token_expires(web, make_token, unique)
         assert dropped_at >= expires_at - 0.05  # at expiry, not before
         # The server dropped it: nothing of acme reaches it any more, and bob stays.
         assert bob.subscribe("acme")["ok"] is True
+
+
+def test_a_revoked_tokens_connections_are_dropped(web, make_token, unique):  # type: ignore[no-untyped-def]
+    token = make_token(f"ada-{unique}", "acme")
+    with Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
+        ada = Listener(web, token).connect()
+        assert ada.subscribe("acme")["ok"] is True
+        principal = verify_token(token, secret=SECRET_KEY)
+        assert revoke(principal.token_id, principal.expires_at)
+        revoked_at = time.monotonic()
+        error = ada.wait_for(lambda r: r.name == "error", timeout=30,
+                             what="an error event after revocation").data
+        assert error["action"] == "connection" and "revoked" in error["error"]
+        wait_for(lambda: not ada.client.connected, timeout=15,
+                 message="still connected after its token was revoked")
+        assert time.monotonic() - revoked_at < REVOCATION_CHECK_INTERVAL + 10
+        assert bob.subscribe("acme")["ok"] is True  # another token's connection stays
 
 
 def test_an_oversized_polling_post_is_answered_413_at_once(web):  # type: ignore[no-untyped-def]
