@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
 from celery.utils.time import maybe_timedelta
@@ -23,6 +23,9 @@ from k1 import headers as k1_headers
 from k1.celery import app
 from k1.connections import get_redis
 from k1.tasks import public_task_names
+
+if TYPE_CHECKING:
+    import redis.client
 
 SUBMISSION_KEY = "k1:task:{}"
 
@@ -72,7 +75,59 @@ def submit(
     return result.id
 
 
-def record(submission: Submission) -> None:
+# Stand-in for wp-tasks' shared interface (validate_project_id, check_arguments, send,
+# record on a pipe), so that wp-scheduling can be tested on its own: take wp-tasks'
+# version when merging.
+MAX_PROJECT_ID = 255  # a project id names rooms, Redis keys and a 255-character column
+
+
+def validate_project_id(value: Any, field: str = "project_id") -> str:
+    """``value`` as a project id, or :class:`SubmissionError` naming ``field``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise SubmissionError(f"{field}: required, a string")
+    if len(value) > MAX_PROJECT_ID:
+        raise SubmissionError(f"{field}: at most {MAX_PROJECT_ID} characters")
+    if not value.isprintable() or value != value.strip():
+        raise SubmissionError(f"{field}: printable characters only, no surrounding spaces")
+    return value
+
+
+def check_arguments(task_name: str, args: Sequence[Any] = (),
+                    kwargs: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`SubmissionError` unless ``args``/``kwargs`` fit the task's signature."""
+    task = app.tasks.get(task_name)
+    if task is None:
+        raise SubmissionError(f"unknown task {task_name!r}")
+    signature = inspect.signature(task.run)
+    try:
+        signature.bind(*args, **(kwargs or {}))
+    except TypeError as exc:
+        raise SubmissionError(f"arguments do not match {task_name}{signature}: {exc}") from None
+
+
+def send(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+         project_id: str | None, user_id: str | None = None,
+         headers: dict[str, Any] | None = None, producer: Any = None,
+         pipe: redis.client.Pipeline | None = None, **options: Any) -> str:
+    """Send a task the caller vouches for, with K1's project and user headers, and record
+    the submission when project_id is set -- on ``pipe`` when given, else at once."""
+    stamped = {**(headers or {}), k1_headers.PROJECT: project_id, k1_headers.USER: user_id}
+    stamped = {name: value for name, value in stamped.items() if value is not None}
+    task = app.tasks.get(task_name)
+    if task is not None:
+        result = task.apply_async(args=list(args), kwargs=kwargs, headers=stamped,
+                                  producer=producer, **options)
+    else:
+        result = app.send_task(task_name, args=list(args), kwargs=kwargs, headers=stamped,
+                               producer=producer, **options)
+    if project_id is not None:
+        record(Submission(result.id, task_name, project_id, user_id, time.time()), pipe=pipe)
+    return result.id
+
+
+def record(submission: Submission, pipe: redis.client.Pipeline | None = None) -> None:
     key = SUBMISSION_KEY.format(submission.task_id)
     fields = {
         "task": submission.task,
@@ -81,7 +136,10 @@ def record(submission: Submission) -> None:
         "submitted_at": submission.submitted_at,
     }
     ttl = int(maybe_timedelta(app.conf.result_expires).total_seconds())  # as long as results
-    get_redis().pipeline().hset(key, mapping=fields).expire(key, ttl).execute()
+    target = pipe if pipe is not None else get_redis().pipeline()
+    target.hset(key, mapping=fields).expire(key, ttl)
+    if pipe is None:
+        target.execute()
 
 
 def lookup(task_id: str) -> Submission | None:
