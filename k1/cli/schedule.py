@@ -60,7 +60,8 @@ def list_schedules(as_json: bool) -> None:
     for s in schedules:
         timing = s["cron"] if s["cron"] else f"every {s['every']}s"
         rows.append((s["name"], s["state"], f"{timing} ({s['timezone']})",
-                     s["next_run_at"] or "-", s["last_status"] or "-", s["task"],
+                     "ERROR (see --json)" if "error" in s else s["next_run_at"] or "-",
+                     s["last_status"] or "-", s["task"],
                      s["project_id"] or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

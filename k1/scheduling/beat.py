@@ -34,6 +34,7 @@ from k1.scheduling.timing import due_points
 from k1.tasks.submissions import Submission, record
 
 logger = get_logger("k1.scheduling.beat")
+BROKEN_RETRY = 60  # s; an unreadable entry is logged once a minute, not on every loop
 
 
 class K1Scheduler(RedBeatScheduler):
@@ -79,6 +80,9 @@ class K1Scheduler(RedBeatScheduler):
                                entry_key)
                 client.zrem(key, entry_key)
                 continue
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                self._park(entry_key, exc)
+                continue
             entries[entry.name] = entry
         return entries
 
@@ -87,7 +91,11 @@ class K1Scheduler(RedBeatScheduler):
         return super().tick(*args, **kwargs)
 
     def maybe_due(self, entry: K1Entry, **kwargs: Any) -> float:
-        is_due, next_time_to_run = entry.is_due()
+        try:
+            is_due, next_time_to_run = entry.is_due()
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            self._park(entry.key, exc)
+            return self.max_interval
         if is_due:
             self._hold_lock()  # LockNotOwnedError ends this beat: k1 beat restarts it
             try:
@@ -137,6 +145,14 @@ class K1Scheduler(RedBeatScheduler):
         if entry.project_id is not None:  # GET /api/tasks/<id> answers for fired tasks too
             record(Submission(result.id, entry.task, entry.project_id, None, time.time()))
         return result.id
+
+    def _park(self, entry_key: str, exc: Exception) -> None:
+        """Look at an entry that cannot be read or computed again only after
+        :data:`BROKEN_RETRY` (the API lists it with its error until it is fixed)."""
+        logger.error("beat: schedule entry %s cannot be computed (%s: %s); retrying it in "
+                     "%ds", entry_key, type(exc).__name__, exc, BROKEN_RETRY)
+        get_redis(self.app).zadd(self.app.redbeat_conf.schedule_key,
+                                 {entry_key: time.time() + BROKEN_RETRY})
 
     def _hold_lock(self) -> None:
         if self.lock is None or time.monotonic() - self._lock_renewed_at < self.max_interval:

@@ -22,12 +22,16 @@ from celery.schedules import schedule as Interval
 
 from k1.celery import app
 from k1.scheduling.timing import Cron, interval, parse_cron
+from k1.tasks.submissions import SubmissionError, validate_project_id
 
 FIELDS = ("name", "task", "cron", "every", "args", "kwargs", "enabled", "timezone",
           "project_id", "catch_up")
 CATCH_UP = ("once", "skip")  # after downtime: fire once on return, or skip what was missed
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # no ':' - names become Redis keys
 MIN_EVERY = 1  # s; beat looks at the schedule about once a second, finer would not hold
+# s (366 days): rarer than yearly is a cron expression's job, and five fire times past
+# this still fit a datetime, where an unbounded interval overflowed the schedule list.
+MAX_EVERY = 366 * 86400
 
 
 class InvalidSchedule(ValueError):
@@ -167,21 +171,33 @@ def _timezone(value: Any) -> str:
 
 
 def _every(value: Any) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidSchedule("every", f"must be a number of seconds, got {value!r}")
+    # Compared as numbers before any float(): an integer of 400 digits has no float.
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and math.isnan(value)):
+        raise InvalidSchedule("every", f"must be a number of seconds, got {_short(value)}")
     if value <= 0:
-        raise InvalidSchedule("every", f"must be positive, got {value}")
+        raise InvalidSchedule("every", f"must be positive, got {_short(value)}")
     if value < MIN_EVERY:
         raise InvalidSchedule("every", f"must be at least {MIN_EVERY} second, got {value}")
+    if value > MAX_EVERY:
+        raise InvalidSchedule("every", f"must be at most {MAX_EVERY} seconds (366 days; use "
+                                       f"cron for rarer schedules), got {_short(value)}")
     return int(value) if float(value).is_integer() else value
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a readable length (a 400-digit integer is not an answer)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _project_id(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise InvalidSchedule("project_id", f"must be a non-empty string, got {value!r}")
-    return str(value)
+    try:
+        return validate_project_id(value)
+    except SubmissionError as exc:
+        raise InvalidSchedule("project_id", str(exc).removeprefix("project_id: ")) from None
 
 
 def _json_type(value: Any) -> str:

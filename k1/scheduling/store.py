@@ -16,6 +16,7 @@ running beat sees it on its next loop (``K1_BEAT_MAX_LOOP_INTERVAL``), with no r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +73,7 @@ class Schedule:
     history: dict[str, str] = field(default_factory=dict)
     uptime: tuple[int, int] = (0, 0)  # fires due, fires on time
     revision: str = ""  # the stored definition, for compare-and-set updates
+    error: str | None = None  # the stored definition could not be read (see _unreadable)
 
     @property
     def name(self) -> str:
@@ -86,23 +88,41 @@ class Schedule:
         return upcoming(self.spec.timing(), self.anchor, now, count, self.spec.timezone)
 
     def to_json(self, now: datetime | None = None) -> dict[str, Any]:
+        """The schedule for the API. One that cannot be computed (stored before today's
+        bounds, or by hand) is described with an ``error`` instead of failing the list."""
         body = self.spec.to_json()
-        runs = self.next_runs(now)
         due, on_time = self.uptime
         body.update(
-            description=describe(self.spec.timing()),
             state="active" if self.spec.enabled else "paused",
-            next_run_at=runs[0].isoformat() if runs else None,
-            next_runs=[t.isoformat() for t in runs],
-            last_run_at=_iso(self.history.get("last_run_at"), self.spec.timezone),
-            last_due_at=_iso(self.history.get("last_due_at"), self.spec.timezone),
             last_task_id=self.history.get("last_task_id") or None,
             last_status=self.history.get("last_status") or None,
-            last_finished_at=_iso(self.history.get("last_finished_at"), self.spec.timezone),
             uptime={"due": due, "on_time": on_time,
                     "ratio": round(on_time / due, 6) if due else None},
         )
+        error = self.error
+        if error is None:
+            try:
+                body.update(self._computed(now))
+                return body
+            except (ArithmeticError, ValueError, KeyError) as exc:  # overflow, bad zone...
+                error = f"{type(exc).__name__}: {exc}"
+        body.update(self._computed(None, broken=True))
+        body["error"] = (f"this schedule cannot be computed ({error}); change its timing "
+                         "(PATCH) or delete it")
         return body
+
+    def _computed(self, now: datetime | None, broken: bool = False) -> dict[str, Any]:
+        """Description, next fire times and history times, in the schedule's zone (UTC
+        and none of the derived values for a ``broken`` schedule)."""
+        zone = "UTC" if broken else self.spec.timezone
+        runs = [] if broken else self.next_runs(now)
+        return {
+            "description": None if broken else describe(self.spec.timing()),
+            "next_run_at": runs[0].isoformat() if runs else None,
+            "next_runs": [t.isoformat() for t in runs],
+            **{name: _iso(self.history.get(name), zone)
+               for name in ("last_run_at", "last_due_at", "last_finished_at")},
+        }
 
 
 class ScheduleStore:
@@ -174,7 +194,7 @@ class ScheduleStore:
         fields = self.redis.hgetall(entry_key(name))
         if not fields.get("definition"):
             raise ScheduleNotFound(f"no schedule named {name!r}")
-        return self._schedule(fields, history.uptime([name])[name])
+        return self._schedule(name, fields, history.uptime([name])[name])
 
     def list(self) -> list[Schedule]:
         """Every schedule, by name."""
@@ -182,8 +202,10 @@ class ScheduleStore:
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-        found = [f for f in pipe.execute() if f.get("definition")]
-        schedules = [self._schedule(f) for f in found]
+        prefix = len(entry_key(""))
+        schedules = [self._schedule(key[prefix:], fields)
+                     for key, fields in zip(keys, pipe.execute(), strict=True)
+                     if fields.get("definition")]
         counts = history.uptime([s.name for s in schedules])
         return sorted((replace(s, uptime=counts[s.name]) for s in schedules),
                       key=lambda s: s.name)
@@ -214,13 +236,36 @@ class ScheduleStore:
                   expected],
         ))
 
-    def _schedule(self, fields: dict[str, str], uptime: tuple[int, int] = (0, 0)) -> Schedule:
-        entry = entry_from_fields(fields, self.app)
-        return Schedule(
-            spec=entry.spec(), anchor=entry.last_run_at,
-            history={k: fields[k] for k in HISTORY_FIELDS if fields.get(k)},
-            uptime=uptime, revision=fields["definition"],
-        )
+    def _schedule(self, name: str, fields: dict[str, str], uptime: tuple[int, int] = (0, 0)
+                  ) -> Schedule:
+        history_fields = {k: fields[k] for k in HISTORY_FIELDS if fields.get(k)}
+        try:
+            entry = entry_from_fields(fields, self.app)
+            spec, anchor, error = entry.spec(), entry.last_run_at, None
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            spec, anchor, error = _unreadable(name, fields["definition"]), None, exc
+        return Schedule(spec=spec, anchor=anchor, history=history_fields, uptime=uptime,
+                        revision=fields["definition"],
+                        error=None if error is None else f"{type(error).__name__}: {error}")
+
+
+def _unreadable(name: str, definition: str) -> ScheduleSpec:
+    """What can be read of a definition K1Entry cannot decode: its task, project and state
+    when it is still a JSON object (so its project sees it), else its name alone."""
+    try:
+        fields = json.loads(definition)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        fields = {}
+
+    def text(key: str) -> str | None:
+        value = fields.get(key)
+        return value if isinstance(value, str) else None
+
+    return ScheduleSpec(name=name, task=text("task") or "", project_id=text("project_id"),
+                        enabled=fields.get("enabled") is not False,
+                        builtin=fields.get("builtin") is True)
 
 
 def _iso(epoch: str | None, zone: str) -> str | None:

@@ -175,6 +175,10 @@ BASE = {"task": "k1.tasks.demo.flaky", "every": 10, "project_id": "acme"}
     ({"every": 0}, "every", "must be positive"),
     ({"every": -5}, "every", "must be positive"),
     ({"every": "10"}, "every", "must be a number"),
+    ({"every": 2e11}, "every", "at most 31622400"),  # used to be saved, then break the list
+    ({"every": 10**30}, "every", "at most 31622400"),
+    ({"every": 1.5e308}, "every", "at most 31622400"),
+    ({"project_id": ""}, "project_id", "required"),
     ({"cron": "* * * * *"}, "cron, every", "got both"),
     ({"every": None}, "cron, every", "got neither"),
     ({"args": {"a": 1}}, "args", "must be a JSON list"),
@@ -197,6 +201,57 @@ def test_bad_input_is_a_400_naming_the_field_and_leaves_nothing(
     assert body["detail"]["field"] == field
     assert not ScheduleStore().redis.exists(entry_key(name))
     assert api.get(f"/api/scheduler/jobs/{name}").status_code == 404
+
+
+@pytest.mark.parametrize("raw", ['{"every": 1e400}', '{"every": NaN}', '{"every": -Infinity}',
+                                 '{"every": ' + "9" * 400 + "}"])
+def test_numbers_json_cannot_hold_are_a_400_naming_the_field(
+        api: API, unique: str, raw: str) -> None:
+    name = f"huge-{unique}"
+    body = json.dumps({"name": name, "task": BASE["task"], "project_id": "acme"})
+    body = body[:-1] + ", " + raw[1:]  # inf, nan, a 400-digit integer: Python's JSON reads them
+    response = api.post("/api/scheduler/jobs", data=body,
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"]["field"] == "every"
+    assert api.get(f"/api/scheduler/jobs/{name}").status_code == 404
+
+
+def test_a_stored_schedule_that_cannot_be_computed_is_listed_with_its_error(
+        api: API, operator_api: API, cleanup: list[str], unique: str) -> None:
+    """Written before the bounds existed, or by hand in Redis: the list still answers, and
+    shows the broken schedule with an error to those who may see it."""
+    from k1.scheduling.entry import entry_key
+    from k1.scheduling.store import ScheduleStore
+
+    store = ScheduleStore()
+    good, huge, garbled = f"good-{unique}", f"huge-{unique}", f"garbled-{unique}"
+    cleanup.extend([good, huge, garbled])
+    for name in (good, huge, garbled):
+        body = {"name": name, **BASE, "every": 1 if name == good else 10}
+        assert api.post("/api/scheduler/jobs", json=body).status_code == 201
+    definition = json.loads(store.redis.hget(entry_key(huge), "definition"))
+    definition["schedule"]["every"] = 2e11  # what the API accepted before
+    store.redis.hset(entry_key(huge), "definition", json.dumps(definition))
+    store.redis.hset(entry_key(garbled), "definition", "{not json")
+
+    mine = api.get("/api/scheduler/jobs")
+    assert mine.status_code == 200, mine.text
+    listed = {j["name"]: j for j in mine.json()["jobs"]}
+    assert listed[good]["next_run_at"] and "error" not in listed[good]
+    assert "error" in listed[huge] and listed[huge]["next_runs"] == [], listed[huge]
+    assert listed[huge]["project_id"] == "acme"
+    assert garbled not in listed  # its project cannot be read: operators only
+    everything = operator_api.get("/api/scheduler/jobs")
+    assert everything.status_code == 200, everything.text
+    listed = {j["name"]: j for j in everything.json()["jobs"]}
+    assert "error" in listed[huge] and "error" in listed[garbled]
+    one = api.get(f"/api/scheduler/jobs/{huge}")
+    assert one.status_code == 200 and "error" in one.json(), one.text
+    fixed = api.patch(f"/api/scheduler/jobs/{huge}", json={"every": 60})
+    assert fixed.status_code == 200 and "error" not in fixed.json(), fixed.text
+    wait_fires(good, 2, timeout=15, after=len(fires(good)))  # beat keeps firing the others
+    assert operator_api.delete(f"/api/scheduler/jobs/{garbled}").status_code == 204
 
 
 def test_bad_updates_and_duplicates_change_nothing(
