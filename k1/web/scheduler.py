@@ -1,7 +1,9 @@
 """``/api/scheduler/jobs``: schedules (RedBeat entries) read, created, changed, run now.
 
 Reads list what the token may see; writes need a token that reaches the schedule's
-project, and an operator token for built-in and project-less schedules.
+project, and an operator token for built-in and project-less schedules. A schedule the
+token may not see answers 404 exactly as a missing one, so a tenant cannot learn that
+another's schedule exists.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ def create_job():  # type: ignore[no-untyped-def]
 @require_auth
 def get_job(name: str):  # type: ignore[no-untyped-def]
     schedule = _find(ScheduleStore(), name)
-    authorize_project(schedule.spec.project_id)
     return jsonify({**schedule.to_json(), "recent_fires": recent_fires(name)})
 
 
@@ -105,10 +106,14 @@ def _checked(build: Callable[[], ScheduleSpec]) -> ScheduleSpec:
 
 
 def _find(store: ScheduleStore, name: str) -> Schedule:
+    """The schedule ``name`` if the token may see it; 404 alike for missing and hidden."""
     try:
-        return store.get(name)
-    except ScheduleNotFound as exc:
-        raise APIError(404, "schedule not found", detail=str(exc)) from None
+        schedule = store.get(name)
+    except ScheduleNotFound:
+        schedule = None
+    if schedule is None or not current_principal().can_see(schedule.spec.project_id):
+        raise APIError(404, "schedule not found", detail=f"no schedule named {name!r}")
+    return schedule
 
 
 def _authorize_write(spec: ScheduleSpec) -> None:

@@ -285,9 +285,15 @@ def test_writes_need_a_token_for_the_project_and_builtins_an_operator(
     assert other.post("/api/scheduler/jobs", json=body).status_code == 403
     assert api.post("/api/scheduler/jobs", json=body).status_code == 201
     assert name not in {j["name"] for j in other.get("/api/scheduler/jobs").json()["jobs"]}
-    assert other.get(f"/api/scheduler/jobs/{name}").status_code == 403
-    assert other.patch(f"/api/scheduler/jobs/{name}", json={"every": 5}).status_code == 403
-    assert other.delete(f"/api/scheduler/jobs/{name}").status_code == 403
+    # Another project's schedule answers exactly as a missing one: nothing says it exists.
+    missing = f"missing-{unique}"
+    for method, suffix, payload in (("get", "", None), ("patch", "", {"every": 5}),
+                                    ("delete", "", None), ("post", "/run", None)):
+        theirs = getattr(other, method)(f"/api/scheduler/jobs/{name}{suffix}", json=payload)
+        absent = getattr(other, method)(f"/api/scheduler/jobs/{missing}{suffix}", json=payload)
+        assert theirs.status_code == absent.status_code == 404, (method, theirs.text)
+        assert theirs.text.replace(name, "N") == absent.text.replace(missing, "N")
+    assert job(api, name)["every"] == 10  # and nothing changed
     moved = api.patch(f"/api/scheduler/jobs/{name}", json={"project_id": "beta"})
     assert moved.status_code == 403  # the token does not reach the new project
 
@@ -299,6 +305,8 @@ def test_writes_need_a_token_for_the_project_and_builtins_an_operator(
     assert api.post("/api/scheduler/jobs", json=ops_body).status_code == 403
     assert operator_api.post("/api/scheduler/jobs", json=ops_body).status_code == 201
     assert internal not in {j["name"] for j in api.get("/api/scheduler/jobs").json()["jobs"]}
+    assert api.get(f"/api/scheduler/jobs/{internal}").status_code == 404
+    assert api.delete(f"/api/scheduler/jobs/{internal}").status_code == 404
     assert operator_api.delete(f"/api/scheduler/jobs/{internal}").status_code == 204
     assert operator_api.delete(f"/api/scheduler/jobs/{internal}").status_code == 404
 
