@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -82,6 +83,14 @@ def beat_child_pid(supervisor: Process) -> int:
     return int(children[0])
 
 
+def fires_of(name: str) -> list[dict[str, Any]]:
+    """The recorded fires of the bench project's schedule ``name``, newest first."""
+    from k1.scheduling.entry import schedule_id
+    from k1.scheduling.history import recent_fires
+
+    return recent_fires(schedule_id("bench", name))
+
+
 def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> None:  # type: ignore[no-untyped-def]
     """Fires of ``schedules`` schedules; staggered evenly over ``every``, or all at once."""
     from datetime import UTC, datetime, timedelta
@@ -89,7 +98,7 @@ def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> Non
     from k1.celery import app
     from k1.connections import get_redis
     from k1.scheduling.entry import K1Entry
-    from k1.scheduling.history import DRIFT_KEY, recent_fires
+    from k1.scheduling.history import DRIFT_KEY
 
     template = store.validate({"name": "drift", "task": "k1.tasks.demo.flaky",
                                "every": every, "project_id": "bench"})
@@ -105,9 +114,9 @@ def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> Non
         store.pause(name)
     time.sleep(3)  # the last tasks start
     starts = [float(v) for v in get_redis().lrange(DRIFT_KEY, 0, -1)]
-    sends = [f["fired_at"] - f["due_at"] for n in names for f in recent_fires(n)
+    sends = [f["fired_at"] - f["due_at"] for n in names for f in fires_of(n)
              if f["task_id"]]
-    missed = sum(f["due_count"] - 1 for n in names for f in recent_fires(n))
+    missed = sum(f["due_count"] - 1 for n in names for f in fires_of(n))
     how = "all due together" if aligned else f"staggered over {every}s"
     print(f"drift, {schedules} schedules every {every}s ({how}) for {seconds}s:")
     print(f"  task start - due:  {ms(percentiles(starts))}")
@@ -120,7 +129,6 @@ def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> Non
 def change_latency(web_url: str, token: str, rounds: int = 20) -> None:
     import requests
 
-    from k1.scheduling.history import recent_fires
 
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
@@ -132,16 +140,16 @@ def change_latency(web_url: str, token: str, rounds: int = 20) -> None:
         }).raise_for_status()
         response = session.patch(f"{web_url}/api/scheduler/jobs/{name}", json={"every": 1})
         response.raise_for_status()
-        first = wait_for(lambda n=name: recent_fires(n), timeout=15, interval=0.02,
+        first = wait_for(lambda n=name: fires_of(n), timeout=15, interval=0.02,
                          message=f"{name} never fired")[-1]
         noticed.append(first["fired_at"] - first["due_at"])  # the change's first due time
-        wait_for(lambda n=name: len(recent_fires(n)) >= 2, timeout=10, interval=0.05,
+        wait_for(lambda n=name: len(fires_of(n)) >= 2, timeout=10, interval=0.05,
                  message=f"{name} fired once only")
         asked = time.time()
         session.patch(f"{web_url}/api/scheduler/jobs/{name}",
                       json={"enabled": False}).raise_for_status()
         time.sleep(2.5)
-        last = max(f["fired_at"] for f in recent_fires(name))
+        last = max(f["fired_at"] for f in fires_of(name))
         paused.append(max(0.0, last - asked))
         session.delete(f"{web_url}/api/scheduler/jobs/{name}")
     print(f"API change to effect ({rounds} rounds, real web process):")

@@ -112,7 +112,7 @@ class K1Scheduler(RedBeatScheduler):
         missed = due.count > 1 or late > self.missed_after
         entry._next_instance(last_run_at=due.latest)
         due_at, fired_at = due.latest.timestamp(), now.timestamp()
-        fields = {"schedule": entry.name, "task_name": entry.task, "due_at": due_at,
+        fields = {"schedule": entry.spec_name, "task_name": entry.task, "due_at": due_at,
                   "project_id": entry.project_id, "missed": due.count - 1}
         if missed and entry.catch_up == "skip":
             logger.info("beat: schedule %s skipped %d missed fire(s)", entry.name, due.count)

@@ -2,7 +2,8 @@
 
 Beat calls :func:`record_fire` for every due fire (sent, or skipped by ``catch_up:
 skip``); the worker's signal handlers below record each scheduled task's outcome. All
-of it lands in Redis:
+of it lands in Redis, keyed by the schedule's id (``<project>:<name>``, or the bare name of
+a project-less schedule; :func:`k1.scheduling.entry.schedule_id`):
 
 - the schedule's hash (:mod:`k1.scheduling.entry`): ``last_run_at``, ``last_due_at``,
   ``last_task_id``, then ``last_status`` and ``last_finished_at`` from the worker;

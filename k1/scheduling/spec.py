@@ -68,7 +68,8 @@ class ScheduleSpec:
     def patched(self, changes: Mapping[str, Any], known_tasks: Collection[str]) -> ScheduleSpec:
         """This spec with ``changes`` applied and everything checked again.
 
-        Giving ``cron`` drops ``every`` and the other way round.
+        Giving ``cron`` drops ``every`` and the other way round; the name and the project
+        address the schedule and do not change.
         """
         _no_unknown_fields(changes)
         if "name" in changes and changes["name"] != self.name:
@@ -78,7 +79,10 @@ class ScheduleSpec:
             merged["every"] = None
         if merged.get("every") is not None and "cron" not in merged:
             merged["cron"] = None
-        return replace(self, **merged).checked(known_tasks)
+        patched = replace(self, **merged).checked(known_tasks)
+        if patched.project_id != self.project_id:  # names are scoped per project
+            raise InvalidSchedule("project_id", "cannot be changed; delete and create instead")
+        return patched
 
     def checked(self, known_tasks: Collection[str]) -> ScheduleSpec:
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):

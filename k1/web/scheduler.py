@@ -1,9 +1,12 @@
 """``/api/scheduler/jobs``: schedules (RedBeat entries) read, created, changed, run now.
 
 Reads list what the token may see; writes need a token that reaches the schedule's
-project, and an operator token for built-in and project-less schedules. A schedule the
-token may not see answers 404 exactly as a missing one, so a tenant cannot learn that
-another's schedule exists.
+project, and an operator token for built-in and project-less schedules.
+
+Names are scoped per project: two projects may each have a ``nightly``, and neither
+learns of the other's. A schedule the token may not see answers 404 exactly as a missing
+one; a create answers 409 only for a name taken in the same project. A name used in
+several projects the token reaches is addressed with ``?project_id=`` (else 409).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from k1.scheduling import (
+    AmbiguousSchedule,
     InvalidSchedule,
     Schedule,
     ScheduleConflict,
@@ -56,7 +60,7 @@ def create_job():  # type: ignore[no-untyped-def]
 @require_auth
 def get_job(name: str):  # type: ignore[no-untyped-def]
     schedule = _find(ScheduleStore(), name)
-    return jsonify({**schedule.to_json(), "recent_fires": recent_fires(name)})
+    return jsonify({**schedule.to_json(), "recent_fires": recent_fires(schedule.id)})
 
 
 @bp.patch("/api/scheduler/jobs/<name>")
@@ -78,9 +82,10 @@ def update_job(name: str):  # type: ignore[no-untyped-def]
 @require_auth
 def delete_job(name: str):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    _authorize_write(_find(store, name).spec)
+    schedule = _find(store, name)
+    _authorize_write(schedule.spec)
     with contextlib.suppress(ScheduleNotFound):  # deleted meanwhile: as the client asked
-        store.delete(name)
+        store.delete(name, schedule.spec.project_id)
     return "", 204
 
 
@@ -106,14 +111,24 @@ def _checked(build: Callable[[], ScheduleSpec]) -> ScheduleSpec:
 
 
 def _find(store: ScheduleStore, name: str) -> Schedule:
-    """The schedule ``name`` if the token may see it; 404 alike for missing and hidden."""
+    """Schedule ``name`` among those the token may see (of ``?project_id=`` if given);
+    404 alike for missing and hidden ones."""
+    principal = current_principal()
+    project_id = request.args.get("project_id")
+    if project_id is not None:
+        projects: list[str] | None = [project_id]
+    else:
+        projects = None if principal.is_operator else sorted(principal.projects)
     try:
-        schedule = store.get(name)
+        if projects is not None and not all(principal.can_see(p) for p in projects):
+            raise ScheduleNotFound(name)
+        return store.find(name, projects)
     except ScheduleNotFound:
-        schedule = None
-    if schedule is None or not current_principal().can_see(schedule.spec.project_id):
-        raise APIError(404, "schedule not found", detail=f"no schedule named {name!r}")
-    return schedule
+        raise APIError(404, "schedule not found", detail=f"no schedule named {name!r}"
+                       ) from None
+    except AmbiguousSchedule as exc:
+        raise APIError(409, str(exc), detail={"field": "project_id", "projects": exc.projects}
+                       ) from None
 
 
 def _authorize_write(spec: ScheduleSpec) -> None:

@@ -58,6 +58,7 @@ def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -
 
 def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(  # type: ignore[no-untyped-def]
         beats, schedules) -> None:
+    from k1.scheduling.entry import schedule_id
     from k1.scheduling.history import DUE_BY_SCHEDULE, ON_TIME_BY_SCHEDULE
 
     first = beats("first")
@@ -84,8 +85,8 @@ def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(  # type:
 
     redis_ = client()
     for name in (once, skip):
-        due = int(redis_.hget(DUE_BY_SCHEDULE, name))
-        on_time = int(redis_.hget(ON_TIME_BY_SCHEDULE, name))
+        due = int(redis_.hget(DUE_BY_SCHEDULE, schedule_id("acme", name)))
+        on_time = int(redis_.hget(ON_TIME_BY_SCHEDULE, schedule_id("acme", name)))
         assert due - on_time >= 3, (name, due, on_time)  # missed fires: due, not on time
 
 

@@ -76,8 +76,8 @@ def test_cli_manages_schedules_and_reports_errors_with_exit_code_2(unique: str) 
         assert len(task_id) == 36
 
         for args, message in [
-            (("add", name, "--task", "k1.tasks.demo.flaky", "--every", "5", "--project", "a"),
-             f"schedule '{name}' exists already"),
+            (("add", name, "--task", "k1.tasks.demo.flaky", "--every", "5", "--project",
+              "acme"), f"schedule '{name}' exists already"),
             (("add", f"x-{unique}", "--task", "k1.tasks.demo.flaky", "--cron", "* *",
               "--project", "a"), "cron: invalid cron expression"),
             (("add", f"x-{unique}", "--task", "k1.tasks.demo.flaky", "--every", "5",
