@@ -1,26 +1,27 @@
 """What a schedule is, checked: :class:`ScheduleSpec` and :class:`InvalidSchedule`.
 
+    tasks = TaskLookup(names, check_arguments)          # ScheduleStore.known_tasks()
     spec = ScheduleSpec.from_json({"name": "nightly", "task": "k1.tasks.demo.flaky",
-                                   "cron": "0 2 * * *", "project_id": "acme"}, known_tasks)
-    spec = spec.patched({"every": 30}, known_tasks)    # cron is dropped, all re-checked
+                                   "cron": "0 2 * * *", "project_id": "acme"}, tasks)
+    spec = spec.patched({"every": 30}, tasks)    # cron is dropped, all re-checked
 
 Every field is checked before anything is written; the first problem found is raised
-as an :class:`InvalidSchedule` that names the field.
+as an :class:`InvalidSchedule` that names the field. The validator is handed the tasks a
+schedule may run and the check of their arguments (:class:`TaskLookup`); it does not
+reach into the Celery app.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import schedule as Interval
 
-from k1.celery import app
 from k1.scheduling.timing import Cron, interval, parse_cron
 from k1.tasks.submissions import SubmissionError, validate_project_id
 
@@ -32,6 +33,28 @@ MIN_EVERY = 1  # s; beat looks at the schedule about once a second, finer would 
 # s (366 days): rarer than yearly is a cron expression's job, and five fire times past
 # this still fit a datetime, where an unbounded interval overflowed the schedule list.
 MAX_EVERY = 366 * 86400
+
+
+# check(task_name, args, kwargs): raises a ValueError saying what does not match
+# (k1.tasks.submissions.check_arguments).
+ArgumentCheck = Callable[[str, Sequence[Any], Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TaskLookup(Collection[str]):
+    """The tasks a schedule may run (``in``, iteration) and the check of their arguments."""
+
+    names: frozenset[str]
+    check_arguments: ArgumentCheck
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 class InvalidSchedule(ValueError):
@@ -57,7 +80,7 @@ class ScheduleSpec:
     builtin: bool = False  # defined in code (k1.scheduling.builtins); operators only
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any], known_tasks: Collection[str]) -> ScheduleSpec:
+    def from_json(cls, body: Mapping[str, Any], known_tasks: TaskLookup) -> ScheduleSpec:
         """A spec from an API/CLI body; InvalidSchedule on the first problem."""
         _no_unknown_fields(body)
         if "name" not in body:
@@ -65,7 +88,7 @@ class ScheduleSpec:
         spec = cls(**{k: v for k, v in body.items() if v is not None or k in ("cron", "every")})
         return spec.checked(known_tasks)
 
-    def patched(self, changes: Mapping[str, Any], known_tasks: Collection[str]) -> ScheduleSpec:
+    def patched(self, changes: Mapping[str, Any], known_tasks: TaskLookup) -> ScheduleSpec:
         """This spec with ``changes`` applied and everything checked again.
 
         Giving ``cron`` drops ``every`` and the other way round; the name and the project
@@ -84,7 +107,7 @@ class ScheduleSpec:
             raise InvalidSchedule("project_id", "cannot be changed; delete and create instead")
         return patched
 
-    def checked(self, known_tasks: Collection[str]) -> ScheduleSpec:
+    def checked(self, known_tasks: TaskLookup) -> ScheduleSpec:
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
             raise InvalidSchedule(
                 "name", f"{self.name!r} must be 1-100 letters, digits, '_', '.' or '-', "
@@ -119,7 +142,7 @@ class ScheduleSpec:
         spec._check_task(known_tasks)
         return spec
 
-    def _check_task(self, known_tasks: Collection[str]) -> None:
+    def _check_task(self, known_tasks: TaskLookup) -> None:
         if not isinstance(self.task, str) or not self.task:
             raise InvalidSchedule("task", "required, the name of a registered task")
         if self.task not in known_tasks:
@@ -129,16 +152,14 @@ class ScheduleSpec:
         if self.project_id is not None and kwargs["project_id"] != self.project_id:
             raise InvalidSchedule("kwargs", f"kwargs.project_id {kwargs['project_id']!r} "
                                             f"differs from project_id {self.project_id!r}")
-        run = app.tasks[self.task].run
-        param = inspect.signature(run).parameters.get("project_id")
-        needs_project = param is not None and param.default is inspect.Parameter.empty
-        if self.project_id is None and needs_project and "project_id" not in kwargs:
-            raise InvalidSchedule("project_id", f"required: {self.task} runs for a project")
         try:
-            inspect.signature(run).bind(*self.args, **kwargs)
-        except TypeError as exc:
-            raise InvalidSchedule("args, kwargs", f"do not match {self.task}"
-                                                  f"{inspect.signature(run)}: {exc}") from None
+            known_tasks.check_arguments(self.task, self.args, kwargs)
+        except ValueError as exc:
+            if "project_id" not in kwargs and _binds(known_tasks, self.task, self.args,
+                                                      {**kwargs, "project_id": "p"}):
+                raise InvalidSchedule("project_id",
+                                      f"required: {self.task} runs for a project") from None
+            raise InvalidSchedule("args, kwargs", str(exc)) from None
 
     def call_kwargs(self) -> dict[str, Any]:
         """The kwargs the task is called with: ``project_id`` is passed as a keyword."""
@@ -154,6 +175,15 @@ class ScheduleSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _binds(tasks: TaskLookup, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+           ) -> bool:
+    try:
+        tasks.check_arguments(task, args, kwargs)
+    except ValueError:
+        return False
+    return True
 
 
 def _no_unknown_fields(body: Mapping[str, Any]) -> None:

@@ -36,9 +36,10 @@ from k1.connections import get_redis
 from k1.scheduling import history
 from k1.scheduling.builtins import registered_builtin_tasks
 from k1.scheduling.entry import K1Entry, entry_from_fields, entry_key, name_of, schedule_id
-from k1.scheduling.spec import InvalidSchedule, ScheduleSpec
+from k1.scheduling.spec import InvalidSchedule, ScheduleSpec, TaskLookup
 from k1.scheduling.timing import describe, upcoming
 from k1.tasks import public_task_names
+from k1.tasks.submissions import check_arguments, submit
 
 UPCOMING_COUNT = 5  # fire times listed per schedule
 HISTORY_FIELDS = ("last_run_at", "last_due_at", "last_task_id", "last_status", "last_finished_at")
@@ -70,7 +71,11 @@ class ScheduleNotFound(LookupError):
 
 
 class ScheduleExists(ValueError):
-    """A schedule with this name exists already."""
+    """A schedule with this name exists already (in the same project)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} exists already")
+        self.name = name
 
 
 class ScheduleConflict(RuntimeError):
@@ -158,9 +163,11 @@ class ScheduleStore:
         self.redis = get_redis()
         self._save = self.redis.register_script(_SAVE)
 
-    def known_tasks(self) -> set[str]:
-        """Tasks a schedule may run: the public ones and the registered built-ins' tasks."""
-        return set(public_task_names()) | registered_builtin_tasks(self.app)
+    def known_tasks(self) -> TaskLookup:
+        """Tasks a schedule may run (the public ones and the registered built-ins' tasks),
+        with the platform's one check of their arguments."""
+        return TaskLookup(frozenset(public_task_names()) | registered_builtin_tasks(self.app),
+                          check_arguments)
 
     def validate(self, body: dict[str, Any]) -> ScheduleSpec:
         return ScheduleSpec.from_json(body, self.known_tasks())
@@ -175,7 +182,7 @@ class ScheduleStore:
         if not self._write("create", entry, meta=True):
             if exist_ok:
                 return None
-            raise ScheduleExists(f"schedule {spec.name!r} exists already")
+            raise ScheduleExists(spec.name)
         return self.get(spec.name, spec.project_id)
 
     def replace(self, current: Schedule, spec: ScheduleSpec) -> Schedule:
@@ -271,8 +278,6 @@ class ScheduleStore:
 
         Counts as the schedule's last run (history) but not as a fire of its timing.
         """
-        from k1.tasks.submissions import submit
-
         spec = schedule.spec
         headers = {k1_headers.SCHEDULE: schedule.id}
         if spec.project_id is not None and spec.task in public_task_names():

@@ -12,7 +12,6 @@ several projects the token reaches is addressed with ``?project_id=`` (else 409)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 
 from flask import Blueprint, jsonify, request
 
@@ -29,9 +28,41 @@ from k1.scheduling import (
 from k1.scheduling.history import recent_fires
 from k1.tasks.submissions import SubmissionError
 from k1.web.auth import authorize_project, current_principal, require_auth, require_operator
-from k1.web.errors import APIError, json_object
+from k1.web.errors import APIError, error_response, json_object
 
 bp = Blueprint("scheduler", __name__)
+
+
+@bp.errorhandler(InvalidSchedule)
+def _invalid(exc: InvalidSchedule):  # type: ignore[no-untyped-def]
+    return error_response(APIError(400, str(exc), detail={"field": exc.field,
+                                                          "problem": exc.problem}))
+
+
+@bp.errorhandler(ScheduleNotFound)
+def _not_found(exc: ScheduleNotFound):  # type: ignore[no-untyped-def]
+    return error_response(APIError(404, "schedule not found", detail=str(exc)))
+
+
+@bp.errorhandler(ScheduleExists)
+def _exists(exc: ScheduleExists):  # type: ignore[no-untyped-def]
+    return error_response(APIError(409, str(exc), detail={"field": "name", "value": exc.name}))
+
+
+@bp.errorhandler(AmbiguousSchedule)
+def _ambiguous(exc: AmbiguousSchedule):  # type: ignore[no-untyped-def]
+    return error_response(APIError(409, str(exc), detail={"field": "project_id",
+                                                          "projects": exc.projects}))
+
+
+@bp.errorhandler(ScheduleConflict)
+def _conflict(exc: ScheduleConflict):  # type: ignore[no-untyped-def]
+    return error_response(APIError(409, str(exc), detail=dict(request.view_args or {})))
+
+
+@bp.errorhandler(SubmissionError)  # run now: the task's signature changed since scheduled
+def _refused(exc: SubmissionError):  # type: ignore[no-untyped-def]
+    return error_response(APIError(400, str(exc), detail=dict(request.view_args or {})))
 
 
 @bp.get("/api/scheduler/jobs")
@@ -46,12 +77,9 @@ def list_jobs():  # type: ignore[no-untyped-def]
 @require_auth
 def create_job():  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    spec = _checked(lambda: store.validate(json_object()))
+    spec = store.validate(json_object())
     _authorize_write(spec)
-    try:
-        schedule = store.create(spec)
-    except ScheduleExists as exc:
-        raise APIError(409, str(exc), detail={"field": "name", "value": spec.name}) from None
+    schedule = store.create(spec)
     assert schedule is not None
     return jsonify(schedule.to_json()), 201
 
@@ -70,12 +98,9 @@ def update_job(name: str):  # type: ignore[no-untyped-def]
     changes = json_object()
     current = _find(store, name)
     _authorize_write(current.spec)
-    spec = _checked(lambda: current.spec.patched(changes, store.known_tasks()))
+    spec = current.spec.patched(changes, store.known_tasks())
     _authorize_write(spec)
-    try:
-        return jsonify(store.replace(current, spec).to_json())
-    except ScheduleConflict as exc:
-        raise APIError(409, str(exc), detail={"name": name}) from None
+    return jsonify(store.replace(current, spec).to_json())
 
 
 @bp.delete("/api/scheduler/jobs/<name>")
@@ -95,40 +120,20 @@ def run_job(name: str):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
     schedule = _find(store, name)
     _authorize_write(schedule.spec)
-    try:
-        task_id = store.run_now(schedule, user_id=current_principal().user_id)
-    except SubmissionError as exc:  # the task's signature changed since it was scheduled
-        raise APIError(400, str(exc), detail={"name": name}) from None
+    task_id = store.run_now(schedule, user_id=current_principal().user_id)
     return jsonify(task_id=task_id), 202
-
-
-def _checked(build: Callable[[], ScheduleSpec]) -> ScheduleSpec:
-    try:
-        return build()
-    except InvalidSchedule as exc:
-        raise APIError(400, str(exc), detail={"field": exc.field, "problem": exc.problem}
-                       ) from None
 
 
 def _find(store: ScheduleStore, name: str) -> Schedule:
     """Schedule ``name`` among those the token may see (of ``?project_id=`` if given);
-    404 alike for missing and hidden ones."""
+    ScheduleNotFound alike for missing and hidden ones."""
     principal = current_principal()
     project_id = request.args.get("project_id")
     if project_id is not None:
-        projects: list[str] | None = [project_id]
-    else:
-        projects = None if principal.is_operator else sorted(principal.projects)
-    try:
-        if projects is not None and not all(principal.can_see(p) for p in projects):
-            raise ScheduleNotFound(name)
-        return store.find(name, projects)
-    except ScheduleNotFound:
-        raise APIError(404, "schedule not found", detail=f"no schedule named {name!r}"
-                       ) from None
-    except AmbiguousSchedule as exc:
-        raise APIError(409, str(exc), detail={"field": "project_id", "projects": exc.projects}
-                       ) from None
+        if not principal.can_see(project_id):
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        return store.find(name, [project_id])
+    return store.find(name, None if principal.is_operator else sorted(principal.projects))
 
 
 def _authorize_write(spec: ScheduleSpec) -> None:

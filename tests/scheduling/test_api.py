@@ -179,6 +179,7 @@ BASE = {"task": "k1.tasks.demo.flaky", "every": 10, "project_id": "acme"}
     ({"every": 10**30}, "every", "at most 31622400"),
     ({"every": 1.5e308}, "every", "at most 31622400"),
     ({"project_id": ""}, "project_id", "required"),
+    ({"project_id": None}, "project_id", "runs for a project"),
     ({"cron": "* * * * *"}, "cron, every", "got both"),
     ({"every": None}, "cron, every", "got neither"),
     ({"args": {"a": 1}}, "args", "must be a JSON list"),
