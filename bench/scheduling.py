@@ -1,7 +1,7 @@
-"""Scheduling benchmark: fire-time drift, beat's cost at 10,000 schedules, change latency.
+"""Scheduling benchmark: fire-time drift, a 10,000-fire burst, change latency, beat's cost.
 
     .venv/bin/python bench/scheduling.py [--schedules 200] [--every 5] [--seconds 60]
-                                         [--phases drift,change,big]
+                                         [--phases drift,change,burst,big]
 
 Starts its own Redis, a Celery worker, ``k1 beat`` and the web process on free loopback
 ports (logs in artifacts/logs/bench-*), then measures:
@@ -12,7 +12,9 @@ ports (logs in artifacts/logs/bench-*), then measures:
    lateness (fired minus due), p50/p95/p99;
 2. API change to effect: PATCH a far-off schedule to ``every: 1`` (and pause a firing one)
    through the real API, and time until beat acts on it;
-3. 10,000 schedules: the K1 scheduler's tick time (the real ``K1Scheduler.tick`` against
+3. burst: 10,000 schedules due at the same instant (as at a minute boundary): how late
+   beat sent the first, the median and the last of them (fired minus due);
+4. 10,000 schedules: the K1 scheduler's tick time (the real ``K1Scheduler.tick`` against
    Redis, in a probe process shaped like beat) and beat's resident memory.
 """
 
@@ -157,6 +159,69 @@ def change_latency(web_url: str, token: str, rounds: int = 20) -> None:
     print(f"  PATCH enabled false, last fire after the PATCH:    {ms(percentiles(paused))}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (load-independent cost)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def burst(store, supervisor: Process, count: int = BIG) -> None:  # type: ignore[no-untyped-def]
+    """``count`` schedules all due at one instant, sent by the running beat."""
+    from datetime import UTC, datetime, timedelta
+
+    from redbeat.schedulers import ensure_conf
+
+    from k1.celery import app
+    from k1.connections import get_redis
+    from k1.scheduling.entry import K1Entry, entry_key, schedule_id
+    from k1.scheduling.history import FIRE_LOG_KEY
+
+    template = store.validate({"name": "burst", "task": "k1.tasks.demo.flaky",
+                               "every": BIG_EVERY, "project_id": "bench"})
+    names = [f"burst-{i:05d}" for i in range(count)]
+    due = datetime.now(UTC) + timedelta(seconds=10 + count / 500)  # after they are written
+    client = get_redis()
+    pipe = client.pipeline(transaction=False)
+    for name in names:  # what K1Entry.save does, in one pipeline
+        entry = K1Entry.from_spec(replace(template, name=name), app,
+                                  last_run_at=due - timedelta(seconds=BIG_EVERY))
+        pipe.hset(entry.key, "definition", entry.definition())
+        pipe.hset(entry.key, "meta", entry.encoded_meta())
+        pipe.zadd(ensure_conf(app).schedule_key, {entry.key: entry.score})
+    pipe.execute()
+    assert datetime.now(UTC) < due, "writing the schedules took longer than planned"
+    beat_pid = beat_child_pid(supervisor)
+    cpu_before = cpu_seconds(beat_pid)
+    logs = [FIRE_LOG_KEY.format(schedule_id("bench", name)) for name in names]
+
+    def fired() -> list[dict[str, Any]]:
+        pipe = client.pipeline(transaction=False)
+        for log in logs:
+            pipe.lindex(log, 0)
+        return [json.loads(item) for item in pipe.execute() if item]
+
+    seen = wait_for(lambda: len(found := fired()) == count and found,
+                    timeout=(due - datetime.now(UTC)).total_seconds() + 120, interval=0.5,
+                    message=lambda: f"{len(fired())} of {count} burst schedules fired")
+    cpu = cpu_seconds(beat_pid) - cpu_before
+    late = percentiles([f["fired_at"] - f["due_at"] for f in seen])
+    print(f"burst, {count} schedules due at the same instant "
+          f"(load average {os.getloadavg()[0]:.1f}):")
+    print(f"  beat CPU: {cpu:.2f} s, {cpu / count * 1000:.2f} ms per fire "
+          f"(~{count / max(cpu, 1e-3):.0f} fires/s on a core of its own)")
+    print(f"  beat send - due: first {min(f['fired_at'] - f['due_at'] for f in seen):.3f} s, "
+          f"p50 {late['p50']:.3f} s, p99 {late['p99']:.3f} s, last {late['max']:.3f} s "
+          f"({count / max(late['max'], 1e-3):.0f} fires/s); "
+          f"missed fire times: {sum(f['due_count'] - 1 for f in seen)}")
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        key = entry_key(schedule_id("bench", name))
+        pipe.zrem(ensure_conf(app).schedule_key, key)
+        pipe.delete(key, FIRE_LOG_KEY.format(schedule_id("bench", name)))
+    pipe.execute()
+    app.control.purge()  # the 10,000 tasks would load the next phases' machine
+
+
 def big_schedule(store, supervisor: Process, seconds: int = 40) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime, timedelta
 
@@ -209,8 +274,9 @@ def tick_probe(seconds: int) -> None:
 
     def counting_fire(*args, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal fired
-        fired += 1
-        return original(*args, **kwargs)
+        fires = original(*args, **kwargs)
+        fired += len(fires)
+        return fires
 
     scheduler.fire = counting_fire  # type: ignore[method-assign]
     ticks: list[float] = []
@@ -232,7 +298,7 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=200)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=60)
-    parser.add_argument("--phases", default="drift,change,big")
+    parser.add_argument("--phases", default="drift,change,burst,big")
     parser.add_argument("--tick-probe", type=int, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.tick_probe is not None:
@@ -281,6 +347,8 @@ def main() -> None:
         if "change" in phases:
             change_latency(web_url, create_token("bench", ["*"], secret=env["K1_SECRET_KEY"],
                                                  ttl=3600))
+        if "burst" in phases:
+            burst(store, beat)
         if "big" in phases:
             big_schedule(store, beat)
     finally:

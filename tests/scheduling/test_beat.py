@@ -105,3 +105,49 @@ def test_a_beat_that_loses_its_lock_exits_and_is_restarted(beats, schedules) -> 
     stolen_until = time.time()
     wait_for(lambda: [f for f in fires(name) if f["fired_at"] > stolen_until], timeout=10,
              message="no fire after the restart")
+
+
+def test_a_burst_due_at_one_instant_fires_each_schedule_once(beats, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """More schedules than one batch of the loop (k1.scheduling.beat.BATCH), all due at
+    the same instant, two beats running: each fires exactly once, at that due time, and
+    its task is recorded."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from k1.celery import app
+    from k1.scheduling import ScheduleStore
+    from k1.scheduling.beat import BATCH
+    from k1.scheduling.entry import K1Entry, schedule_id
+    from k1.tasks.submissions import lookup
+
+    count = 2 * BATCH + 50
+    store = ScheduleStore()
+    a, b = beats("a"), beats("b")
+    wait_for(lambda: a.acquisitions() + b.acquisitions() >= 1, timeout=30,
+             message="neither beat took the lock")
+    template = store.validate({"name": "burst", "task": "k1.tasks.demo.flaky",
+                               "every": 3600, "project_id": "acme"})
+    names = [f"burst-{unique}-{i:03d}" for i in range(count)]
+    due = datetime.now(UTC) + timedelta(seconds=4)
+    entries = [K1Entry.from_spec(replace(template, name=name), app,
+                                 last_run_at=due - timedelta(hours=1)) for name in names]
+    try:
+        for entry in entries:
+            entry.save()
+        assert datetime.now(UTC) < due, "writing the schedules took longer than planned"
+        seen = wait_for(lambda: all(fires(n) for n in names) and [fires(n) for n in names],
+                        timeout=60, interval=0.5,
+                        message=lambda: f"{sum(1 for n in names if fires(n))} of {count} fired")
+        assert all(len(f) == 1 for f in seen), [f for f in seen if len(f) != 1][:3]
+        assert {f[0]["due_at"] for f in seen} == {due.timestamp()}
+        task_ids = [f[0]["task_id"] for f in seen]
+        assert all(task_ids) and len(set(task_ids)) == count
+        assert all(lookup(t) is not None and lookup(t).project_id == "acme"
+                   for t in task_ids[:: BATCH // 4])  # GET /api/tasks/<id> answers for them
+        assert a.acquisitions() + b.acquisitions() == 1  # one active beat throughout
+    finally:
+        pipe = client().pipeline(transaction=False)
+        for name in names:
+            pipe.delete(f"k1:redbeat:{schedule_id('acme', name)}")
+            pipe.zrem("k1:redbeat::schedule", f"k1:redbeat:{schedule_id('acme', name)}")
+        pipe.execute()
