@@ -20,11 +20,18 @@ takes the entries due now from the sorted set and works through them in batches 
    headers naming the schedule and its due time, in kombu's publish batch (pipelined);
 5. record the fires (history, uptime counters; :mod:`k1.scheduling.history`) and the
    submissions in one pipeline, then publish the ``schedule_fired`` events together.
+
+A stop signal (SIGTERM on a deploy) waits for the batch in hand, then beat closes and
+releases its lock, so a standby takes over at once instead of after the lock timeout.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,6 +56,7 @@ logger = get_logger("k1.scheduling.beat")
 
 BATCH = 200  # due entries per group of round trips (a few on a loaded machine, per batch)
 PUBLISH_BATCH = 2 * BATCH  # broker operations per flush: a task and its task-sent event
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 BROKEN_RETRY = 60  # s; an unreadable entry is logged once a minute, not on every loop
 
 # Advance an entry that still exists. KEYS: entry, RedBeat's sorted set; ARGV: meta, score.
@@ -69,6 +77,31 @@ class Fire:
     task_id: str | None = None
 
 
+@contextmanager
+def _stop_signals_deferred() -> Iterator[None]:
+    """SIGTERM/SIGINT received in this block take effect when it ends.
+
+    Celery beat stops by raising SystemExit from its signal handler, wherever the loop
+    is; inside a batch that would drop fires already advanced (and the publishes kombu
+    still holds). Deferred, the stop comes a batch later at most, then beat closes and
+    releases its lock as before. Signal handlers belong to the main thread: elsewhere
+    (beat embedded in a worker) nothing is deferred.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {signum: signal.signal(signum, lambda received, _: pending.append(received))
+                for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # now, to beat's own handler
+
+
 class K1Scheduler(RedBeatScheduler):
     """RedBeat with time zones, a catch-up policy, fire accounting per schedule and a
     batched loop.
@@ -82,7 +115,7 @@ class K1Scheduler(RedBeatScheduler):
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(app, *args, **kwargs)
         self.missed_after = self.lock_timeout + 2 * self.max_interval
-        self._lock_renewed_at = time.monotonic()
+        self._lock_renewed_at = 0.0  # renewed at the first tick
         self._lost_lock: LockNotOwnedError | None = None
         self._advance = get_redis(app).register_script(_ADVANCE)
 
@@ -98,9 +131,10 @@ class K1Scheduler(RedBeatScheduler):
         the exact clock: RedBeat's loop floors both to whole seconds and peeks at one
         entry, so of several due within a second the others waited up to a loop.
         """
-        if self.lock_key:  # as RedBeat's: LockNotOwnedError ends this beat, k1 beat restarts it
-            self.lock.extend(int(self.lock_timeout))
-        self._lock_renewed_at = time.monotonic()
+        # LockNotOwnedError ends this beat (k1 beat restarts it). Renewed once per loop
+        # interval, not per tick: with fires 25 ms apart, RedBeat's renewal at every tick
+        # was a round trip per fire; the lock outlives 3 loop intervals.
+        self._hold_lock()
         client = get_redis(self.app)
         key = self.app.redbeat_conf.schedule_key
         now = self.app.now().timestamp()
@@ -117,6 +151,10 @@ class K1Scheduler(RedBeatScheduler):
     def fire(self, keys: list[str]) -> list[Fire]:
         """Fire the entries stored under ``keys`` that are due; returns their fires (a
         ``task_id`` of None: skipped or failed to send)."""
+        with _stop_signals_deferred():  # advanced fires are sent and recorded, then stop
+            return self._fire(keys)
+
+    def _fire(self, keys: list[str]) -> list[Fire]:
         fires = self._advance_due(keys)
         events = []
         with get_redis(self.app).pipeline(transaction=False) as pipe:
@@ -240,7 +278,12 @@ class K1Scheduler(RedBeatScheduler):
                 self._lost_lock = exc
 
     def _hold_lock(self) -> None:
-        if self.lock is None or time.monotonic() - self._lock_renewed_at < self.max_interval:
+        """Renew the lock if a loop interval has passed since it was last renewed."""
+        if not self.lock_key:  # configured without a lock (a single beat by design)
+            return
+        if self.lock is None:  # its acquisition failed at start (Celery hides why)
+            raise LockNotOwnedError("beat holds no lock; restarting to take it")
+        if time.monotonic() - self._lock_renewed_at < self.max_interval:
             return
         self.lock.extend(int(self.lock_timeout))
         self._lock_renewed_at = time.monotonic()

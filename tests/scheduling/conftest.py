@@ -30,9 +30,10 @@ ACQUIRED = "beat: Acquired lock"
 class Beat:
     """One ``k1 beat`` process; its log says when its celery beat holds the lock."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, **env: str) -> None:
         (LOGS / f"{name}.log").unlink(missing_ok=True)
-        self.process: Process = k1_process(name, str(VENV_BIN / "k1"), "beat", env=BEAT_ENV)
+        self.process: Process = k1_process(name, str(VENV_BIN / "k1"), "beat",
+                                           env={**BEAT_ENV, **env})
 
     def start(self) -> Beat:
         self.process.start()
@@ -60,11 +61,12 @@ class Beat:
 
 @pytest.fixture
 def beats(services: dict[str, object], unique: str) -> Iterator[Callable[[str], Beat]]:
-    """``beats("a")`` starts a beat for this test; all are stopped at its end."""
+    """``beats("a")`` starts a beat for this test (``beats("a", VAR="x")`` with more
+    environment); all are stopped at its end."""
     started: list[Beat] = []
 
-    def start(label: str) -> Beat:
-        beat = Beat(f"beat-{unique}-{label}").start()
+    def start(label: str, **env: str) -> Beat:
+        beat = Beat(f"beat-{unique}-{label}", **env).start()
         started.append(beat)
         return beat
 
