@@ -22,6 +22,13 @@ def client() -> redis.Redis:
     return redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
 
 
+def roles(a, b):  # type: ignore[no-untyped-def]
+    """(active, standby) of two beats, once one has taken the lock."""
+    active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
+                      timeout=30, message="neither beat took the lock")
+    return active, (b if active is a else a)
+
+
 def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:  # type: ignore[no-untyped-def]
     a, b = beats("a"), beats("b")
     name = schedules(every=2)["name"]
@@ -39,9 +46,7 @@ def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:  # type: i
 def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -> None:  # type: ignore[no-untyped-def]
     a, b = beats("a"), beats("b")
     name = schedules(every=1)["name"]
-    active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
-                      timeout=30, message="neither beat took the lock")
-    standby = b if active is a else a
+    active, standby = roles(a, b)
     wait_fires(name, 1, timeout=10)
 
     killed_at = time.time()
@@ -65,9 +70,7 @@ def test_sigterm_releases_the_lock_so_the_standby_takes_over_at_once(  # type: i
     env = {"K1_BEAT_LOCK_TIMEOUT": str(lock_timeout)}
     a, b = beats("a", **env), beats("b", **env)
     name = schedules(every=1)["name"]
-    active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
-                      timeout=30, message="neither beat took the lock")
-    standby = b if active is a else a
+    active, standby = roles(a, b)
     wait_fires(name, 2, timeout=15)
 
     stopped_at = time.time()
@@ -213,9 +216,7 @@ def test_sigterm_in_the_middle_of_a_burst_loses_no_fire(beats, unique: str) -> N
     from k1.scheduling.beat import BATCH
 
     a, b = beats("a"), beats("b")
-    active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
-                      timeout=30, message="neither beat took the lock")
-    standby = b if active is a else a
+    active, standby = roles(a, b)
     names, due = burst_schedules(unique, 4 * BATCH, due_in=5)
     try:
         wait_for(lambda: any(fires(n) for n in names), timeout=30, interval=0.02,
