@@ -12,8 +12,10 @@ several projects the token reaches is addressed with ``?project_id=`` (else 409)
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Literal
 
 from flask import Blueprint, jsonify, request
+from pydantic import BaseModel, Field
 
 from k1.scheduling import (
     AmbiguousSchedule,
@@ -28,7 +30,17 @@ from k1.scheduling import (
 from k1.scheduling.history import recent_fires
 from k1.tasks.submissions import SubmissionError
 from k1.web.auth import authorize_project, current_principal, require_auth, require_operator
-from k1.web.errors import APIError, error_response, json_object
+from k1.web.contract import (
+    Accepted,
+    Body,
+    Error,
+    Name,
+    ProjectId,
+    Query,
+    responses,
+    validate,
+)
+from k1.web.errors import APIError, error_response
 
 bp = Blueprint("scheduler", __name__)
 
@@ -65,8 +77,50 @@ def _refused(exc: SubmissionError):  # type: ignore[no-untyped-def]
     return error_response(APIError(400, str(exc), detail=dict(request.view_args or {})))
 
 
+class ScheduleChanges(Body):
+    """Fields of a schedule; the store checks what they mean (a cron parses, a task
+    exists, the interval's bounds) and names the field it refuses."""
+
+    name: Name | None = None
+    task: Name | None = None
+    cron: str | None = Field(None, max_length=255, description="5-field cron expression")
+    every: float | None = Field(None, gt=0, allow_inf_nan=False, description="seconds")
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    enabled: bool | None = None
+    timezone: Name | None = Field(None, description="IANA name; default UTC")
+    project_id: ProjectId | None = None
+    catch_up: Literal["once", "skip"] | None = None
+
+
+class NewSchedule(ScheduleChanges):
+    name: Name
+    task: Name
+
+
+class Job(BaseModel):
+    name: str
+    task: str
+
+
+class Jobs(BaseModel):
+    jobs: list[Job]
+
+
+def _given(body: Body) -> dict[str, Any]:
+    """The fields the client sent (an explicit null included: it may clear one)."""
+    return body.model_dump(exclude_unset=True)
+
+
+class Address(Query):
+    """Which project's schedule of that name, where several the token reaches use it."""
+
+    project_id: ProjectId | None = None
+
+
 @bp.get("/api/scheduler/jobs")
 @require_auth
+@validate(tags=("scheduler",), resp=responses(HTTP_200=Jobs))
 def list_jobs():  # type: ignore[no-untyped-def]
     principal = current_principal()
     jobs = [s.to_json() for s in ScheduleStore().list() if principal.can_see(s.spec.project_id)]
@@ -75,9 +129,11 @@ def list_jobs():  # type: ignore[no-untyped-def]
 
 @bp.post("/api/scheduler/jobs")
 @require_auth
-def create_job():  # type: ignore[no-untyped-def]
+@validate(json=NewSchedule, tags=("scheduler",),
+          resp=responses(HTTP_201=Job, HTTP_403=Error, HTTP_409=Error))
+def create_job(json: NewSchedule):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    spec = store.validate(json_object())
+    spec = store.validate(_given(json))
     _authorize_write(spec)
     schedule = store.create(spec)
     assert schedule is not None
@@ -86,17 +142,21 @@ def create_job():  # type: ignore[no-untyped-def]
 
 @bp.get("/api/scheduler/jobs/<name>")
 @require_auth
-def get_job(name: str):  # type: ignore[no-untyped-def]
-    schedule = _find(ScheduleStore(), name)
+@validate(query=Address, tags=("scheduler",),
+          resp=responses(HTTP_200=Job, HTTP_404=Error, HTTP_409=Error))
+def get_job(name: str, query: Address):  # type: ignore[no-untyped-def]
+    schedule = _find(ScheduleStore(), name, query)
     return jsonify({**schedule.to_json(), "recent_fires": recent_fires(schedule.id)})
 
 
 @bp.patch("/api/scheduler/jobs/<name>")
 @require_auth
-def update_job(name: str):  # type: ignore[no-untyped-def]
+@validate(json=ScheduleChanges, query=Address, tags=("scheduler",),
+          resp=responses(HTTP_200=Job, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
+def update_job(name: str, json: ScheduleChanges, query: Address):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    changes = json_object()
-    current = _find(store, name)
+    changes = _given(json)
+    current = _find(store, name, query)
     _authorize_write(current.spec)
     spec = current.spec.patched(changes, store.known_tasks())
     _authorize_write(spec)
@@ -105,9 +165,11 @@ def update_job(name: str):  # type: ignore[no-untyped-def]
 
 @bp.delete("/api/scheduler/jobs/<name>")
 @require_auth
-def delete_job(name: str):  # type: ignore[no-untyped-def]
+@validate(query=Address, tags=("scheduler",),
+          resp=responses(HTTP_204=None, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
+def delete_job(name: str, query: Address):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    schedule = _find(store, name)
+    schedule = _find(store, name, query)
     _authorize_write(schedule.spec)
     with contextlib.suppress(ScheduleNotFound):  # deleted meanwhile: as the client asked
         store.delete(name, schedule.spec.project_id)
@@ -116,19 +178,21 @@ def delete_job(name: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/api/scheduler/jobs/<name>/run")
 @require_auth
-def run_job(name: str):  # type: ignore[no-untyped-def]
+@validate(query=Address, tags=("scheduler",),
+          resp=responses(HTTP_202=Accepted, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
+def run_job(name: str, query: Address):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    schedule = _find(store, name)
+    schedule = _find(store, name, query)
     _authorize_write(schedule.spec)
     task_id = store.run_now(schedule, user_id=current_principal().user_id)
     return jsonify(task_id=task_id), 202
 
 
-def _find(store: ScheduleStore, name: str) -> Schedule:
+def _find(store: ScheduleStore, name: str, query: Address) -> Schedule:
     """Schedule ``name`` among those the token may see (of ``?project_id=`` if given);
     ScheduleNotFound alike for missing and hidden ones."""
     principal = current_principal()
-    project_id = request.args.get("project_id")
+    project_id = query.project_id
     if project_id is not None:
         if not principal.can_see(project_id):
             raise ScheduleNotFound(f"no schedule named {name!r}")

@@ -2,38 +2,59 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from typing import Any
 
-from k1.tasks.submissions import SubmissionError, lookup, status, submit
+from flask import Blueprint, jsonify
+from pydantic import BaseModel, Field
+
+from k1.tasks.submissions import (
+    NotAllowed,
+    SubmissionError,
+    lookup,
+    status,
+    submit,
+    validate_project_id,
+)
 from k1.web.auth import authorize_project, current_principal, require_auth
-from k1.web.errors import APIError, json_object
+from k1.web.contract import Accepted, Body, Error, Name, ProjectId, responses, validate
+from k1.web.errors import APIError
 
 bp = Blueprint("tasks", __name__)
 
 
+class NewTask(Body):
+    task: Name
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    project_id: ProjectId
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    task: str
+    project_id: str
+    state: str
+    result: Any = None
+    error: Any = None
+
+
 @bp.post("/api/tasks")
 @require_auth
-def create_task():  # type: ignore[no-untyped-def]
-    body = json_object()
-    unknown = set(body) - {"task", "args", "kwargs", "project_id"}
-    if unknown:
-        raise APIError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    task, args, kwargs = body.get("task"), body.get("args", []), body.get("kwargs", {})
-    project_id = body.get("project_id")
-    if not isinstance(task, str) or not task:
-        raise APIError(400, "task: required, the name of a task")
-    if not isinstance(args, list):
-        raise APIError(400, "args: must be a JSON list")
-    if not isinstance(kwargs, dict):
-        raise APIError(400, "kwargs: must be a JSON object")
-    if not isinstance(project_id, str | int) or isinstance(project_id, bool) or project_id == "":
-        raise APIError(400, "project_id: required, a string")
-    project_id = str(project_id)
-    authorize_project(project_id)
+@validate(json=NewTask, tags=("tasks",), resp=responses(HTTP_202=Accepted, HTTP_403=Error))
+def create_task(json: NewTask):  # type: ignore[no-untyped-def]
+    """Start a public task for a project the token grants (an operator-only task: for an
+    operator's token only, else 403)."""
     try:
-        task_id = submit(
-            task, args, kwargs, project_id=project_id, user_id=current_principal().user_id
-        )
+        project_id = validate_project_id(json.project_id)
+    except SubmissionError as exc:
+        raise APIError(400, str(exc)) from None
+    authorize_project(project_id)
+    principal = current_principal()
+    try:
+        task_id = submit(json.task, json.args, json.kwargs, project_id=project_id,
+                         user_id=principal.user_id, operator=principal.is_operator)
+    except NotAllowed as exc:
+        raise APIError(403, str(exc)) from None
     except SubmissionError as exc:
         raise APIError(400, str(exc)) from None
     return jsonify(task_id=task_id), 202
@@ -41,9 +62,11 @@ def create_task():  # type: ignore[no-untyped-def]
 
 @bp.get("/api/tasks/<task_id>")
 @require_auth
+@validate(tags=("tasks",), resp=responses(HTTP_200=TaskStatus, HTTP_404=Error))
 def get_task(task_id: str):  # type: ignore[no-untyped-def]
+    """A task's state and outcome; 404 for ids K1 never issued and other projects' tasks
+    (a 403 would tell that the id exists)."""
     submission = lookup(task_id)
-    if submission is None:
+    if submission is None or not current_principal().can_see(submission.project_id):
         raise APIError(404, "task not found", detail=task_id)
-    authorize_project(submission.project_id)
     return jsonify(status(submission))

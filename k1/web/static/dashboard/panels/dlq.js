@@ -1,0 +1,146 @@
+/* Dead letters: GET /api/dlq (filters, cursor paging), GET /api/dlq/stats, GET /api/dlq/<id>,
+ * POST /api/dlq/<id>/replay, DELETE /api/dlq/<id>. */
+
+import { api, errorNote, errorText, seg } from "../api.js";
+import { $, badge, clear, el, fmtTime, json } from "../dom.js";
+import { feedNote } from "../feed.js";
+import { state } from "../state.js";
+import { dataTable, loadPanel, tableRow } from "../table.js";
+
+const PAGE_SIZE = 50;
+const CONFIRM_MS = 4000;  // how long "Confirm discard" waits for its second click
+const DETAIL_FIELDS = ["id", "task_id", "queue", "worker", "first_failed_at", "died_at",
+  "idempotency_key", "workflow_id", "conductor_task_id", "replay_count", "replay_task_id"];
+
+const COLUMNS = [
+  { head: "died", cell: (l) => fmtTime(l.died_at) },
+  { head: "task", cell: (l) => l.task_name },
+  { head: "exception", title: (l) => l.exception_message || "", cell: (l) => l.exception_type },
+  { head: "attempts", cell: (l) => l.attempts },
+  { head: "project", cell: (l) => l.project_id },
+  { head: "status", cell: (l) => badge(l.status) },
+  { head: "", class: "actions", cell: actions },
+];
+const rowAttrs = (l) => ({ "data-letter-id": l.id, "data-task-id": l.task_id });
+
+let cursor = null;  // the next page of the shown list, null at its end
+
+function query(next) {
+  const form = $("dlq-filters");
+  const params = new URLSearchParams();
+  for (const name of ["task", "exception", "status"]) {
+    const value = form.elements[name].value.trim();
+    if (value) params.set(name, value);
+  }
+  const since = form.elements.since.value;
+  if (since) params.set("since", new Date(since).toISOString());
+  if (state.project) params.set("project_id", state.project);
+  params.set("limit", String(PAGE_SIZE));
+  if (next) params.set("cursor", next);
+  return "/api/dlq?" + params;
+}
+
+/** The stats line and the first page of dead letters matching the filters. */
+export async function loadDlq() {
+  loadStats();
+  const body = $("dlq-body");
+  const data = await loadPanel(body, query(null), (page) => dataTable({
+    id: "dlq-table", columns: COLUMNS, items: page.items, rowAttrs,
+    empty: "No dead letters match." }));
+  if (data) setCursor(body, data.next_cursor);
+}
+
+async function loadMore(button) {
+  button.disabled = true;
+  const body = $("dlq-body");
+  const result = await api("GET", query(cursor));
+  if (!result.ok) { button.replaceWith(errorNote(result, "span")); return; }
+  const tbody = body.querySelector("tbody");
+  for (const letter of result.data.items) tbody.append(tableRow(COLUMNS, letter, rowAttrs));
+  setCursor(body, result.data.next_cursor);
+}
+
+function setCursor(body, next) {
+  cursor = next || null;
+  body.querySelector(".more")?.remove();
+  if (cursor) body.append(el("button", { type: "button", class: "more", text: "Load more",
+    onclick: (e) => loadMore(e.currentTarget) }));
+}
+
+async function loadStats() {
+  const node = $("dlq-stats");
+  const result = await api("GET", "/api/dlq/stats");
+  if (!result.ok) { clear(node, errorNote(result, "span")); return; }
+  const s = result.data;
+  const top = (counts) => Object.entries(counts || {}).sort((a, b) => b[1] - a[1]).slice(0, 3)
+    .map(([k, v]) => k + " (" + v + ")").join(", ") || "—";
+  clear(node,
+    el("span", { class: "note", text: "all your projects:" }),
+    el("span", {}, el("b", { text: String(s.depth ?? "—") }), " dead"),
+    el("span", {}, "daily avg ", el("b", { text: s.daily_avg_depth == null ? "n/a"
+      : String(Math.round(s.daily_avg_depth * 100) / 100) })),
+    el("span", {}, "oldest ", fmtTime(s.oldest_at)),
+    el("span", {}, "top tasks: ", top(s.by_task)),
+    el("span", {}, "top errors: ", top(s.by_exception)));
+}
+
+function actions(letter) {
+  const buttons = [el("button", { type: "button", text: "Details",
+    onclick: (e) => toggleDetail(e.currentTarget.closest("tr"), letter) })];
+  if (letter.status === "dead") {
+    buttons.push(
+      el("button", { type: "button", class: "primary", text: "Replay", "data-action": "replay",
+        onclick: (e) => replay(letter, e.currentTarget, false) }),
+      el("button", { type: "button", class: "danger", text: "Discard", "data-action": "discard",
+        onclick: (e) => discard(letter, e.currentTarget) }));
+  }
+  return buttons;
+}
+
+async function toggleDetail(row, letter) {
+  const next = row.nextElementSibling;
+  if (next && next.classList.contains("detail")) { next.remove(); return; }
+  const result = await api("GET", "/api/dlq/" + seg(letter.id));
+  const full = result.ok ? result.data : letter;
+  const cell = el("td", { colspan: COLUMNS.length },
+    result.ok ? null : errorNote(result),
+    el("div", { class: "stats" }, DETAIL_FIELDS.filter((f) => full[f] !== null && full[f] !== undefined)
+      .map((f) => el("span", {}, f + ": ", el("code", { text: String(full[f]) })))),
+    el("h3", { text: (full.exception_type || "") + ": " + (full.exception_message || "") }),
+    el("pre", { class: "traceback", text: full.traceback || "(no traceback)" }),
+    el("h3", { text: "args / kwargs" }),
+    el("pre", { text: json({ args: full.args, kwargs: full.kwargs }) }),
+    full.breaker_states ? el("pre", { text: "breakers: " + json(full.breaker_states) }) : null);
+  row.after(el("tr", { class: "detail" }, cell));
+}
+
+async function replay(letter, button, force) {
+  button.disabled = true;
+  const result = await api("POST", "/api/dlq/" + seg(letter.id) + "/replay", { force });
+  if (result.ok) {
+    feedNote("dlq", "replayed " + letter.task_name + " as " + (result.data.replay_task_id || "?"));
+    loadDlq();
+    return;
+  }
+  button.disabled = false;
+  const message = el("span", { class: "error", text: " " + errorText(result) + " " });
+  button.parentElement.append(message);
+  if (result.status === 409 && !force) {  // replayed before: the operator may insist
+    message.append(el("button", { type: "button", text: "Force replay",
+      onclick: (e) => replay(letter, e.currentTarget, true) }));
+  }
+  button.closest("tr").dataset.error = "1";
+}
+
+async function discard(letter, button) {
+  if (button.dataset.confirm !== "1") {   // two clicks, no modal dialog
+    button.dataset.confirm = "1";
+    button.textContent = "Confirm discard";
+    setTimeout(() => { button.dataset.confirm = ""; button.textContent = "Discard"; }, CONFIRM_MS);
+    return;
+  }
+  button.disabled = true;
+  const result = await api("DELETE", "/api/dlq/" + seg(letter.id));
+  if (result.ok) loadDlq();
+  else { button.disabled = false; button.after(errorNote(result, "span")); }
+}
