@@ -50,7 +50,7 @@ def ensure_builtins(store: ScheduleStore, specs: tuple[ScheduleSpec, ...] = BUIL
                      spec.name, spec.task)
             continue
         try:
-            checked = spec.checked(registered)
+            checked = spec.checked(store.known_tasks())
         except InvalidSchedule as exc:
             log.warning("built-in schedule %s skipped: %s", spec.name, exc)
             continue
