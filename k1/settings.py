@@ -207,18 +207,27 @@ def read_dotenv(path: Path = DOTENV_PATH) -> dict[str, str]:
     return parse(path.read_text()) if path.is_file() else {}
 
 
+# The names .env supplied to this process (the environment did not set them): `k1 check`
+# and `k1 env` say where each value came from.
+DOTENV_SUPPLIED: dict[str, str] = {}
+
+
 def load_dotenv(
     path: Path = DOTENV_PATH, environ: MutableMapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Fill ``environ`` (default ``os.environ``) from ``path`` where it sets nothing.
+    """Fill ``environ`` (default ``os.environ``, recorded in :data:`DOTENV_SUPPLIED`) from
+    ``path`` where it sets nothing.
 
     The environment always wins: an exported variable is never replaced by the file.
     Returns what the file supplied, so tools can say where each value came from.
     """
+    into_process = environ is None
     environ = os.environ if environ is None else environ
     supplied = {name: value for name, value in read_dotenv(path).items()
                 if name not in environ}
     environ.update(supplied)
+    if into_process:
+        DOTENV_SUPPLIED.update(supplied)
     return supplied
 
 
