@@ -7,12 +7,15 @@ setup:
 run:
 	scripts/run.sh
 
+# The checks first (seconds), then the suite against real servers.
 test:
 	scripts/setup.sh test
+	$(MAKE) lint
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 lint:
-	.venv/bin/ruff check k1 tests celeryconfig.py
+	.venv/bin/ruff check k1 tests bench celeryconfig.py
+	.venv/bin/mypy
 
 clean:
 	rm -rf .venv .k1 artifacts

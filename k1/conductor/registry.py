@@ -175,7 +175,7 @@ def _load(path: Path) -> WorkflowFile:
                                                            f"{', '.join(K1_OPTIONS)})"))
             elif not isinstance(value, expected):
                 problems.append(Problem(path, f"k1.{key}", f"must be a {expected.__name__}"))
-    if problems:
+    if problems or not isinstance(workflow, dict):
         raise ValidationFailed(problems)
     return WorkflowFile(path, workflow, tasks, options)
 

@@ -43,7 +43,7 @@ class K1Encoder(RedBeatJSONEncoder):
 class K1Entry(RedBeatSchedulerEntry):
     """A RedBeat entry with K1's fields: ``K1Entry.from_spec(spec, app=app)``."""
 
-    def __init__(self, name=None, task=None, schedule=None, args=None, kwargs=None,  # type: ignore[no-untyped-def]
+    def __init__(self, name=None, task=None, schedule=None, args=None, kwargs=None,
                  enabled=True, options=None, *, project_id=None, timezone="UTC",
                  catch_up="once", builtin=False, spec_kwargs=None, **clsargs):
         super().__init__(name=name, task=task, schedule=schedule, args=args, kwargs=kwargs,

@@ -21,6 +21,7 @@ running beat sees it on its next loop (``K1_BEAT_MAX_LOOP_INTERVAL``), with no r
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
@@ -256,14 +257,14 @@ class ScheduleStore:
         return sorted(self._load([key[prefix:] for key in keys]),
                       key=lambda s: (s.name, s.spec.project_id or ""))
 
-    def _ids_named(self, name: str) -> list[str]:
+    def _ids_named(self, name: str) -> builtins.list[str]:
         """Ids of the project schedules named ``name`` (an operator's lookup: a scan)."""
         prefix = len(entry_key(""))
         scan = self.redis.zscan_iter(self.app.redbeat_conf.schedule_key,
                                      match=entry_key(f"*:{name}"), count=1000)
         return [key[prefix:] for key, _score in scan if name_of(key[prefix:]) == name]
 
-    def _load(self, sids: list[str]) -> list[Schedule]:
+    def _load(self, sids: builtins.list[str]) -> builtins.list[Schedule]:
         """The schedules stored under ``sids`` (missing ones left out), with uptime."""
         pipe = self.redis.pipeline(transaction=False)
         for sid in sids:

@@ -73,7 +73,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         max_http_buffer_size=MAX_CLIENT_PAYLOAD,
     )
     # Flask-SocketIO has wrapped wsgi_app; the limit goes in front of it.
-    app.wsgi_app = PollingPayloadLimit(app.wsgi_app, MAX_CLIENT_PAYLOAD)  # type: ignore[method-assign]
+    # WSGI middleware, Flask's documented way (the assignment mypy calls a method-assign).
+    app.wsgi_app = PollingPayloadLimit(  # type: ignore[method-assign]
+        app.wsgi_app, MAX_CLIENT_PAYLOAD)
     realtime.register(socketio)
     security.init_app(app)  # after Socket.IO: its answers get the headers too
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from k1.recovery import breakers
@@ -27,14 +28,14 @@ class Breakers(BaseModel):
 @bp.get("/api/breakers")
 @require_auth
 @validate(tags=("breakers",), resp=responses(HTTP_200=Breakers))
-def list_breakers():  # type: ignore[no-untyped-def]
+def list_breakers() -> ResponseReturnValue:
     return jsonify(breakers=[status.as_dict() for status in breakers.all_statuses()])
 
 
 @bp.post("/api/breakers/<name>/reset")
 @require_auth
 @validate(tags=("breakers",), resp=responses(HTTP_200=Breaker, HTTP_403=Error, HTTP_404=Error))
-def reset(name: str):  # type: ignore[no-untyped-def]
+def reset(name: str) -> ResponseReturnValue:
     require_operator()
     status = breakers.reset(name)
     if status is None:

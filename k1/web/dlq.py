@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field
 
 from k1.recovery.dlq.filters import (
@@ -37,7 +38,7 @@ bp = Blueprint("dlq", __name__)
 store = DeadLetterStore()
 
 LETTER = "/api/dlq/<int:letter_id>"
-Status = Literal[(*STATUSES, ANY_STATUS)]  # type: ignore[valid-type]
+Status = Literal[(*STATUSES, ANY_STATUS)]  # type: ignore[valid-type]  # built from STATUSES
 
 
 class Filters(BaseModel):
@@ -125,18 +126,18 @@ class Discarded(BaseModel):
 
 
 @bp.errorhandler(LetterNotFound)
-def _not_found(exc: LetterNotFound):  # type: ignore[no-untyped-def]
+def _not_found(exc: LetterNotFound) -> ResponseReturnValue:
     return error_response(APIError(404, "dead letter not found",
                                    detail=exc.args[0] if exc.args else None))
 
 
 @bp.errorhandler(ReplayRefused)
-def _refused(exc: ReplayRefused):  # type: ignore[no-untyped-def]
+def _refused(exc: ReplayRefused) -> ResponseReturnValue:
     return error_response(APIError(409, str(exc)))
 
 
 @bp.errorhandler(FilterError)
-def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
+def _bad_filter(exc: FilterError) -> ResponseReturnValue:
     return error_response(APIError(400, str(exc)))
 
 
@@ -162,14 +163,14 @@ def _filters(params: dict[str, Any], extra: tuple[str, ...] = ()) -> LetterFilte
 @bp.get("/api/dlq/stats")
 @require_auth
 @validate(tags=("dlq",), resp=responses(HTTP_200=Stats))
-def stats():  # type: ignore[no-untyped-def]
+def stats() -> ResponseReturnValue:
     return jsonify(blocking(store.stats, _scope()))
 
 
 @bp.get("/api/dlq/quarantine")
 @require_auth
 @validate(query=QuarantineQuery, tags=("dlq",), resp=responses(HTTP_200=QuarantinePage))
-def quarantined(query: QuarantineQuery):  # type: ignore[no-untyped-def]
+def quarantined(query: QuarantineQuery) -> ResponseReturnValue:
     """Letters the database refused even once made storable, with the reason."""
     items = blocking(store.quarantined, _scope(), limit=parse_limit(query.limit))
     return jsonify(items=items)
@@ -178,7 +179,7 @@ def quarantined(query: QuarantineQuery):  # type: ignore[no-untyped-def]
 @bp.get("/api/dlq")
 @require_auth
 @validate(query=LetterQuery, tags=("dlq",), resp=responses(HTTP_200=LetterPage, HTTP_403=Error))
-def list_letters(query: LetterQuery):  # type: ignore[no-untyped-def]
+def list_letters(query: LetterQuery) -> ResponseReturnValue:
     filters = _filters(query.model_dump(exclude_none=True, exclude={"limit", "cursor"}),
                        extra=("limit", "cursor"))
     page, next_cursor = blocking(store.query, filters, limit=parse_limit(query.limit),
@@ -190,7 +191,7 @@ def list_letters(query: LetterQuery):  # type: ignore[no-untyped-def]
 @bp.get(LETTER)
 @require_auth
 @validate(tags=("dlq",), resp=responses(HTTP_200=Letter, HTTP_404=Error))
-def show(letter_id: int):  # type: ignore[no-untyped-def]
+def show(letter_id: int) -> ResponseReturnValue:
     return jsonify(letter_as_dict(blocking(store.get, letter_id, _scope())))
 
 
@@ -198,7 +199,7 @@ def show(letter_id: int):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=ReplayOne, body_required=False, tags=("dlq",),
           resp=responses(HTTP_200=Replayed, HTTP_404=Error, HTTP_409=Error))
-def replay(letter_id: int, json: ReplayOne):  # type: ignore[no-untyped-def]
+def replay(letter_id: int, json: ReplayOne) -> ResponseReturnValue:
     letter = blocking(store.replay, letter_id, force=json.force, scope=_scope())
     return jsonify(id=letter.id, status=letter.status, replay_task_id=letter.replay_task_id,
                    replay_count=letter.replay_count)
@@ -208,7 +209,7 @@ def replay(letter_id: int, json: ReplayOne):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=ReplayMatching, tags=("dlq",),
           resp=responses(HTTP_200=ReplayedMatching, HTTP_403=Error))
-def replay_matching(json: ReplayMatching):  # type: ignore[no-untyped-def]
+def replay_matching(json: ReplayMatching) -> ResponseReturnValue:
     criteria = json.model_dump(exclude_none=True, exclude={"force", "all"})
     if not criteria and not json.all:
         raise APIError(400, "give at least one filter, or \"all\": true to replay every "
@@ -220,6 +221,6 @@ def replay_matching(json: ReplayMatching):  # type: ignore[no-untyped-def]
 @bp.delete(LETTER)
 @require_auth
 @validate(tags=("dlq",), resp=responses(HTTP_200=Discarded, HTTP_404=Error))
-def discard(letter_id: int):  # type: ignore[no-untyped-def]
+def discard(letter_id: int) -> ResponseReturnValue:
     letter = blocking(store.discard, letter_id, scope=_scope())
     return jsonify(id=letter.id, status=letter.status)

@@ -3,6 +3,7 @@
 from typing import Any
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from k1.health import check_all
@@ -21,6 +22,6 @@ class Health(BaseModel):
 
 @bp.get("/api/health")
 @validate(public=True, tags=("health",), resp=Response(HTTP_200=Health, HTTP_503=Health))
-def health():  # type: ignore[no-untyped-def]
+def health() -> ResponseReturnValue:
     report = blocking(check_all)
     return jsonify(report), 200 if report["ok"] else 503

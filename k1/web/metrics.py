@@ -6,6 +6,7 @@ scrape job a long-lived one (``authorization: {credentials: <token>}``).
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
@@ -40,13 +41,13 @@ class Metrics(BaseModel):
 @bp.get("/api/metrics")
 @require_auth
 @validate(tags=("metrics",), resp=responses(HTTP_200=Metrics))
-def validation_metrics():  # type: ignore[no-untyped-def]
+def validation_metrics() -> ResponseReturnValue:
     return jsonify(metrics.report(blocking(dlq_stats)))
 
 
 @bp.get("/metrics")
 @require_auth
 @validate(tags=("metrics",), resp=responses(HTTP_200=None))
-def prometheus():  # type: ignore[no-untyped-def]
+def prometheus() -> ResponseReturnValue:
     body = metrics.prometheus_text(blocking(dlq_stats))
     return Response(body, content_type=CONTENT_TYPE_LATEST)

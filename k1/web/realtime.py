@@ -41,6 +41,11 @@ from k1.web.offload import blocking
 
 log = logging.getLogger(__name__)
 
+
+def _sid() -> str:
+    """The Socket.IO session id of the current event's connection."""
+    return request.sid  # type: ignore[attr-defined]  # Flask-SocketIO sets it on its requests
+
 METRICS_INTERVAL = 5.0  # seconds between two ``metrics`` broadcasts
 METRICS_SERIES_MINUTES = 2  # minutes of chart data per broadcast; clients merge them
 METRICS_LEADER_KEY = "k1:metrics:broadcaster"  # one web process broadcasts per interval
@@ -92,7 +97,7 @@ def _project_of(message: dict[str, Any]) -> str | None:
 
 
 def _principals(socketio: SocketIO) -> dict[str, Principal]:
-    return socketio.server.manager.principals  # type: ignore[no-any-return]
+    return socketio.server.manager.principals
 
 
 def register(socketio: SocketIO) -> None:
@@ -106,23 +111,24 @@ def register(socketio: SocketIO) -> None:
         except InvalidToken as exc:
             current_app.logger.info("socket connect refused: %s", exc)
             return False
-        _principals(socketio)[request.sid] = principal
+        _principals(socketio)[_sid()] = principal
         join_room(user_room(principal.user_id))
         join_room(PLATFORM_ROOM)
-        _start_background_tasks(socketio, current_app._get_current_object())
+        app = current_app._get_current_object()  # type: ignore[attr-defined]  # the real app
+        _start_background_tasks(socketio, app)
         return True
 
     @socketio.on("disconnect")
     def disconnect(*_: Any) -> None:
-        _principals(socketio).pop(request.sid, None)
+        _principals(socketio).pop(_sid(), None)
 
     @socketio.on("subscribe")
     def subscribe(data: Any = None) -> dict[str, Any]:
-        return _change_room(_principals(socketio).get(request.sid), data, join=True)
+        return _change_room(_principals(socketio).get(_sid()), data, join=True)
 
     @socketio.on("unsubscribe")
     def unsubscribe(data: Any = None) -> dict[str, Any]:
-        return _change_room(_principals(socketio).get(request.sid), data, join=False)
+        return _change_room(_principals(socketio).get(_sid()), data, join=False)
 
     @socketio.on("clock")
     def clock(*_: Any) -> dict[str, float]:
@@ -131,7 +137,7 @@ def register(socketio: SocketIO) -> None:
     @socketio.on("latency")
     def latency(data: Any = None) -> dict[str, Any]:
         samples = data.get("samples") if isinstance(data, dict) else None
-        if request.sid not in _principals(socketio):
+        if _sid() not in _principals(socketio):
             return _refuse("latency", "not authenticated", None)
         if not isinstance(samples, list):
             return _refuse("latency", "samples: required, a list of milliseconds", None)

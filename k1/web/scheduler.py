@@ -15,6 +15,7 @@ import contextlib
 from typing import Any, Literal
 
 from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 
 from k1.scheduling import (
@@ -46,34 +47,34 @@ bp = Blueprint("scheduler", __name__)
 
 
 @bp.errorhandler(InvalidSchedule)
-def _invalid(exc: InvalidSchedule):  # type: ignore[no-untyped-def]
+def _invalid(exc: InvalidSchedule) -> ResponseReturnValue:
     return error_response(APIError(400, str(exc), detail={"field": exc.field,
                                                           "problem": exc.problem}))
 
 
 @bp.errorhandler(ScheduleNotFound)
-def _not_found(exc: ScheduleNotFound):  # type: ignore[no-untyped-def]
+def _not_found(exc: ScheduleNotFound) -> ResponseReturnValue:
     return error_response(APIError(404, "schedule not found", detail=str(exc)))
 
 
 @bp.errorhandler(ScheduleExists)
-def _exists(exc: ScheduleExists):  # type: ignore[no-untyped-def]
+def _exists(exc: ScheduleExists) -> ResponseReturnValue:
     return error_response(APIError(409, str(exc), detail={"field": "name", "value": exc.name}))
 
 
 @bp.errorhandler(AmbiguousSchedule)
-def _ambiguous(exc: AmbiguousSchedule):  # type: ignore[no-untyped-def]
+def _ambiguous(exc: AmbiguousSchedule) -> ResponseReturnValue:
     return error_response(APIError(409, str(exc), detail={"field": "project_id",
                                                           "projects": exc.projects}))
 
 
 @bp.errorhandler(ScheduleConflict)
-def _conflict(exc: ScheduleConflict):  # type: ignore[no-untyped-def]
+def _conflict(exc: ScheduleConflict) -> ResponseReturnValue:
     return error_response(APIError(409, str(exc), detail=dict(request.view_args or {})))
 
 
 @bp.errorhandler(SubmissionError)  # run now: the task's signature changed since scheduled
-def _refused(exc: SubmissionError):  # type: ignore[no-untyped-def]
+def _refused(exc: SubmissionError) -> ResponseReturnValue:
     return error_response(APIError(400, str(exc), detail=dict(request.view_args or {})))
 
 
@@ -121,7 +122,7 @@ class Address(Query):
 @bp.get("/api/scheduler/jobs")
 @require_auth
 @validate(tags=("scheduler",), resp=responses(HTTP_200=Jobs))
-def list_jobs():  # type: ignore[no-untyped-def]
+def list_jobs() -> ResponseReturnValue:
     principal = current_principal()
     jobs = [s.to_json() for s in ScheduleStore().list() if principal.can_see(s.spec.project_id)]
     return jsonify(jobs=jobs)
@@ -131,7 +132,7 @@ def list_jobs():  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=NewSchedule, tags=("scheduler",),
           resp=responses(HTTP_201=Job, HTTP_403=Error, HTTP_409=Error))
-def create_job(json: NewSchedule):  # type: ignore[no-untyped-def]
+def create_job(json: NewSchedule) -> ResponseReturnValue:
     store = ScheduleStore()
     spec = store.validate(_given(json))
     _authorize_write(spec)
@@ -144,7 +145,7 @@ def create_job(json: NewSchedule):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(query=Address, tags=("scheduler",),
           resp=responses(HTTP_200=Job, HTTP_404=Error, HTTP_409=Error))
-def get_job(name: str, query: Address):  # type: ignore[no-untyped-def]
+def get_job(name: str, query: Address) -> ResponseReturnValue:
     schedule = _find(ScheduleStore(), name, query)
     return jsonify({**schedule.to_json(), "recent_fires": recent_fires(schedule.id)})
 
@@ -153,7 +154,7 @@ def get_job(name: str, query: Address):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=ScheduleChanges, query=Address, tags=("scheduler",),
           resp=responses(HTTP_200=Job, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
-def update_job(name: str, json: ScheduleChanges, query: Address):  # type: ignore[no-untyped-def]
+def update_job(name: str, json: ScheduleChanges, query: Address) -> ResponseReturnValue:
     store = ScheduleStore()
     changes = _given(json)
     current = _find(store, name, query)
@@ -167,7 +168,7 @@ def update_job(name: str, json: ScheduleChanges, query: Address):  # type: ignor
 @require_auth
 @validate(query=Address, tags=("scheduler",),
           resp=responses(HTTP_204=None, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
-def delete_job(name: str, query: Address):  # type: ignore[no-untyped-def]
+def delete_job(name: str, query: Address) -> ResponseReturnValue:
     store = ScheduleStore()
     schedule = _find(store, name, query)
     _authorize_write(schedule.spec)
@@ -180,7 +181,7 @@ def delete_job(name: str, query: Address):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(query=Address, tags=("scheduler",),
           resp=responses(HTTP_202=Accepted, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
-def run_job(name: str, query: Address):  # type: ignore[no-untyped-def]
+def run_job(name: str, query: Address) -> ResponseReturnValue:
     store = ScheduleStore()
     schedule = _find(store, name, query)
     _authorize_write(schedule.spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 
 from k1.tasks.submissions import (
@@ -41,7 +42,7 @@ class TaskStatus(BaseModel):
 @bp.post("/api/tasks")
 @require_auth
 @validate(json=NewTask, tags=("tasks",), resp=responses(HTTP_202=Accepted, HTTP_403=Error))
-def create_task(json: NewTask):  # type: ignore[no-untyped-def]
+def create_task(json: NewTask) -> ResponseReturnValue:
     """Start a public task for a project the token grants (an operator-only task: for an
     operator's token only, else 403)."""
     try:
@@ -63,7 +64,7 @@ def create_task(json: NewTask):  # type: ignore[no-untyped-def]
 @bp.get("/api/tasks/<task_id>")
 @require_auth
 @validate(tags=("tasks",), resp=responses(HTTP_200=TaskStatus, HTTP_404=Error))
-def get_task(task_id: str):  # type: ignore[no-untyped-def]
+def get_task(task_id: str) -> ResponseReturnValue:
     """A task's state and outcome; 404 for ids K1 never issued and other projects' tasks
     (a 403 would tell that the id exists)."""
     submission = lookup(task_id)
