@@ -17,7 +17,8 @@ from k1.conductor.registry import (
     register,
     validate,
 )
-from tests.conductor.conftest import WORKFLOWS, run_k1, wait_for_workflow, write_json
+from tests.conductor.conftest import WORKFLOWS, wait_for_workflow, write_json
+from tests.support import run_k1
 
 
 def probe_workflow(name: str, version: int = 1, **changes: object) -> dict:

@@ -9,8 +9,8 @@ import requests
 
 from k1.recovery import breakers
 from tests.conftest import API, celery_worker
-from tests.recovery.conftest import control, letters_of, post_task, wait_task
-from tests.support import wait_for
+from tests.recovery.conftest import letters_of, post_task, wait_task
+from tests.support import control, wait_for
 
 ANALYZE = "k1.tasks.analyze_profile"
 

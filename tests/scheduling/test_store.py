@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
 from k1.scheduling import ScheduleConflict, ScheduleSpec, ScheduleStore
 from k1.scheduling.builtins import BUILTINS, ensure_builtins
-from tests.support import VENV_BIN
+from tests.support import run_k1
 
 pytestmark = pytest.mark.usefixtures("services")
 
-
-def run_k1(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "k1"), *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=60)
 
 
 def test_builtins_are_created_only_if_missing_and_only_for_registered_tasks(
