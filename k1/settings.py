@@ -246,15 +246,21 @@ def _beat_timing(env: Mapping[str, str]) -> dict[str, int]:
 def _redis_url(env: Mapping[str, str]) -> str:
     raw = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme == "unix":
+        # redis-py reads unix://, but Celery's broker (kombu) knows no such transport and
+        # RedBeat no other: one URL cannot name a socket for all of them.
         raise SettingsError(
-            f"REDIS_URL: scheme must be redis://, rediss:// or unix://, got {raw!r}"
+            f"REDIS_URL: unix:// sockets are not supported (Celery's broker has no such "
+            f"transport); give Redis a TCP address, redis://host:port/db, got {redact(raw)!r}"
         )
-    if parts.scheme != "unix":
-        _check_host_port("REDIS_URL", raw)
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise SettingsError(f"REDIS_URL: database must be a number, got {db!r}")
+    if parts.scheme not in ("redis", "rediss"):
+        raise SettingsError(
+            f"REDIS_URL: scheme must be redis:// or rediss://, got {redact(raw)!r}"
+        )
+    _check_host_port("REDIS_URL", raw)
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise SettingsError(f"REDIS_URL: database must be a number, got {db!r}")
     if parts.scheme == "rediss":
         # Celery and redis-py refuse rediss:// without a certificate policy. Heroku
         # Redis presents a self-signed certificate and needs K1_REDIS_SSL_CERT_REQS=none.

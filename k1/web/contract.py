@@ -30,11 +30,18 @@ from typing import Annotated, Any, TypeVar
 from flask import Blueprint, Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+)
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.models import SecureType
 from spectree.plugins.flask_plugin import FlaskPlugin
 
+from k1.tasks.submissions import project_id_problem
 from k1.web.errors import APIError, json_object
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,7 +54,17 @@ MAX_INT32 = 2**31 - 1  # Conductor's int fields (workflow versions)
 MAX_NAME = 255  # task names, project ids, filters: the widest column they are compared with
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
-ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+
+
+def _project_id(value: str) -> str:
+    problem = project_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME),
+                      AfterValidator(_project_id)]
 
 
 class Body(BaseModel):

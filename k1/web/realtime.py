@@ -36,6 +36,7 @@ from flask_socketio import emit as reply
 from k1.auth import InvalidToken, Principal, is_revoked, verify_token
 from k1.connections import get_redis
 from k1.events import PLATFORM_ROOM, metrics, project_room, user_room
+from k1.tasks.submissions import SubmissionError, validate_project_id
 from k1.web.metrics import dlq_stats
 from k1.web.offload import blocking
 
@@ -222,9 +223,10 @@ def _change_room(principal: Principal | None, data: Any, *, join: bool) -> dict[
         return _refuse(action, "not authenticated", project_id)
     if principal.expires_at < time.time():
         return _refuse(action, "token expired; reconnect with a fresh token", project_id)
-    if not isinstance(project_id, str | int) or isinstance(project_id, bool) or project_id == "":
-        return _refuse(action, "project_id: required, a string", None)
-    project_id = str(project_id)
+    try:
+        project_id = validate_project_id(project_id)
+    except SubmissionError as exc:
+        return _refuse(action, str(exc), None)
     if not principal.can_see(project_id):
         return _refuse(action, f"token does not grant project {project_id!r}", project_id)
     (join_room if join else leave_room)(project_room(project_id))

@@ -84,7 +84,8 @@ def test_structural_problems_are_all_reported(tmp_path: Path) -> None:
     for expected in (
         "workflow.version: required, an integer >= 1",
         "refers to task 'nowhere', which this workflow does not have",
-        "inputParameters colour are not arguments of k1.conductor.render_report",
+        "inputParameters: arguments do not match k1.conductor.render_report",
+        "unexpected keyword argument 'colour'",
         "SIMPLE task 'k1.tasks.nope' is not a K1 Celery task",
         "SIMPLE task 'k1.tasks.nope' has no definition in this file's \"tasks\"",
         "type 'HTTP' is not served by K1",
