@@ -17,13 +17,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, current_app, g, jsonify, request
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel
 
 from k1.auth import InvalidToken, Principal, exchange_signin_token, verify_token
 from k1.settings import DEFAULT_TOKEN_TTL
 from k1.web.contract import Error, Response, validate
-from k1.web.errors import APIError
+from k1.web.errors import Answer, APIError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,7 +76,7 @@ class SessionToken(BaseModel):
 @bp.post("/api/auth/exchange")
 @validate(public=True, tags=("auth",), resp=Response(HTTP_200=SessionToken, HTTP_401=Error,
                                                      HTTP_429=Error, HTTP_503=Error))
-def exchange() -> ResponseReturnValue:
+def exchange() -> Answer:
     """Trade the sign-in token in ``Authorization: Bearer`` for a session token (once)."""
     try:
         token, expires_at = exchange_signin_token(

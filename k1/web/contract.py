@@ -29,7 +29,6 @@ from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from flask.typing import ResponseReturnValue
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -42,7 +41,7 @@ from spectree.models import SecureType
 from spectree.plugins.flask_plugin import FlaskPlugin
 
 from k1.tasks.submissions import project_id_problem
-from k1.web.errors import APIError, json_object
+from k1.web.errors import Answer, APIError, json_object
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -275,7 +274,7 @@ bp = Blueprint("contract", __name__)
 
 @bp.get("/api/openapi.json")
 @validate(public=True, resp=Response(HTTP_200=None), tags=("contract",))
-def openapi() -> ResponseReturnValue:
+def openapi() -> Answer:
     """The OpenAPI 3.1 description of this API (no token needed)."""
     return jsonify(api.spec)
 

@@ -6,7 +6,6 @@ scrape job a long-lived one (``authorization: {credentials: <token>}``).
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
-from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
@@ -14,6 +13,7 @@ from k1.events import metrics
 from k1.recovery.dlq.store import DeadLetterStore
 from k1.web.auth import require_auth
 from k1.web.contract import responses, validate
+from k1.web.errors import Answer
 from k1.web.offload import blocking
 
 bp = Blueprint("metrics", __name__)
@@ -41,13 +41,13 @@ class Metrics(BaseModel):
 @bp.get("/api/metrics")
 @require_auth
 @validate(tags=("metrics",), resp=responses(HTTP_200=Metrics))
-def validation_metrics() -> ResponseReturnValue:
+def validation_metrics() -> Answer:
     return jsonify(metrics.report(blocking(dlq_stats)))
 
 
 @bp.get("/metrics")
 @require_auth
 @validate(tags=("metrics",), resp=responses(HTTP_200=None))
-def prometheus() -> ResponseReturnValue:
+def prometheus() -> Answer:
     body = metrics.prometheus_text(blocking(dlq_stats))
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,6 @@ import contextlib
 from typing import Any, Literal
 
 from flask import Blueprint, jsonify, request
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 
 from k1.scheduling import (
@@ -41,40 +40,40 @@ from k1.web.contract import (
     responses,
     validate,
 )
-from k1.web.errors import APIError, error_response
+from k1.web.errors import Answer, APIError, error_response
 
 bp = Blueprint("scheduler", __name__)
 
 
 @bp.errorhandler(InvalidSchedule)
-def _invalid(exc: InvalidSchedule) -> ResponseReturnValue:
+def _invalid(exc: InvalidSchedule) -> Answer:
     return error_response(APIError(400, str(exc), detail={"field": exc.field,
                                                           "problem": exc.problem}))
 
 
 @bp.errorhandler(ScheduleNotFound)
-def _not_found(exc: ScheduleNotFound) -> ResponseReturnValue:
+def _not_found(exc: ScheduleNotFound) -> Answer:
     return error_response(APIError(404, "schedule not found", detail=str(exc)))
 
 
 @bp.errorhandler(ScheduleExists)
-def _exists(exc: ScheduleExists) -> ResponseReturnValue:
+def _exists(exc: ScheduleExists) -> Answer:
     return error_response(APIError(409, str(exc), detail={"field": "name", "value": exc.name}))
 
 
 @bp.errorhandler(AmbiguousSchedule)
-def _ambiguous(exc: AmbiguousSchedule) -> ResponseReturnValue:
+def _ambiguous(exc: AmbiguousSchedule) -> Answer:
     return error_response(APIError(409, str(exc), detail={"field": "project_id",
                                                           "projects": exc.projects}))
 
 
 @bp.errorhandler(ScheduleConflict)
-def _conflict(exc: ScheduleConflict) -> ResponseReturnValue:
+def _conflict(exc: ScheduleConflict) -> Answer:
     return error_response(APIError(409, str(exc), detail=dict(request.view_args or {})))
 
 
 @bp.errorhandler(SubmissionError)  # run now: the task's signature changed since scheduled
-def _refused(exc: SubmissionError) -> ResponseReturnValue:
+def _refused(exc: SubmissionError) -> Answer:
     return error_response(APIError(400, str(exc), detail=dict(request.view_args or {})))
 
 
@@ -122,7 +121,7 @@ class Address(Query):
 @bp.get("/api/scheduler/jobs")
 @require_auth
 @validate(tags=("scheduler",), resp=responses(HTTP_200=Jobs))
-def list_jobs() -> ResponseReturnValue:
+def list_jobs() -> Answer:
     principal = current_principal()
     jobs = [s.to_json() for s in ScheduleStore().list() if principal.can_see(s.spec.project_id)]
     return jsonify(jobs=jobs)
@@ -132,7 +131,7 @@ def list_jobs() -> ResponseReturnValue:
 @require_auth
 @validate(json=NewSchedule, tags=("scheduler",),
           resp=responses(HTTP_201=Job, HTTP_403=Error, HTTP_409=Error))
-def create_job(json: NewSchedule) -> ResponseReturnValue:
+def create_job(json: NewSchedule) -> Answer:
     store = ScheduleStore()
     spec = store.validate(_given(json))
     _authorize_write(spec)
@@ -145,7 +144,7 @@ def create_job(json: NewSchedule) -> ResponseReturnValue:
 @require_auth
 @validate(query=Address, tags=("scheduler",),
           resp=responses(HTTP_200=Job, HTTP_404=Error, HTTP_409=Error))
-def get_job(name: str, query: Address) -> ResponseReturnValue:
+def get_job(name: str, query: Address) -> Answer:
     schedule = _find(ScheduleStore(), name, query)
     return jsonify({**schedule.to_json(), "recent_fires": recent_fires(schedule.id)})
 
@@ -154,7 +153,7 @@ def get_job(name: str, query: Address) -> ResponseReturnValue:
 @require_auth
 @validate(json=ScheduleChanges, query=Address, tags=("scheduler",),
           resp=responses(HTTP_200=Job, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
-def update_job(name: str, json: ScheduleChanges, query: Address) -> ResponseReturnValue:
+def update_job(name: str, json: ScheduleChanges, query: Address) -> Answer:
     store = ScheduleStore()
     changes = _given(json)
     current = _find(store, name, query)
@@ -168,7 +167,7 @@ def update_job(name: str, json: ScheduleChanges, query: Address) -> ResponseRetu
 @require_auth
 @validate(query=Address, tags=("scheduler",),
           resp=responses(HTTP_204=None, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
-def delete_job(name: str, query: Address) -> ResponseReturnValue:
+def delete_job(name: str, query: Address) -> Answer:
     store = ScheduleStore()
     schedule = _find(store, name, query)
     _authorize_write(schedule.spec)
@@ -181,7 +180,7 @@ def delete_job(name: str, query: Address) -> ResponseReturnValue:
 @require_auth
 @validate(query=Address, tags=("scheduler",),
           resp=responses(HTTP_202=Accepted, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
-def run_job(name: str, query: Address) -> ResponseReturnValue:
+def run_job(name: str, query: Address) -> Answer:
     store = ScheduleStore()
     schedule = _find(store, name, query)
     _authorize_write(schedule.spec)

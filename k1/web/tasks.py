@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 
 from k1.tasks.submissions import (
@@ -18,7 +17,7 @@ from k1.tasks.submissions import (
 )
 from k1.web.auth import authorize_project, current_principal, require_auth
 from k1.web.contract import Accepted, Body, Error, Name, ProjectId, responses, validate
-from k1.web.errors import APIError
+from k1.web.errors import Answer, APIError
 
 bp = Blueprint("tasks", __name__)
 
@@ -42,7 +41,7 @@ class TaskStatus(BaseModel):
 @bp.post("/api/tasks")
 @require_auth
 @validate(json=NewTask, tags=("tasks",), resp=responses(HTTP_202=Accepted, HTTP_403=Error))
-def create_task(json: NewTask) -> ResponseReturnValue:
+def create_task(json: NewTask) -> Answer:
     """Start a public task for a project the token grants (an operator-only task: for an
     operator's token only, else 403)."""
     try:
@@ -64,7 +63,7 @@ def create_task(json: NewTask) -> ResponseReturnValue:
 @bp.get("/api/tasks/<task_id>")
 @require_auth
 @validate(tags=("tasks",), resp=responses(HTTP_200=TaskStatus, HTTP_404=Error))
-def get_task(task_id: str) -> ResponseReturnValue:
+def get_task(task_id: str) -> Answer:
     """A task's state and outcome; 404 for ids K1 never issued and other projects' tasks
     (a 403 would tell that the id exists)."""
     submission = lookup(task_id)

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
-from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, Field
 
 from k1.conductor import executions
@@ -33,7 +32,7 @@ from k1.settings import get_settings
 from k1.tasks.submissions import send
 from k1.web.auth import authorize_project, current_principal, require_auth, require_operator
 from k1.web.contract import MAX_INT32, Body, Error, ProjectId, Query, responses, validate
-from k1.web.errors import APIError, error_response
+from k1.web.errors import Answer, APIError, error_response
 
 bp = Blueprint("workflows", __name__)
 
@@ -67,32 +66,32 @@ class Deferred(BaseModel):
 
 # The client's exceptions, mapped once for every route (most specific class wins).
 @bp.errorhandler(ConductorNotConfigured)
-def _not_configured(exc: ConductorNotConfigured) -> ResponseReturnValue:
+def _not_configured(exc: ConductorNotConfigured) -> Answer:
     return error_response(APIError(503, "conductor not configured", detail=str(exc)))
 
 
 @bp.errorhandler(ConductorNotFound)
-def _not_found(exc: ConductorNotFound) -> ResponseReturnValue:
+def _not_found(exc: ConductorNotFound) -> Answer:
     return error_response(APIError(404, "workflow not found", detail=str(exc)))
 
 
 @bp.errorhandler(ConductorInvalidInput)
-def _invalid(exc: ConductorInvalidInput) -> ResponseReturnValue:
+def _invalid(exc: ConductorInvalidInput) -> Answer:
     return error_response(APIError(400, str(exc), detail={"field": exc.field}))
 
 
 @bp.errorhandler(ConductorRejected)
-def _rejected(exc: ConductorRejected) -> ResponseReturnValue:
+def _rejected(exc: ConductorRejected) -> Answer:
     return error_response(APIError(400, "conductor refused the request", detail=str(exc)))
 
 
 @bp.errorhandler(ConductorUnreachable)
-def _unreachable(exc: ConductorUnreachable) -> ResponseReturnValue:
+def _unreachable(exc: ConductorUnreachable) -> Answer:
     return error_response(APIError(503, "conductor unavailable", detail=str(exc)))
 
 
 @bp.errorhandler(ValidationFailed)
-def _bad_files(exc: ValidationFailed) -> ResponseReturnValue:
+def _bad_files(exc: ValidationFailed) -> Answer:
     # Which workflows are operator only cannot be told: refuse rather than guess.
     return error_response(APIError(503, "workflow files invalid", detail=str(exc)))
 
@@ -100,7 +99,7 @@ def _bad_files(exc: ValidationFailed) -> ResponseReturnValue:
 @bp.get("/api/workflows")
 @require_auth
 @validate(query=Recent, tags=("workflows",), resp=responses(HTTP_200=Workflows))
-def list_workflows(query: Recent) -> ResponseReturnValue:
+def list_workflows(query: Recent) -> Answer:
     limit = query.limit
     principal = current_principal()
     projects = None if principal.is_operator else principal.projects
@@ -113,7 +112,7 @@ def list_workflows(query: Recent) -> ResponseReturnValue:
 @require_auth
 @validate(json=Start, tags=("workflows",),
           resp=responses(HTTP_201=Started, HTTP_202=Deferred, HTTP_403=Error, HTTP_404=Error))
-def start_workflow(name: str, json: Start) -> ResponseReturnValue:
+def start_workflow(name: str, json: Start) -> Answer:
     """Start ``name`` for ``project_id``; an operator-only workflow (its file says so) is
     platform-wide: operator tokens only, and started for no project.
     """
