@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 
 import pytest
 import requests
 from sqlalchemy import create_engine, func, select
 
-from tests.conftest import API, LOGS
+from tests.conftest import API, BASE, LOGS
 from tests.fault.platform import Load, Outcome, Platform, report
 from tests.support import VENV_BIN, PostgresServer, free_port, wait_for
 
@@ -28,7 +29,9 @@ DOWNTIME = 60.0  # s the database stays down, at least (the fault itself)
 
 
 def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, make_token) -> None:  # type: ignore[no-untyped-def]
-    database = PostgresServer(free_port(), tmp_path / "pg", LOGS).start()
+    # Under the session's folder: PostgreSQL runs as its own user and must reach it.
+    database = PostgresServer(free_port(), BASE / f"pg-{uuid.uuid4().hex[:8]}" / "data",
+                              LOGS).start()
     url = database.url.replace("postgresql://", "postgresql+psycopg://")
     env = {"DATABASE_URL": database.url}
     try:
