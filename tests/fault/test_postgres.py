@@ -52,7 +52,11 @@ def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, mak
                 hostile.send(1)
             load.task_ids.update(hostile.task_ids)
             load.wait_done(timeout=300, states=("FAILURE",))
-            spooled = platform.redis_client().llen("k1:dlq:spool")
+            # A task's FAILURE is stored before its on_failure spools the letter: wait for it.
+            spool = platform.redis_client()
+            spooled = wait_for(lambda: spool.llen("k1:dlq:spool") >= LETTERS and
+                               spool.llen("k1:dlq:spool"), timeout=60,
+                               message=lambda: f"{spool.llen('k1:dlq:spool')} letters spooled")
             # While it is down: 503 where the database is needed, the rest still served.
             assert api.get("/api/dlq").status_code == 503
             assert requests.get(f"{web}/api/health", timeout=10).status_code == 503
