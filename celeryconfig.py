@@ -52,6 +52,19 @@ worker_soft_shutdown_timeout = _settings.worker_shutdown_grace
 worker_send_task_events = True
 task_send_sent_event = True
 
+# K1's own work has its own queue, so a user backlog never delays it: workers consume
+# both (Procfile: -Q celery,k1.platform) and Kombu's Redis transport takes turns between
+# the queues it consumes, so a platform task waits for at most one user task per free
+# slot, whatever the user queue's length (docs/flow.md). A retry stays on its queue.
+PLATFORM_QUEUE = "k1.platform"
+task_default_queue = "celery"
+task_routes = {
+    "k1.dlq.*": {"queue": PLATFORM_QUEUE},  # spool drain, retention, depth snapshots
+    "k1.history.*": {"queue": PLATFORM_QUEUE},
+    "k1.conductor.report_outcome": {"queue": PLATFORM_QUEUE},  # settles finished work
+    "k1.flow.*": {"queue": PLATFORM_QUEUE},
+}
+
 imports = ("k1.tasks", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
            "k1.recovery.dlq.tasks", "k1.conductor.tasks")
 

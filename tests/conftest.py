@@ -82,7 +82,12 @@ def k1_process(name: str, *argv: str, env: dict[str, str] | None = None) -> Proc
     return Process(name, argv, {**os.environ, **(env or {})}, LOGS)
 
 
-def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None) -> Process:
+# Like the Procfile's worker: user tasks and K1's own (celeryconfig.PLATFORM_QUEUE).
+WORKER_QUEUES = "celery,k1.platform"
+
+
+def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = WORKER_QUEUES,
+                  include: str | None = None) -> Process:
     """A real prefork Celery worker process, started and answering pings."""
     from k1.celery import app
 
@@ -92,6 +97,8 @@ def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None)
             "--without-gossip"]
     if queues:
         argv += ["--queues", queues]
+    if include:  # extra task modules (tests' own tasks)
+        argv += ["--include", include]
     worker = k1_process(name, *argv).start()
     worker.wait_until(
         lambda: app.control.ping(destination=[hostname], timeout=0.5), 60, "did not answer ping"
