@@ -46,7 +46,7 @@ PAUSE_AFTER_FAILURE = 5.0  # seconds without publishing after a failure: tasks s
 
 # Socket.IO event names (the outside contract) and the task_event types.
 EVENT_NAMES = ("task_event", "task_completed", "dlq_changed", "breaker_state",
-               "schedule_fired", "workflow_event", "metrics")
+               "schedule_fired", "workflow_event", "metrics", "limit_state")
 TASK_EVENT_TYPES = ("received", "started", "retried", "succeeded", "failed", "dead")
 
 

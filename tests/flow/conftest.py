@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import celery_worker
-from tests.support import Process
+from tests.support import Process, wait_for
 
 TASKS = "tests.flow.tasks"
 
@@ -27,19 +27,35 @@ def redis_client(services: dict[str, object]):  # type: ignore[no-untyped-def]
     return get_redis()
 
 
-def runs(tag: str) -> list[tuple[float, float, int, str]]:
-    """The recorded runs under ``tag``: (start, end, pid, task id)."""
+Run = tuple[float, float, int, int, str]  # start, end, pid, attempt, task id
+
+
+def runs(tag: str) -> list[Run]:
+    """The recorded runs under ``tag``, by start time."""
     from k1.connections import get_redis
     from tests.flow.tasks import RUNS
 
     rows = []
     for line in get_redis().lrange(RUNS.format(tag), 0, -1):
-        start, end, pid, task_id = line.split()
-        rows.append((float(start), float(end), int(pid), task_id))
-    return rows
+        start, end, pid, attempt, task_id = line.split()
+        rows.append((float(start), float(end), int(pid), int(attempt), task_id))
+    return sorted(rows)
 
 
-def max_overlap(rows: list[tuple[float, float, int, str]]) -> int:
+def wait_runs(tag: str, count: int, timeout: float) -> list[Run]:
+    return wait_for(lambda: len(runs(tag)) >= count and runs(tag), timeout=timeout,
+                    interval=0.2, message=lambda: f"{len(runs(tag))} of {count} runs of {tag}")
+
+
+def send(task: str, count: int, *, queue: str | None = None, **kwargs: object) -> list[str]:
+    from k1.celery import app
+
+    with app.producer_or_acquire() as producer:
+        return [app.send_task(task, kwargs=kwargs, producer=producer, queue=queue).id
+                for _ in range(count)]
+
+
+def max_overlap(rows: list[Run]) -> int:
     """The most runs in progress at one moment (from their start and end times)."""
     edges = sorted([(start, 1) for start, *_ in rows] + [(end, -1) for _, end, *_ in rows],
                    key=lambda edge: (edge[0], edge[1]))  # an end before a start at a tie

@@ -23,7 +23,7 @@ def test_platform_task_starts_promptly_behind_a_user_backlog(flow_workers, redis
                 app.send_task("tests.flow.hold", kwargs={"project_id": "acme", "tag": tag,
                                                          "ms": USER_TASK_MS},
                               producer=producer)
-        wait_for(lambda: runs(tag), timeout=30, message="no user task ran at all")
+        wait_for(lambda: runs(tag), timeout=60, message="no user task ran at all")
         sent = time.monotonic()
         result = app.send_task("k1.dlq.snapshot_depth")
         assert result.get(timeout=30) is not None  # ran (bounded wait, then a clear failure)
