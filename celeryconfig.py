@@ -66,7 +66,7 @@ task_routes = {
 }
 
 imports = ("k1.tasks", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
-           "k1.recovery.dlq.tasks", "k1.conductor.tasks")
+           "k1.recovery.dlq.tasks", "k1.conductor.tasks", "k1.flow.queues")
 
 # RedBeat, extended by K1 (time zones, catch-up policy, fire accounting; k1.scheduling).
 beat_scheduler = "k1.scheduling.beat:K1Scheduler"

@@ -28,26 +28,32 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis
+from celery import signals
 
+from k1.connections import get_redis
+from k1.flow import queues
 from k1.flow.gate import LimitExceeded, Slot, give_back, holding, reserve_start, take_slot
 from k1.flow.limits import (
     PER_GLOBAL,
     InvalidLimit,
     Limit,
-    RuntimeLimits,
+    Refreshed,
     code_limits,
     effective,
+    read_runtime,
 )
 
-__all__ = ["InvalidLimit", "Limit", "LimitExceeded", "Limiter", "admitted", "limiter",
-           "limits_in_force", "wait_countdown"]
+__all__ = ["InvalidLimit", "Limit", "LimitExceeded", "Limiter", "admitted", "declared_limits",
+           "fleet_declared_limits", "limiter", "limits_in_force", "queues", "wait_countdown"]
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +66,17 @@ MAX_RESERVATION = 30.0
 RUN_NOW = 0.05  # s: a start reserved this close is taken at once (sleeping in place)
 MAX_LIMIT_WAITS = 2_000  # ~5 h of waits at the longest interval, then the task fails
 
-RUNTIME = RuntimeLimits()
+RUNTIME = Refreshed(read_runtime)
 _code_cache: tuple[int, dict[str, Limit]] = (-1, {})
 
 
 def limits_in_force() -> dict[str, Limit]:
     """Every limit: those declared on registered tasks, replaced by run-time ones."""
-    return effective(_code_limits(), RUNTIME.current())
+    return effective(declared_limits(), RUNTIME.current())
 
 
-def _code_limits() -> dict[str, Limit]:
+def declared_limits() -> dict[str, Limit]:
+    """The limits declared on the tasks registered in this process."""
     global _code_cache
     from k1.celery import app
 
@@ -77,6 +84,40 @@ def _code_limits() -> dict[str, Limit]:
     if _code_cache[0] != count:  # a task module was imported since
         _code_cache = (count, code_limits(app.tasks.values()))
     return _code_cache[1]
+
+
+DECLARED_KEY = "k1:flow:declared"  # hash: name -> JSON of a limit declared on workers' tasks
+DECLARED_TTL = 2 * 3600  # s: a worker republishes hourly; a limit gone from code fades out
+REPUBLISH_EVERY = 3600
+
+
+def fleet_declared_limits() -> dict[str, Limit]:
+    """Limits declared on tasks of this process or of any running worker (which may
+    register tasks this process does not: the API lists them too)."""
+    published = {}
+    for name, raw in get_redis().hgetall(DECLARED_KEY).items():
+        entry = json.loads(raw)
+        if entry["at"] > time.time() - DECLARED_TTL:
+            published[name] = Limit.from_dict(name, entry["limit"])
+    return {**published, **declared_limits()}
+
+
+@signals.worker_ready.connect
+def _publish_declared(**_: Any) -> None:
+    """Publish this worker's declared limits now and hourly (a daemon thread)."""
+    def publish() -> None:
+        while True:
+            try:
+                entries = {limit.name: json.dumps({"at": time.time(), "limit": {
+                    k: v for k, v in limit.as_dict().items() if k != "name"}})
+                    for limit in declared_limits().values()}
+                if entries:
+                    get_redis().hset(DECLARED_KEY, mapping=entries)
+            except redis.RedisError as exc:
+                log.warning("could not publish declared limits (%s)", exc)
+            time.sleep(REPUBLISH_EVERY)
+
+    threading.Thread(target=publish, name="k1-flow-declared", daemon=True).start()
 
 
 class RateWait(LimitExceeded):

@@ -11,9 +11,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from k1.connections import get_redis
 
@@ -26,6 +26,7 @@ MAX_RATE = 100_000  # per unit: beyond that a Redis round trip per call costs mo
 NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 ARGUMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
+T = TypeVar("T")
 RUNTIME_KEY = "k1:flow:limits"  # hash: name -> JSON of a run-time limit
 # Every process re-reads the run-time limits this often: a change takes effect within 2 s.
 REFRESH_INTERVAL = 1.0
@@ -113,8 +114,8 @@ class Limit:
         if unknown:
             raise InvalidLimit(unknown[0], "unknown field")
         tasks = data.get("tasks")
-        if not isinstance(tasks, list) or not tasks:
-            raise InvalidLimit("tasks", "a non-empty list of task names")
+        if not isinstance(tasks, list):  # empty: a limit for limiter() calls only
+            raise InvalidLimit("tasks", "a list of task names")
         return cls(name=name, tasks=tuple(tasks), per=data.get("per", PER_GLOBAL),
                    concurrency=data.get("concurrency"), rate=data.get("rate"),
                    lease=data.get("lease", DEFAULT_LEASE))
@@ -148,21 +149,23 @@ def code_limits(tasks: Iterable[Any]) -> dict[str, Limit]:
     return merged
 
 
-class RuntimeLimits:
-    """The run-time limits, as stored in Redis, re-read at most every
-    :data:`REFRESH_INTERVAL` seconds by each process."""
+class Refreshed(Generic[T]):
+    """A value read from Redis at most every :data:`REFRESH_INTERVAL` seconds per process
+    (run-time limits, paused queues): changes reach every worker within 2 s, and a task
+    costs no Redis round trip for them in between."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[[], T]) -> None:
+        self._read = read
         self._lock = threading.Lock()
         self._read_at = float("-inf")
-        self._limits: dict[str, Limit] = {}
+        self._value: T | None = None
 
-    def current(self) -> dict[str, Limit]:
+    def current(self) -> T:
         with self._lock:
-            if time.monotonic() - self._read_at >= REFRESH_INTERVAL:
-                self._limits = read_runtime()
+            if self._value is None or time.monotonic() - self._read_at >= REFRESH_INTERVAL:
+                self._value = self._read()
                 self._read_at = time.monotonic()
-            return self._limits
+            return self._value
 
     def forget(self) -> None:
         with self._lock:

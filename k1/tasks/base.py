@@ -66,6 +66,7 @@ class K1Task(Task):
             cls.limits = flow.limits.check_declared(cls.limits, cls.name or cls.__name__)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flow.queues.check_not_paused(self.request)
         try:
             reserved = frozenset(self.request.get(headers.LIMIT_RESERVED) or ())
             with flow.admitted(self, args, kwargs, project_of(self, kwargs), reserved):

@@ -18,6 +18,7 @@ from k1.web import (
     dashboard,
     dlq,
     health,
+    limits,
     metrics,
     realtime,
     scheduler,
@@ -35,7 +36,7 @@ MAX_CLIENT_PAYLOAD = 64 * 1024  # bytes; client events are small (subscribe/unsu
 socketio = SocketIO()
 
 BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp, scheduler.bp,
-              workflows.bp, auth.bp)
+              workflows.bp, auth.bp, limits.bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
