@@ -52,8 +52,9 @@ from k1.flow.limits import (
     read_runtime,
 )
 
-__all__ = ["InvalidLimit", "Limit", "LimitExceeded", "Limiter", "admitted", "declared_limits",
-           "fleet_declared_limits", "limiter", "limits_in_force", "queues", "wait_countdown"]
+__all__ = ["CONCURRENCY_WAIT_MAX", "InvalidLimit", "Limit", "LimitExceeded", "Limiter",
+           "RateWait", "admitted", "declared_limits", "fleet_declared_limits", "limiter",
+           "limits_in_force", "queues", "wait_countdown"]
 
 log = logging.getLogger(__name__)
 

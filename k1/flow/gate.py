@@ -47,7 +47,9 @@ if used < tonumber(ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], lease)
   return {1, used + 1, 0}
 end
-local fresh = redis.call('SET', KEYS[2], '1', 'NX', 'PX', lease) and 1 or 0
+-- Each refusal extends the flag, so a long saturation is announced once.
+local fresh = 1 - redis.call('EXISTS', KEYS[2])
+redis.call('SET', KEYS[2], '1', 'PX', lease)
 return {0, used, fresh}
 """
 # KEYS: slots, saturated flag. ARGV: limit, lease id. Returns {slots in use, cleared 0|1}.

@@ -22,6 +22,7 @@ import logging
 import re
 from typing import Any
 
+import redis
 from celery import signals
 from celery.exceptions import Reject
 
@@ -101,7 +102,12 @@ def check_not_paused(request: Any) -> None:
     """Hand a task fetched from a paused queue back to that queue (Kombu puts a requeued
     message at the back: it waits behind what was queued before it)."""
     queue = (request.delivery_info or {}).get("routing_key")
-    if queue and queue in PAUSED.current():
+    try:
+        paused = queue is not None and queue in PAUSED.current()
+    except redis.RedisError as exc:  # the broker is Redis too: it is likely back soon
+        log.warning("paused queues unreadable (%s); running the task", exc)
+        return
+    if paused:
         raise Reject(f"queue {queue} is paused", requeue=True)
 
 
