@@ -43,3 +43,32 @@ def test_platform_tasks_are_routed_to_the_platform_queue():
         route = app.amqp.router.route({}, name)
         assert route["queue"].name == "k1.platform", name
     assert app.amqp.router.route({}, "k1.tasks.demo.flaky")["queue"].name == "celery"
+
+
+def test_a_retry_goes_to_the_back_of_its_queue(flow_workers, redis_client):
+    """The documented choice (docs/flow.md): a retry due in ~1 s is published behind the
+    backlog queued when its task failed, and waits for it (the figure is printed)."""
+    from k1.celery import app
+
+    ahead, behind_tag, key = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+    queued_behind = BACKLOG // 2
+    try:
+        with app.producer_or_acquire() as producer:
+            for tag, count in ((ahead, BACKLOG // 4), (None, 1), (behind_tag, queued_behind)):
+                for _ in range(count):
+                    if tag is None:  # fails once, retried after the policy's ~1 s
+                        app.send_task("k1.tasks.demo.flaky", producer=producer, kwargs={
+                            "project_id": "acme", "fail_times": 1, "key": key})
+                    else:
+                        app.send_task("tests.flow.hold", producer=producer, kwargs={
+                            "project_id": "acme", "tag": tag, "ms": USER_TASK_MS})
+        runs_key = f"k1:flaky:{key}:runs"
+        wait_for(lambda: redis_client.llen(runs_key) == 2, timeout=180,
+                 message="the retry never ran")
+        first, second = (float(x) for x in redis_client.lrange(runs_key, 0, -1))
+        before = sum(1 for start, *_ in runs(behind_tag) if start < second)
+        print(f"retry due in ~1 s ran {second - first:.1f}s after the failure, after "
+              f"{before} of the {queued_behind} tasks queued behind the failed run")
+        assert before >= queued_behind * 0.9, f"the retry jumped the queue ({before} before)"
+    finally:
+        redis_client.delete("celery")
