@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import redis
@@ -35,6 +36,7 @@ PAUSED_KEY = "k1:flow:paused"  # set of paused queue names
 WORKERS_KEY = "k1:flow:paused:{}:workers"  # set: workers that consumed a paused queue
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 CONTROL_TIMEOUT = 2.0  # seconds a broadcast waits for the workers' replies
+CONFIRM_TIMEOUT = 10.0  # seconds pause waits for every worker to have stopped consuming
 
 
 class InvalidQueue(ValueError):
@@ -71,6 +73,14 @@ def pause(queue: str) -> dict[str, Any]:
         pipe.sadd(WORKERS_KEY.format(queue), *consuming)
     pipe.execute()
     app.control.cancel_consumer(queue, reply=True, timeout=CONTROL_TIMEOUT)
+    # A worker replies before its consumer acts on the command (call_soon): wait until
+    # none lists the queue, so that "paused" means no fetch from it has just been made.
+    deadline = time.monotonic() + CONFIRM_TIMEOUT
+    while consuming and time.monotonic() < deadline:
+        consuming = _consumers_of(app, queue)
+    if consuming:
+        log.warning("queue %s: %s still consuming after the pause; the tasks they fetch "
+                    "are handed back", queue, ", ".join(consuming))
     workers = sorted(client.smembers(WORKERS_KEY.format(queue)))
     log.warning("queue %s paused (workers: %s)", queue, ", ".join(workers) or "none")
     return {"queue": queue, "paused": True, "workers": workers}
