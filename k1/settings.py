@@ -92,6 +92,19 @@ def redis_error_fix(message: str) -> str | None:
     return next((fix for marker, fix in REDIS_ERROR_FIXES if marker in message), None)
 
 
+def local_data_dir(env: Mapping[str, str]) -> Path:
+    """``$K1_DATA_DIR`` (default ``.k1``): readable without the rest of the settings."""
+    return Path(env.get("K1_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+def conductor_cache_dir(env: Mapping[str, str]) -> Path:
+    """The one jar cache of ``k1 conductor-server``, tests and benchmarks:
+    ``$K1_CONDUCTOR_CACHE``, default ``$K1_DATA_DIR/cache/conductor``. Readable without a
+    secret key, so that set-up can fetch the jar before any ``.env`` exists.
+    """
+    return Path(env.get("K1_CONDUCTOR_CACHE") or local_data_dir(env) / "cache" / "conductor")
+
+
 class SettingsError(ValueError):
     """A variable of the environment is missing or malformed; the message names it."""
 
@@ -129,7 +142,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise SettingsError."""
         env = os.environ if env is None else env
-        data_dir = Path(env.get("K1_DATA_DIR", DEFAULT_DATA_DIR))
+        data_dir = local_data_dir(env)
         return cls(
             redis_url=_redis_url(env),
             database_url=_database_url(env, data_dir),
@@ -156,8 +169,7 @@ class Settings:
             breaker_fail_max=_int(env, "K1_BREAKER_FAIL_MAX", 5, low=1),
             breaker_reset_timeout=_int(env, "K1_BREAKER_RESET_TIMEOUT", 60, low=1),
             workflows_dir=Path(env.get("K1_WORKFLOWS_DIR") or DEFAULT_WORKFLOWS_DIR),
-            conductor_cache_dir=Path(env.get("K1_CONDUCTOR_CACHE")
-                                     or data_dir / "cache" / "conductor"),
+            conductor_cache_dir=conductor_cache_dir(env),
             task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
             worker_shutdown_grace=_int(env, "K1_WORKER_SHUTDOWN_GRACE",
                                        DEFAULT_WORKER_SHUTDOWN_GRACE, low=0, high=3600),
@@ -195,18 +207,27 @@ def read_dotenv(path: Path = DOTENV_PATH) -> dict[str, str]:
     return parse(path.read_text()) if path.is_file() else {}
 
 
+# The names .env supplied to this process (the environment did not set them): `k1 check`
+# and `k1 env` say where each value came from.
+DOTENV_SUPPLIED: dict[str, str] = {}
+
+
 def load_dotenv(
     path: Path = DOTENV_PATH, environ: MutableMapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Fill ``environ`` (default ``os.environ``) from ``path`` where it sets nothing.
+    """Fill ``environ`` (default ``os.environ``, recorded in :data:`DOTENV_SUPPLIED`) from
+    ``path`` where it sets nothing.
 
     The environment always wins: an exported variable is never replaced by the file.
     Returns what the file supplied, so tools can say where each value came from.
     """
+    into_process = environ is None
     environ = os.environ if environ is None else environ
     supplied = {name: value for name, value in read_dotenv(path).items()
                 if name not in environ}
     environ.update(supplied)
+    if into_process:
+        DOTENV_SUPPLIED.update(supplied)
     return supplied
 
 

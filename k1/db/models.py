@@ -2,5 +2,6 @@
 
 from k1.db import Base
 from k1.recovery.dlq.models import DeadLetter, DepthSnapshot
+from k1.tasks.effects import EffectEntry
 
-__all__ = ["Base", "DeadLetter", "DepthSnapshot"]
+__all__ = ["Base", "DeadLetter", "DepthSnapshot", "EffectEntry"]

@@ -1,4 +1,5 @@
-"""The dead-letter queue over HTTP: stats, list, show, replay (one or by filter), discard.
+"""The dead-letter queue over HTTP: stats, list, show, replay (one or by filter), discard,
+and the quarantine (letters the database refused even repaired).
 
 A token sees the letters of its projects; an operator token (project ``*``) sees all.
 Another project's letter answers 404, like one that does not exist.
@@ -57,6 +58,24 @@ class LetterQuery(Query, Filters):
 
     limit: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_LIMIT})
     cursor: str | None = Field(None, max_length=200)
+
+
+class QuarantineQuery(Query):
+    limit: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_LIMIT})
+
+
+class Quarantined(BaseModel):
+    id: int
+    quarantined_at: str | None
+    reason: str
+    project_id: str | None
+    task_id: str | None
+    task_name: str | None
+    payload: Any
+
+
+class QuarantinePage(BaseModel):
+    items: list[Quarantined]
 
 
 class ReplayOne(Body):
@@ -145,6 +164,15 @@ def _filters(params: dict[str, Any], extra: tuple[str, ...] = ()) -> LetterFilte
 @validate(tags=("dlq",), resp=responses(HTTP_200=Stats))
 def stats():  # type: ignore[no-untyped-def]
     return jsonify(blocking(store.stats, _scope()))
+
+
+@bp.get("/api/dlq/quarantine")
+@require_auth
+@validate(query=QuarantineQuery, tags=("dlq",), resp=responses(HTTP_200=QuarantinePage))
+def quarantined(query: QuarantineQuery):  # type: ignore[no-untyped-def]
+    """Letters the database refused even once made storable, with the reason."""
+    items = blocking(store.quarantined, _scope(), limit=parse_limit(query.limit))
+    return jsonify(items=items)
 
 
 @bp.get("/api/dlq")

@@ -7,7 +7,14 @@ from typing import Any
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, Field
 
-from k1.tasks.submissions import SubmissionError, lookup, status, submit
+from k1.tasks.submissions import (
+    NotAllowed,
+    SubmissionError,
+    lookup,
+    status,
+    submit,
+    validate_project_id,
+)
 from k1.web.auth import authorize_project, current_principal, require_auth
 from k1.web.contract import Accepted, Body, Error, Name, ProjectId, responses, validate
 from k1.web.errors import APIError
@@ -35,11 +42,19 @@ class TaskStatus(BaseModel):
 @require_auth
 @validate(json=NewTask, tags=("tasks",), resp=responses(HTTP_202=Accepted, HTTP_403=Error))
 def create_task(json: NewTask):  # type: ignore[no-untyped-def]
-    """Start a public task for a project the token grants."""
-    authorize_project(json.project_id)
+    """Start a public task for a project the token grants (an operator-only task: for an
+    operator's token only, else 403)."""
     try:
-        task_id = submit(json.task, json.args, json.kwargs, project_id=json.project_id,
-                         user_id=current_principal().user_id)
+        project_id = validate_project_id(json.project_id)
+    except SubmissionError as exc:
+        raise APIError(400, str(exc)) from None
+    authorize_project(project_id)
+    principal = current_principal()
+    try:
+        task_id = submit(json.task, json.args, json.kwargs, project_id=project_id,
+                         user_id=principal.user_id, operator=principal.is_operator)
+    except NotAllowed as exc:
+        raise APIError(403, str(exc)) from None
     except SubmissionError as exc:
         raise APIError(400, str(exc)) from None
     return jsonify(task_id=task_id), 202

@@ -128,6 +128,7 @@ def test_no_route_is_left_out_of_the_description(contract_web: str) -> None:
     assert served - described == set()
 
 
+@pytest.mark.timeout(700)  # schemathesis' own run is bounded at 600 s
 @pytest.mark.parametrize("projects", [("*",), ("acme",)], ids=["operator", "project"])
 def test_generated_requests_get_described_answers_and_no_5xx(
         contract_web: str, make_token, projects: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]

@@ -120,6 +120,41 @@ def test_unknown_task_id_is_a_404(api: API) -> None:
     assert response.status_code == 404 and response.json()["error"] == "task not found"
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ({"kwargs": {"sleep_ms": 10_001}}, "sleep_ms: must be an integer from 0 to 10000"),
+    ({"kwargs": {"sleep_ms": "5"}}, "sleep_ms: must be an integer"),
+    ({"project_id": "a" * 256}, "project_id: "),
+    ({"project_id": "acme\u0000"}, "project_id: printable characters only"),
+    ({"project_id": "acme\n"}, "project_id: printable characters only"),
+    ({"project_id": ""}, "project_id: "),
+])
+def test_unbounded_or_unstorable_input_is_a_400_naming_the_field(api: API, body: dict,
+                                                                 message: str) -> None:
+    body = {"task": "k1.tasks.demo.flaky", "project_id": "acme", **body}
+    response = api.post("/api/tasks", json=body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("task", ["k1.conductor.report_outcome", "k1.dlq.drain_spool"])
+def test_internal_tasks_cannot_be_started_by_clients(api: API, web: str, make_token,
+                                                     task: str) -> None:
+    response = api.post("/api/tasks", json={"task": task, "project_id": "acme"})
+    assert response.status_code == 400 and f"unknown task {task!r}" in response.json()["error"]
+    operator = API(web, make_token("root", "*"))
+    response = operator.post("/api/tasks", json={"task": task, "project_id": "acme"})
+    assert response.status_code == 400 and f"unknown task {task!r}" in response.json()["error"]
+
+
+@pytest.mark.parametrize("task", ["k1.conductor.prune_executions", "k1.conductor.compensate"])
+def test_a_project_token_cannot_start_platform_wide_work(api: API, task: str) -> None:
+    # Private (400) or operator-only (403): never started for a project token.
+    response = api.post("/api/tasks", json={"task": task, "project_id": "acme",
+                                            "kwargs": {"workflow_id": "w"}
+                                            if task.endswith("compensate") else {}})
+    assert response.status_code in (400, 403), response.text
+
+
 def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
