@@ -161,6 +161,10 @@ def _add_area_commands() -> None:
     cli.add_command(conductor_server)
     cli.add_command(conductor_worker)
     cli.add_command(workflows)
+    from k1.cli.flow import limits, queues
+
+    cli.add_command(limits)
+    cli.add_command(queues)
 
 
 def main() -> None:

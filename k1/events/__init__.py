@@ -64,7 +64,7 @@ FLUSH_LINGER = 0.004
 
 # Socket.IO event names (the outside contract) and the task_event types.
 EVENT_NAMES = ("task_event", "task_completed", "dlq_changed", "breaker_state",
-               "schedule_fired", "workflow_event", "metrics")
+               "schedule_fired", "workflow_event", "metrics", "limit_state")
 TASK_EVENT_TYPES = ("received", "started", "retried", "succeeded", "failed", "dead")
 
 

@@ -22,6 +22,7 @@ from k1.web import (
     dashboard,
     dlq,
     health,
+    limits,
     metrics,
     realtime,
     scheduler,
@@ -45,7 +46,7 @@ SOCKET_TIMEOUT = 15
 socketio = SocketIO()
 
 BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp, scheduler.bp,
-              workflows.bp, auth.bp)
+              workflows.bp, auth.bp, limits.bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
