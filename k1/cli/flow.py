@@ -7,6 +7,7 @@ Errors are one line on stderr and exit code 2.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -56,7 +57,8 @@ def set_limit(name: str, tasks: tuple[str, ...], per: str, concurrency: int | No
     from k1.flow import admin
     from k1.flow.limits import InvalidLimit
 
-    body = {"tasks": list(tasks), "per": per, "concurrency": concurrency, "rate": rate}
+    body: dict[str, Any] = {"tasks": list(tasks), "per": per, "concurrency": concurrency,
+                            "rate": rate}
     if lease is not None:
         body["lease"] = lease
     try:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from k1.flow import admin, limits, queues
 from k1.web.auth import require_auth, require_operator
 from k1.web.contract import Body, Error, responses, validate
-from k1.web.errors import APIError
+from k1.web.errors import Answer, APIError
 
 bp = Blueprint("limits", __name__)
 
@@ -66,14 +66,14 @@ class Queues(BaseModel):
 @bp.get("/api/limits")
 @require_auth
 @validate(tags=("flow",), resp=responses(HTTP_200=Limits))
-def list_limits():  # type: ignore[no-untyped-def]
+def list_limits() -> Answer:
     return jsonify(limits=admin.overview())
 
 
 @bp.put("/api/limits/<name>")
 @require_auth
 @validate(json=LimitBody, tags=("flow",), resp=responses(HTTP_200=LimitOut, HTTP_403=Error))
-def put_limit(name: str, json: LimitBody):  # type: ignore[no-untyped-def]
+def put_limit(name: str, json: LimitBody) -> Answer:
     require_operator()
     try:
         return jsonify(admin.put(name, json.model_dump()))
@@ -84,7 +84,7 @@ def put_limit(name: str, json: LimitBody):  # type: ignore[no-untyped-def]
 @bp.delete("/api/limits/<name>")
 @require_auth
 @validate(tags=("flow",), resp=responses(HTTP_200=Deleted, HTTP_403=Error, HTTP_404=Error))
-def delete_limit(name: str):  # type: ignore[no-untyped-def]
+def delete_limit(name: str) -> Answer:
     require_operator()
     deleted = admin.delete(name)
     if deleted is None:
@@ -95,14 +95,14 @@ def delete_limit(name: str):  # type: ignore[no-untyped-def]
 @bp.get("/api/queues")
 @require_auth
 @validate(tags=("flow",), resp=responses(HTTP_200=Queues))
-def list_queues():  # type: ignore[no-untyped-def]
+def list_queues() -> Answer:
     return jsonify(paused=queues.paused_queues())
 
 
 @bp.post("/api/queues/<name>/pause")
 @require_auth
 @validate(tags=("flow",), resp=responses(HTTP_200=QueueState, HTTP_403=Error))
-def pause_queue(name: str):  # type: ignore[no-untyped-def]
+def pause_queue(name: str) -> Answer:
     require_operator()
     with _queue_name():
         return jsonify(queues.pause(name))
@@ -111,7 +111,7 @@ def pause_queue(name: str):  # type: ignore[no-untyped-def]
 @bp.post("/api/queues/<name>/resume")
 @require_auth
 @validate(tags=("flow",), resp=responses(HTTP_200=QueueState, HTTP_403=Error))
-def resume_queue(name: str):  # type: ignore[no-untyped-def]
+def resume_queue(name: str) -> Answer:
     require_operator()
     with _queue_name():
         return jsonify(queues.resume(name))
