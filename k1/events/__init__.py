@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import functools
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -116,8 +118,29 @@ def publish(events: list[tuple[str, dict[str, Any]]], *, wait: bool = False) -> 
     Without ``wait`` the events are buffered and sent by the background flusher (True:
     accepted); with it, they and everything buffered before them are sent now, in this
     thread (True: sent). False when they were dropped (Redis unreachable, buffer full).
+    Inside :func:`collecting` they are handed to its list instead.
     """
+    collected = getattr(_collecting, "events", None)
+    if collected is not None:
+        collected.extend(events)
+        return True
     return _publisher().publish(events, wait=wait)
+
+
+_collecting = threading.local()
+
+
+@contextlib.contextmanager
+def collecting(into: list[tuple[str, dict[str, Any]]]) -> Iterator[None]:
+    """Hand the events this thread publishes to ``into`` instead, for its caller to
+    publish elsewhere: the web process's pool threads must not touch the green locks and
+    sockets of the publisher (k1.web.offload.blocking publishes them on the hub).
+    """
+    _collecting.events = into
+    try:
+        yield
+    finally:
+        _collecting.events = None
 
 
 def flush() -> bool:
