@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Flask
 from flask_socketio import SocketIO
 
+from k1.celery import serve_requests
 from k1.events import SOCKETIO_CHANNEL
 from k1.settings import Settings, get_settings
 from k1.web import (
@@ -40,6 +41,7 @@ BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
+    serve_requests()  # one shared result backend, no retry loop on reads (k1.celery)
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
