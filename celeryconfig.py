@@ -48,8 +48,13 @@ result_expires = 7 * 24 * 3600  # 7 days
 # handed back to the queue before the worker exits (not left for the visibility timeout).
 worker_soft_shutdown_timeout = _settings.worker_shutdown_grace
 
-# Flower and the dashboard see every transition.
-worker_send_task_events = True
+# Celery's own task events are for Flower only (the dashboard's come from K1's signal
+# handlers, k1.events.signals). Workers do not send them by default: they cost ~0.5 ms of
+# worker and Redis CPU per task, ~15 % of a no-op task's durable cost (bench/platform.py),
+# for a stream nobody reads unless Flower runs, and Flower turns them on in every worker by
+# itself while it runs (its periodic enable_events broadcast). Clients still announce the
+# tasks they send, which Flower cannot turn on remotely.
+worker_send_task_events = False
 task_send_sent_event = True
 
 imports = ("k1.tasks", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",

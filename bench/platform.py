@@ -15,7 +15,8 @@ configuration so that the shared machine's load hits them alike.
   durability setting K1 uses (``bench.platform_app.SETTINGS``); *durable - X* drops one
   of them (what X costs inside the durable set: the figure that decides whether X pays),
   *stock + X* adds one (``track_started`` and ``extended`` only act with results, so
-  they are added to *stock + results*); *K1* is ``k1.tasks.demo.flaky`` on a K1 worker.
+  they are added to *stock + results*); *K1* is ``k1.tasks.demo.flaky`` on a K1 worker
+  (``celeryconfig``), *K1 + worker events* the same with Celery's task events on (``-E``).
 - **task reads**: ``GET /api/tasks/<id>`` through the web process, each request on a new
   HTTP connection (a new green thread) and on one kept-alive connection, with the Redis
   connections it opened (``total_connections_received``); *before* is the web process
@@ -54,19 +55,23 @@ LOAD_POSTS_PER_S = 100.0  # POST rate during the memory-under-load phase
 LOAD_S = 8.0  # seconds of load for the memory figures
 RSS_SAMPLE_S = 0.2
 
-ALL = list(SETTINGS)
+K1_WORKER_EVENTS = "K1 + worker events (-E)"
+ALL = [name for name in SETTINGS if name != "prefetch4"]  # K1's durability settings
 
 
 def configurations(extra: bool) -> list[tuple[str, list[str] | None]]:
     """(label, settings over stock); None is K1's own worker."""
-    configs: list[tuple[str, list[str] | None]] = [("stock", []), ("durable", ALL),
-                                                   ("K1", None)]
+    configs: list[tuple[str, list[str] | None]] = [
+        ("stock", []), ("durable", ALL), ("K1", None), (K1_WORKER_EVENTS, None)]
     for name in ALL:
         if name == "results":
             # without a result backend, track_started and extended have nothing to act on
             configs.append(("durable - results", ["acks_late", "events"]))
         else:
             configs.append((f"durable - {name}", [s for s in ALL if s != name]))
+    # acks_late alone keeps a crashed worker's tasks (unacked, they come back); prefetch 1
+    # only decides how many wait in a worker: what does it cost?
+    configs.append(("durable, prefetch 4", [*ALL, "prefetch4"]))
     if extra:
         configs += [("stock + results", ["results"]),
                     ("stock + results + track_started", ["results", "track_started"]),
@@ -90,10 +95,13 @@ class PlatformBench(Bench):
     def worker(self, label: str, settings: list[str] | None) -> Any:
         module = "k1.celery" if settings is None else "bench.platform_app"
         env = {"BENCH_SETTINGS": ",".join(settings or [])}
-        return self.process(f"worker-{label.replace(' ', '')}", [
+        name = "".join(c for c in label if c.isalnum() or c == "-")
+        # -E: Celery's task events on in a K1 worker, as celeryconfig had them before
+        events = ["-E"] if label == K1_WORKER_EVENTS else []
+        return self.process(f"worker-{name}", [
             sys.executable, "-m", "celery", "-A", module, "worker", "--loglevel", "WARNING",
-            "--concurrency", "2", "--hostname", f"bench-{label.replace(' ', '')}@k1",
-            "--without-mingle", "--without-gossip"], env).start()
+            "--concurrency", "2", "--hostname", f"bench-{name}@k1", "--without-mingle",
+            "--without-gossip", *events], env).start()
 
     def send(self, app: Any, name: str, count: int) -> None:
         with app.producer_or_acquire() as producer:
@@ -252,6 +260,8 @@ def main() -> None:
     parser.add_argument("--stock-plus", action="store_true",
                         help="also stock + each setting (5 more configurations)")
     parser.add_argument("--phases", default="throughput,reads,latency,memory")
+    parser.add_argument("--only", help="comma-separated throughput configurations "
+                        "(stock, durable and K1 are always run)")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.runs, args.duration = 1000, 1, 5.0
@@ -263,6 +273,9 @@ def main() -> None:
     try:
         if "throughput" in phases:
             configs = configurations(args.stock_plus and not args.quick)
+            if args.only:
+                keep = {"stock", "durable", "K1", *args.only.split(",")}
+                configs = [(label, settings) for label, settings in configs if label in keep]
             rates: dict[str, list[float]] = {label: [] for label, _ in configs}
             cpu: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in configs}
             for n in range(args.runs):

@@ -19,6 +19,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "acks_late": {"task_acks_late": True, "task_reject_on_worker_lost": True,
                   "worker_prefetch_multiplier": 1},
     "events": {"worker_send_task_events": True, "task_send_sent_event": True},
+    # not a durability setting: acks_late with Celery's default prefetch, listed last
+    "prefetch4": {"worker_prefetch_multiplier": 4},
 }
 
 app = Celery("bench", broker=os.environ.get("REDIS_URL", ""))
