@@ -49,8 +49,8 @@ result_expires = 7 * 24 * 3600  # 7 days
 worker_soft_shutdown_timeout = _settings.worker_shutdown_grace
 
 # Celery's own task events are for Flower only (the dashboard's come from K1's signal
-# handlers, k1.events.signals). Workers do not send them by default: they cost ~0.5 ms of
-# worker and Redis CPU per task, ~15 % of a no-op task's durable cost (bench/platform.py),
+# handlers, k1.events.signals). Workers do not send them by default: they cost 0.6-0.9 ms
+# of worker and Redis CPU per task, a fifth of a no-op task's durable cost (bench/platform.py),
 # for a stream nobody reads unless Flower runs, and Flower turns them on in every worker by
 # itself while it runs (its periodic enable_events broadcast). Clients still announce the
 # tasks they send, which Flower cannot turn on remotely.

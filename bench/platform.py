@@ -1,8 +1,8 @@
 """Platform benchmark: K1 against stock Celery, the cost of each durability setting, task
 reads through the web process, and the memory of each process type.
 
-    .venv/bin/python -m bench.platform            # 2,000 tasks x 3 alternating runs, ~10 min
-    .venv/bin/python -m bench.platform --quick    # 1,000 tasks x 1 run, ~3 min
+    .venv/bin/python -m bench.platform            # 2,000 tasks x 3 alternating runs, ~13 min
+    .venv/bin/python -m bench.platform --quick    # 1,000 tasks x 1 run, ~5 min
 
 Own Redis (and SQLite) through :class:`bench.realtime.Bench`; every worker is prefork
 with 2 processes and is started afresh for each run; runs alternate over every
