@@ -14,7 +14,7 @@ test:
 # `make bench`: every benchmark in bench/ in turn, each with small arguments so that the
 # whole run stays under ~20 minutes on 2 cores (docs/benchmarks.md states the full ones).
 # Modules that are not benchmarks are listed in BENCH_HELPERS.
-BENCH_HELPERS = __init__ baseline_tasks platform_app web_before
+BENCH_HELPERS = __init__ baseline_tasks platform_app platform_bench web_before
 BENCHES = $(filter-out $(BENCH_HELPERS),$(basename $(notdir $(wildcard bench/*.py))))
 BENCH_ARGS_platform = --quick
 BENCH_ARGS_events = --tasks 1000 --runs 1 --duration 5
