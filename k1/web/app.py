@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask
 from flask_socketio import SocketIO
 
+from k1.celery import serve_requests
 from k1.events import SOCKETIO_CHANNEL, publish_in_caller_thread
 from k1.settings import Settings, get_settings
 from k1.web import (
@@ -52,6 +53,7 @@ BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     publish_in_caller_thread()  # green threads and eventlet's real ones: no flusher thread
+    serve_requests()  # one shared result backend, no retry loop on reads (k1.celery)
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
