@@ -62,13 +62,13 @@ DEFAULT_HARD_TIME_LIMIT = DEFAULT_SOFT_TIME_LIMIT + 60  # a minute to clean up a
 task_soft_time_limit = DEFAULT_SOFT_TIME_LIMIT
 task_time_limit = DEFAULT_HARD_TIME_LIMIT
 
-# Celery's own task events are for Flower only (the dashboard's come from K1's signal
-# handlers, k1.events.signals). Workers do not send them by default: they cost 0.6-0.9 ms
-# of worker and Redis CPU per task, a fifth of a no-op task's durable cost (bench/platform.py),
-# for a stream nobody reads unless Flower runs, and Flower turns them on in every worker by
-# itself while it runs (its periodic enable_events broadcast). Clients still announce the
-# tasks they send, which Flower cannot turn on remotely.
-worker_send_task_events = False
+# Celery's own task events are for Flower (the dashboard's come from K1's signal handlers,
+# k1.events.signals). They cost 0.6-0.9 ms of worker and Redis CPU per task, a fifth of a
+# no-op task's durable cost (bench/platform.py), and Flower can turn them on by itself
+# (its periodic enable_events broadcast). They stay on from the start all the same: with
+# them off, a task that ran before Flower's broadcast reached a worker was missing from
+# Flower (tests/test_flower.py, under load), and "Flower sees every task" is the contract.
+worker_send_task_events = True
 task_send_sent_event = True
 
 # K1's own work gets its own queue, so that it never waits behind a backlog of users'
