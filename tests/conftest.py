@@ -107,7 +107,9 @@ def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None,
 
 @pytest.fixture(scope="session")
 def worker(services: dict[str, object]) -> Iterator[Process]:
-    process = celery_worker("worker")
+    # It consumes the default queue, where the flow tests send their own tasks too: it
+    # must know them, or it drops the ones it takes as unregistered.
+    process = celery_worker("worker", include="tests.flow.tasks")
     yield process
     process.stop()
 
