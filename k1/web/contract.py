@@ -36,6 +36,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
+from pydantic_core import PydanticCustomError
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.models import SecureType
 from spectree.plugins.flask_plugin import FlaskPlugin
@@ -57,8 +58,8 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
 
 def _project_id(value: str) -> str:
     problem = project_id_problem(value)
-    if problem:
-        raise ValueError(problem)
+    if problem:  # a custom error: pydantic's message is the problem, without "Value error"
+        raise PydanticCustomError("project_id", problem)
     return value
 
 
