@@ -129,6 +129,32 @@ def test_pause_holds_the_queue_and_resume_releases_it_in_order_without_loss(
     # fetch before the others): the order the pause kept is the queue's, checked above.
 
 
+def test_a_worker_that_missed_the_pause_stops_consuming_instead_of_handing_back_in_a_loop(
+        operator, redis_client, services):
+    from k1.celery import app
+    from k1.flow.queues import PAUSED_KEY, _consumers_of
+
+    queue, tag = f"missed-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    worker = celery_worker(f"flow-missed-{tag[:6]}", concurrency=1, queues=queue,
+                           include=TASKS)
+    try:
+        # Paused behind the worker's back: as if it had missed the broadcast.
+        redis_client.sadd(PAUSED_KEY, queue)
+        [task_id] = send("tests.flow.hold", 1, queue=queue, project_id="acme", tag=tag)
+        # It hands the task back once, and stops fetching from the queue (it would
+        # otherwise take it again at once, a hundred times a second).
+        wait_for(lambda: not _consumers_of(app, queue), timeout=30, interval=0.5,
+                 message=lambda: f"{queue} still consumed: {_consumers_of(app, queue)}")
+        assert redis_client.llen(queue) == 1 and runs(tag) == []
+        resumed = operator.post(f"/api/queues/{queue}/resume")
+        assert resumed.status_code == 200, resumed.text
+        assert any(w.startswith("flow-missed-") for w in resumed.json()["workers"])
+        assert [row[-1] for row in wait_runs(tag, 1, timeout=60)] == [task_id]
+    finally:
+        redis_client.srem(PAUSED_KEY, queue)
+        worker.stop()
+
+
 def test_a_bad_queue_name_is_a_400(operator):
     answer = operator.post("/api/queues/bad%20name/pause")
     assert answer.status_code == 400 and answer.json()["error"].startswith("queue:")
