@@ -39,7 +39,7 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 imports = ("k1.tasks", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
-           "k1.recovery.dlq.tasks", "k1.conductor.tasks")
+           "k1.recovery.dlq.tasks", "k1.conductor.tasks", "k1.history.tasks")
 
 # RedBeat, extended by K1 (time zones, catch-up policy, fire accounting; k1.scheduling).
 beat_scheduler = "k1.scheduling.beat:K1Scheduler"

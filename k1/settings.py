@@ -31,6 +31,9 @@ DEFAULT_WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 # unacknowledged after this long is delivered again, so retry countdowns and breaker
 # deferrals are kept below it (see k1.recovery.policy).
 DEFAULT_VISIBILITY_TIMEOUT = 3600  # 1 h
+# Task history: a million tasks answer a search within its 100 ms goal (bench/history.py)
+# and take a few GB of PostgreSQL with their attempts and records.
+DEFAULT_HISTORY_MAX_ROWS = 1_000_000
 DEFAULT_TOKEN_TTL = 12 * 3600  # 12 h: a working day, then sign in again
 # Beat sleeps at most this long between looks at the schedule, so a schedule changed
 # through the API takes effect within it; each look costs a few Redis round trips.
@@ -66,6 +69,8 @@ class Settings:
     log_level: str
     dlq_retention_days: int
     dlq_max_rows: int
+    history_retention_days: int  # task history kept this long (k1.history.enforce_retention)
+    history_max_rows: int  # and at most this many tasks, oldest dropped first
     breaker_fail_max: int  # default for every breaker; pybreaker's fail_max
     breaker_reset_timeout: int  # seconds open before a trial call
     workflows_dir: Path  # the workflow definition files (k1.conductor.registry)
@@ -100,6 +105,8 @@ class Settings:
             ),
             dlq_retention_days=_int(env, "K1_DLQ_RETENTION_DAYS", 30, low=1),
             dlq_max_rows=_int(env, "K1_DLQ_MAX_ROWS", 100_000, low=1),
+            history_retention_days=_int(env, "K1_HISTORY_RETENTION_DAYS", 30, low=1),
+            history_max_rows=_int(env, "K1_HISTORY_MAX_ROWS", DEFAULT_HISTORY_MAX_ROWS, low=1),
             breaker_fail_max=_int(env, "K1_BREAKER_FAIL_MAX", 5, low=1),
             breaker_reset_timeout=_int(env, "K1_BREAKER_RESET_TIMEOUT", 60, low=1),
             workflows_dir=Path(env.get("K1_WORKFLOWS_DIR") or DEFAULT_WORKFLOWS_DIR),

@@ -76,6 +76,6 @@ status=0
     echo "external-service: k1 external-service --port \$K1_EXTERNAL_SERVICE_PORT"
 } > .k1/Procfile.dev
 honcho start -f .k1/Procfile.dev -p "$PORT" \
-    web worker beat conductor conductor-server external-service flower || status=$?
+    web worker beat recorder conductor conductor-server external-service flower || status=$?
 [ "$status" -eq 130 ] && status=0  # Ctrl-C is the normal way to stop
 exit "$status"

@@ -89,6 +89,9 @@ def _add_area_commands() -> None:
     cli.add_command(conductor_server)
     cli.add_command(conductor_worker)
     cli.add_command(workflows)
+    from k1.cli.history import history_recorder
+
+    cli.add_command(history_recorder)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """All K1 tables, imported by Alembic's env so that autogenerate sees them."""
 
 from k1.db import Base
+from k1.history.models import TaskAttempt, TaskRecord, TaskRun
 from k1.recovery.dlq.models import DeadLetter, DepthSnapshot
 
-__all__ = ["Base", "DeadLetter", "DepthSnapshot"]
+__all__ = ["Base", "DeadLetter", "DepthSnapshot", "TaskAttempt", "TaskRecord", "TaskRun"]

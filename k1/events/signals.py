@@ -36,6 +36,7 @@ from celery._state import get_current_task
 
 from k1 import headers as k1_headers
 from k1.events import make_event, publish
+from k1.history import capture as history
 from k1.settings import get_settings
 from k1.tasks.base import project_of
 
@@ -83,8 +84,9 @@ def _runtime_ms(task_id: str | None) -> float | None:
 
 
 def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    publish([("task_event", make_event("received", state="RECEIVED", eta=request.eta,
-                                       **_request_fields(request)))])
+    event = make_event("received", state="RECEIVED", eta=request.eta, **_request_fields(request))
+    publish([("task_event", event)])
+    history.capture(history.received(event, request))
 
 
 def on_prerun(sender: Task | None = None, task_id: str | None = None,
@@ -92,7 +94,9 @@ def on_prerun(sender: Task | None = None, task_id: str | None = None,
     if task is None:
         return
     _started_at[task_id or ""] = time.monotonic()
-    publish([("task_event", make_event("started", state="STARTED", **_task_fields(task)))])
+    event = make_event("started", state="STARTED", **_task_fields(task))
+    publish([("task_event", event)])
+    history.capture(history.record(event))
 
 
 def on_postrun(task_id: str | None = None, **_: Any) -> None:
@@ -106,17 +110,20 @@ def on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None
               "runtime_ms": _runtime_ms(sender.request.id), "result": _short(result)}
     publish([("task_event", make_event("succeeded", **fields)),
              ("task_completed", make_event("succeeded", **fields))])
+    history.capture(history.record(make_event("succeeded", **fields)))
 
 
 def on_failure(sender: Task | None = None, exception: BaseException | None = None,
                **_: Any) -> None:
     if sender is None:
         return
-    publish([("task_event", make_event(
+    event = make_event(
         "failed", state="FAILURE", runtime_ms=_runtime_ms(sender.request.id),
         exception=type(exception).__name__, message=_short(str(exception)),
         **_task_fields(sender),
-    ))])
+    )
+    publish([("task_event", event)])
+    history.capture(history.record(event))
 
 
 def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None = None,
@@ -131,12 +138,14 @@ def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None
     exc = sys.exc_info()[1]  # K1Task retries from inside its except block
     deferrals_before = task.request.get(k1_headers.DEFERRALS) or 0
     deferred = (headers.get(k1_headers.DEFERRALS) or 0) > deferrals_before
-    publish([("task_event", make_event(
+    event = make_event(
         "retried", state="RETRY", runtime_ms=_runtime_ms(task.request.id),
         exception=type(exc).__name__ if exc else None,
         message=_short(str(exc)) if exc else None, eta=headers.get("eta"),
         deferred=deferred, **_task_fields(task),
-    ))])
+    )
+    publish([("task_event", event)])
+    history.capture(history.record(event))
 
 
 def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
@@ -144,8 +153,10 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
     if request is None:
         return
     reason = "expired" if expired else "terminated" if terminated else "revoked"
-    publish([("task_event", make_event("failed", state="REVOKED", exception="Revoked",
-                                       message=reason, **_request_fields(request)))])
+    event = make_event("failed", state="REVOKED", exception="Revoked", message=reason,
+                       **_request_fields(request))
+    publish([("task_event", event)])
+    history.capture(history.record(event))
 
 
 def connect() -> bool:

@@ -22,6 +22,7 @@ from celery.utils.time import maybe_timedelta
 from k1 import headers as k1_headers
 from k1.celery import app
 from k1.connections import get_redis
+from k1.history import capture as history
 from k1.tasks import public_task_names
 
 SUBMISSION_KEY = "k1:task:{}"
@@ -67,7 +68,11 @@ def submit(
             f"arguments do not match {task_name}{inspect.signature(task.run)}: {exc}"
         ) from None
     headers = {**(headers or {}), k1_headers.PROJECT: project_id, k1_headers.USER: user_id}
+    sent_at = time.time()  # before sending: the task may start before apply_async returns
     result = task.apply_async(args=list(args), kwargs=kwargs, headers=headers, **options)
+    history.capture(history.submitted(result.id, task_name, args, kwargs, project_id=project_id,
+                                      user_id=user_id, headers=headers, ts=sent_at,
+                                      queue=options.get("queue")))
     record(Submission(result.id, task_name, project_id, user_id, time.time()))
     return result.id
 

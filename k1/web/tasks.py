@@ -1,12 +1,18 @@
-"""``POST /api/tasks`` starts a task; ``GET /api/tasks/<id>`` reads its state."""
+"""``POST /api/tasks`` starts a task; ``GET /api/tasks/<id>`` reads its state (with its
+attempts and links from history); ``GET /api/tasks`` searches the history."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
+from k1.history import store as history_store
+from k1.history import views as history_views
+from k1.history.filters import TaskFilter
+from k1.recovery.dlq.filters import FilterError, parse_limit
 from k1.tasks.submissions import SubmissionError, lookup, status, submit
 from k1.web.auth import authorize_project, current_principal, require_auth
-from k1.web.errors import APIError, json_object
+from k1.web.errors import APIError, error_response, json_object
+from k1.web.offload import blocking
 
 bp = Blueprint("tasks", __name__)
 
@@ -44,6 +50,39 @@ def create_task():  # type: ignore[no-untyped-def]
 def get_task(task_id: str):  # type: ignore[no-untyped-def]
     submission = lookup(task_id)
     if submission is None:
-        raise APIError(404, "task not found", detail=task_id)
+        return _from_history(task_id)
     authorize_project(submission.project_id)
-    return jsonify(status(submission))
+    return jsonify(history_views.with_history(status(submission),
+                                              blocking(history_store.get, task_id)))
+
+
+# -- task history (k1.history) ---------------------------------------------------------
+
+@bp.errorhandler(FilterError)
+def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
+    return error_response(APIError(400, str(exc)))
+
+
+@bp.get("/api/tasks")
+@require_auth
+def list_tasks():  # type: ignore[no-untyped-def]
+    """Task history, newest first: filters, ``q`` (id prefix or text), keyset pages."""
+    filters = TaskFilter.parse(request.args, extra=("limit", "cursor"))
+    if filters.project_id:
+        authorize_project(filters.project_id)
+    principal = current_principal()
+    filters = filters.scoped(None if principal.is_operator else principal.projects)
+    page, next_cursor = blocking(history_store.search, filters,
+                                 limit=parse_limit(request.args.get("limit")),
+                                 cursor=request.args.get("cursor"))
+    return jsonify(items=[history_store.as_dict(row) for row in page], next_cursor=next_cursor)
+
+
+def _from_history(task_id: str):  # type: ignore[no-untyped-def]
+    """A task the result backend no longer knows (or never did: beat's), from history;
+    another project's task is a 404 like one that does not exist.
+    """
+    found = blocking(history_store.get, task_id)
+    if found is None or not current_principal().can_see(found[0].project_id):
+        raise APIError(404, "task not found", detail=task_id)
+    return jsonify(history_views.from_history(*found))
