@@ -1,0 +1,111 @@
+"""The recorder killed mid-batch and the database stopped: no record lost, none twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from tests.conftest import API, BASE, LOGS
+from tests.history.conftest import start_recorder
+from tests.recovery.conftest import wait_task
+from tests.support import PostgresServer, Process, free_port, wait_for
+
+TASKS_PER_PHASE = 30
+RECORDS_PER_TASK = 4  # submitted, received, started, succeeded
+
+
+@pytest.fixture
+def own_postgres(services: dict[str, object]) -> Iterator[tuple[PostgresServer, Engine, str]]:
+    """A PostgreSQL of this test's own, migrated, that it may stop."""
+    from k1.db import make_engine
+    from k1.db.migrate import upgrade
+
+    server = PostgresServer(free_port(), BASE / "history-pg" / "data", LOGS).start()
+    url = server.url.replace("postgresql://", "postgresql+psycopg://")
+    upgrade(database_url=url)
+    engine = make_engine(url)
+    yield server, engine, server.url
+    engine.dispose()
+    server.stop()
+
+
+def submit(api: API, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        response = api.post("/api/tasks", json={"task": "k1.tasks.demo.flaky", "kwargs": {},
+                                                "project_id": "acme"})
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["task_id"])
+    return ids
+
+
+def recorded(engine: Engine, task_ids: list[str]) -> dict[str, Any]:
+    from k1.history.models import TaskAttempt, TaskRecord, TaskRun
+
+    with engine.connect() as connection:
+        states = dict(connection.execute(select(TaskRun.task_id, TaskRun.state)
+                                         .where(TaskRun.task_id.in_(task_ids))).all())
+        records = dict(connection.execute(
+            select(TaskRecord.task_id, func.count()).where(TaskRecord.task_id.in_(task_ids))
+            .group_by(TaskRecord.task_id)).all())
+        runs = connection.execute(select(TaskAttempt.task_id, TaskAttempt.attempt,
+                                         TaskAttempt.outcome)
+                                  .where(TaskAttempt.task_id.in_(task_ids))).all()
+    return {"states": states, "records": records, "runs": runs}
+
+
+def all_succeeded(engine: Engine, task_ids: list[str]) -> dict[str, Any] | None:
+    seen = recorded(engine, task_ids)
+    done = (len(seen["states"]) == len(task_ids)
+            and set(seen["states"].values()) == {"SUCCESS"}
+            and all(seen["records"].get(t) == RECORDS_PER_TASK for t in task_ids))
+    return seen if done else None
+
+
+def pending(client: Any) -> int:
+    from k1.history.capture import STREAM_KEY
+    from k1.history.recorder import GROUP
+
+    return int(client.xpending(STREAM_KEY, GROUP)["pending"])
+
+
+def test_recorder_killed_mid_batch_and_database_down_lose_and_duplicate_nothing(
+        api: API, worker: Process, own_postgres: tuple[PostgresServer, Engine, str]) -> None:
+    from k1.connections import get_redis
+
+    server, engine, url = own_postgres
+    env = {"DATABASE_URL": url}
+    first = start_recorder("recorder-1", env=env)
+    second: Process | None = None
+    try:
+        before = submit(api, TASKS_PER_PHASE)
+        first.wait_until(lambda: all_succeeded(engine, before), 90, "did not record phase 1")
+
+        server.stop()  # the database goes away while tasks keep running
+        during = submit(api, TASKS_PER_PHASE)
+        for task_id in during:
+            wait_task(api, task_id, {"SUCCESS"})
+        # The recorder holds a batch it cannot write: read, unacknowledged.
+        first.wait_until(lambda: pending(get_redis()) > 0, 30, "holds no pending batch")
+        first.kill()  # SIGKILL mid-batch: its records stay pending under a dead consumer
+
+        second = start_recorder("recorder-2", env=env)
+        second.wait_until(lambda: "claimed" in second.log_tail(200), 60,
+                          "never claimed the dead recorder's records")
+        server.start()
+        seen = second.wait_until(lambda: all_succeeded(engine, before + during), 120,
+                                 "did not record every task once the database was back")
+        wait_for(lambda: pending(get_redis()) == 0, timeout=30,
+                 message="records left unacknowledged")
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
+    assert sorted(seen["records"].values()) == [RECORDS_PER_TASK] * (2 * TASKS_PER_PHASE)
+    by_task: dict[str, list[tuple[int, str]]] = {}
+    for task_id, attempt, outcome in seen["runs"]:
+        by_task.setdefault(task_id, []).append((attempt, outcome))
+    assert by_task == {task_id: [(1, "succeeded")] for task_id in before + during}
