@@ -76,6 +76,7 @@ class Settings:
     workflows_dir: Path  # the workflow definition files (k1.conductor.registry)
     conductor_cache_dir: Path  # where `k1 conductor-server` keeps the server jar
     task_events: bool  # K1_TASK_EVENTS=off leaves the task signal handlers unconnected (bench)
+    task_history: bool  # K1_TASK_HISTORY=off captures no history records (bench)
     beat_max_loop_interval: int
     beat_lock_timeout: int
 
@@ -113,6 +114,7 @@ class Settings:
             conductor_cache_dir=Path(env.get("K1_CONDUCTOR_CACHE")
                                      or data_dir / "cache" / "conductor"),
             task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
+            task_history=_choice(env, "K1_TASK_HISTORY", ("on", "off"), "on") == "on",
             **_beat_timing(env),
         )
 

@@ -101,8 +101,11 @@ def add(pipe: Any, record: dict[str, Any]) -> None:
 
 
 def capture(record: dict[str, Any]) -> bool:
-    """``XADD`` ``record`` now; False (and a warning) when Redis is unreachable."""
-    return _capturer().capture(record)
+    """``XADD`` ``record`` now; False (and a warning) when Redis is unreachable, and False
+    when ``K1_TASK_HISTORY=off``.
+    """
+    capturer = _capturer()
+    return capturer is not None and capturer.capture(record)
 
 
 class _Capturer:
@@ -135,5 +138,6 @@ class _Capturer:
 
 
 @functools.cache
-def _capturer() -> _Capturer:
-    return _Capturer(get_settings().redis_url)
+def _capturer() -> _Capturer | None:
+    settings = get_settings()
+    return _Capturer(settings.redis_url) if settings.task_history else None
