@@ -10,9 +10,10 @@ group on the stream, so several may run at once and each record goes to one of t
    them writes them again, which changes nothing.
 
 While the database is down the batch is retried (backing off to :data:`MAX_RETRY_DELAY`)
-and nothing is acknowledged, so the records wait in the stream. A record the database
-refuses for another reason is written alone, and if it still fails it is logged with its
-content and acknowledged, so that one bad record never stops history.
+and nothing is acknowledged, so the records wait in the stream. A batch that fails for
+another reason (the database refuses a value, a record cannot be folded) is written
+record by record, and a record that still fails is logged with its content and
+acknowledged, so that one bad record never stops history.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from k1.history import store
 from k1.history.capture import RECORD_FIELD, STREAM_KEY
@@ -106,7 +107,7 @@ class Recorder:
             except (OperationalError, InterfaceError) as exc:  # the database is away
                 log.warning("history batch of %d not written (%s); retrying in %.1fs",
                             len(records), _first_line(exc), delay)
-            except DBAPIError as exc:  # something in the batch is refused
+            except Exception as exc:  # something in the batch is refused
                 log.error("history batch refused (%s); writing its records one by one",
                           _first_line(exc))
                 return self._write_one_by_one(records)
@@ -121,8 +122,8 @@ class Recorder:
             except (OperationalError, InterfaceError):
                 if not self._write_until_done([record]):
                     return False
-            except SQLAlchemyError as exc:
-                log.error("history record dropped, the database refuses it (%s): %s",
+            except Exception as exc:  # one bad record must not stop history
+                log.error("history record dropped, it cannot be stored (%s): %s",
                           _first_line(exc), json.dumps(record, default=str))
         return True
 

@@ -14,6 +14,8 @@ every record had arrived once, in order.
 from __future__ import annotations
 
 import math
+import time
+import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -40,7 +42,7 @@ _ATTEMPT_LENGTHS = {column.name: column.type.length for column in TaskAttempt.__
 
 def write(records: Sequence[dict[str, Any]]) -> int:
     """Store ``records`` and fold the tasks they touch; returns how many were new."""
-    records = [storable(record) for record in records if record.get("task_id")]
+    records = [_normalized(storable(record)) for record in records if record.get("task_id")]
     if not records:
         return 0
     by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -50,7 +52,7 @@ def write(records: Sequence[dict[str, Any]]) -> int:
     upsert = _insert_builder()
     with session_scope() as session:
         stubs = [{"task_id": task_id, "state": "PENDING", "attempts": 0, "search_text": "",
-                  "created_at": _time(min(float(r.get("ts") or 0) for r in by_task[task_id]))}
+                  "created_at": _time(min(r["ts"] for r in by_task[task_id]))}
                  for task_id in task_ids]
         session.execute(upsert(TaskRun).on_conflict_do_nothing(index_elements=["task_id"]),
                         stubs)
@@ -59,8 +61,8 @@ def write(records: Sequence[dict[str, Any]]) -> int:
         new = session.scalars(
             upsert(TaskRecord).on_conflict_do_nothing(index_elements=["id"])
             .returning(TaskRecord.id),
-            [{"id": r["id"], "task_id": r["task_id"], "ts": float(r.get("ts") or 0),
-              "type": str(r.get("type"))[:16], "body": r} for r in records]).all()
+            [{"id": r["id"], "task_id": r["task_id"], "ts": r["ts"], "type": r["type"], "body": r}
+             for r in records]).all()
         _refold(session, task_ids)
     return len(new)
 
@@ -108,6 +110,23 @@ def storable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list):
         return [storable(item, depth + 1) for item in value]
     return value
+
+
+def _normalized(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields the write and the fold rely on, of the right type whatever came in."""
+    def number(value: Any, default: float) -> float:
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            return default
+        return result if math.isfinite(result) else default
+
+    record["task_id"] = str(record["task_id"])
+    record["id"] = str(record.get("id") or uuid.uuid4().hex)[:32]
+    record["type"] = str(record.get("type"))[:16]
+    record["ts"] = number(record.get("ts"), time.time())
+    record["attempt"] = int(number(record.get("attempt"), 1))
+    return record
 
 
 def escape(text: str) -> str:

@@ -53,7 +53,7 @@ def get_task(task_id: str):  # type: ignore[no-untyped-def]
         return _from_history(task_id)
     authorize_project(submission.project_id)
     return jsonify(history_views.with_history(status(submission),
-                                              blocking(history_store.get, task_id)))
+                                              blocking(history_views.history_of, task_id)))
 
 
 # -- task history (k1.history) ---------------------------------------------------------

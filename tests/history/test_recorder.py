@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,3 +113,31 @@ def test_recorder_killed_mid_batch_and_database_down_lose_and_duplicate_nothing(
     for task_id, attempt, outcome in seen["runs"]:
         by_task.setdefault(task_id, []).append((attempt, outcome))
     assert by_task == {task_id: [(1, "succeeded")] for task_id in before + during}
+
+
+def test_a_record_the_database_refuses_is_dropped_alone(services: dict[str, object],
+                                                         unique: str) -> None:
+    from k1.connections import get_redis
+    from k1.history.capture import RECORD_FIELD, STREAM_KEY, add
+    from k1.history.recorder import Recorder
+    from k1.history.store import get
+
+    def record(task_id: str, **fields: Any) -> dict[str, Any]:
+        return {"id": uuid.uuid4().hex, "type": "received", "task_id": task_id,
+                "ts": time.time(), "attempt": 1, "worker": "w@poison", **fields}
+
+    client = get_redis()
+    pipe = client.pipeline()
+    add(pipe, record(f"{unique}-good-1"))
+    add(pipe, record("x" * 300))  # longer than the task id column: refused
+    pipe.xadd(STREAM_KEY, {RECORD_FIELD: "not json"})
+    add(pipe, record(f"{unique}-good-2", ts="not a time", attempt="two"))
+    pipe.execute()
+    recorder = Recorder(client, name=f"test-{unique}")
+    recorder.ensure_group()
+    while recorder.step():
+        pass
+    assert get(f"{unique}-good-1") is not None
+    row, runs = get(f"{unique}-good-2")
+    assert row.state == "RECEIVED" and [run.attempt for run in runs] == [1]
+    assert pending(client) == 0
