@@ -141,3 +141,19 @@ def test_a_record_the_database_refuses_is_dropped_alone(services: dict[str, obje
     row, runs = get(f"{unique}-good-2")
     assert row.state == "RECEIVED" and [run.attempt for run in runs] == [1]
     assert pending(client) == 0
+
+
+def test_two_recorders_at_once_record_every_task_once(api: API, worker: Process) -> None:
+    from k1.db import get_engine
+
+    recorders = [start_recorder(f"recorder-{n}") for n in ("a", "b")]
+    try:
+        task_ids = submit(api, TASKS_PER_PHASE)
+        seen = recorders[0].wait_until(lambda: all_succeeded(get_engine(), task_ids), 90,
+                                       "the two recorders did not record every task")
+        assert all(process.alive() for process in recorders)  # neither died of a deadlock
+    finally:
+        for process in recorders:
+            process.stop()
+    assert sorted((task_id, outcome) for task_id, _attempt, outcome in seen["runs"]) == sorted(
+        (task_id, "succeeded") for task_id in task_ids)
