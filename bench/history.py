@@ -123,7 +123,8 @@ def load_rows(rows: int) -> None:
             worker, outcome, runtime_ms)
         SELECT task_id, 1, 1, submitted_at, started_at, finished_at, worker,
             CASE WHEN state = 'FAILURE' THEN 'failed' ELSE 'succeeded' END, runtime_ms
-        FROM task_history""")
+        FROM task_history t
+        WHERE NOT EXISTS (SELECT 1 FROM task_attempts a WHERE a.task_id = t.task_id)""")
     with get_engine().begin() as connection:
         connection.execute(tasks, {"rows": rows})
         connection.execute(runs)
