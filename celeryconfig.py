@@ -3,6 +3,8 @@
 Every value comes from :mod:`k1.settings`, so the environment stays the one source.
 """
 
+from kombu import Queue
+
 from k1.settings import get_settings
 
 _settings = get_settings()
@@ -17,6 +19,13 @@ broker_transport_options = {
     "health_check_interval": 10,
 }
 result_backend_transport_options = {"health_check_interval": 10, "retry_policy": {"timeout": 5}}
+# A Redis restart must not turn a running task into a FAILURE: a result write (STARTED,
+# SUCCESS...) that meets a lost connection is retried with backoff for about half a minute
+# instead of failing the task "outside its body" (tests/fault/test_redis.py).
+result_backend_always_retry = True
+result_backend_max_retries = 30
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
 
 task_serializer = "json"
 result_serializer = "json"
@@ -26,7 +35,8 @@ timezone = "UTC"
 enable_utc = True
 
 # A task is acknowledged after it ran, and given back if its worker process dies,
-# so a crash never loses it; tasks must therefore be idempotent (see k1.tasks).
+# so a crash never loses it; a task may thus run twice and does its side effects
+# once per idempotency key (k1.tasks.effects).
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
@@ -34,12 +44,39 @@ task_track_started = True
 result_extended = True  # name, args, kwargs stored with the result, for GET /api/tasks/<id>
 result_expires = 7 * 24 * 3600  # 7 days
 
+# Stopping (a deploy, a daily restart): the Procfile sets REMAP_SIGTERM=SIGQUIT, so that
+# SIGTERM to the worker's whole process group leaves the pool children running (billiard
+# ignores SIGTERM in them) and starts Celery's soft shutdown in the main process: running
+# tasks get this long to finish, then the unfinished are cancelled and, being unacked,
+# handed back to the queue before the worker exits (not left for the visibility timeout).
+worker_soft_shutdown_timeout = _settings.worker_shutdown_grace
+
+# No run is unbounded. At the soft limit the task gets SoftTimeLimitExceeded, a
+# non-retryable death with a dead letter (k1.recovery.errors says why); the hard limit,
+# later, kills a process that ignored it (the letter is still written). A task sets its
+# own with Celery's options: @app.task(soft_time_limit=..., time_limit=...), or per call
+# in apply_async. Both stay far below the visibility timeout, past which a running task
+# would be delivered again.
+DEFAULT_SOFT_TIME_LIMIT = 300  # 5 min: K1's tasks call services with 30 s timeouts
+DEFAULT_HARD_TIME_LIMIT = DEFAULT_SOFT_TIME_LIMIT + 60  # a minute to clean up after the soft
+task_soft_time_limit = DEFAULT_SOFT_TIME_LIMIT
+task_time_limit = DEFAULT_HARD_TIME_LIMIT
+
 # Flower and the dashboard see every transition.
 worker_send_task_events = True
 task_send_sent_event = True
 
-imports = ("k1.tasks", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
-           "k1.recovery.dlq.tasks", "k1.conductor.tasks", "k1.history.tasks")
+# K1's own work gets its own queue, so that it never waits behind a backlog of users'
+# tasks: a worker started without --queues consumes both, in turn (kombu rotates them).
+PLATFORM_QUEUE = "k1.platform"
+task_queues = (Queue("celery"), Queue(PLATFORM_QUEUE))
+task_routes = {
+    "k1.conductor.report_outcome": {"queue": PLATFORM_QUEUE},  # a workflow waits for it
+}
+
+imports = ("k1.tasks.analysis", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
+           "k1.recovery.dlq.tasks", "k1.conductor.tasks",
+           "k1.history.tasks")
 
 # RedBeat, extended by K1 (time zones, catch-up policy, fire accounting; k1.scheduling).
 beat_scheduler = "k1.scheduling.beat:K1Scheduler"

@@ -2,6 +2,7 @@
 the cost of K1's recovery wrapping on task throughput (a ratio, measured in the same run).
 
     .venv/bin/python -m bench.recovery [--rows 1000000] [--tasks 2000]
+                                       [--parts writes replay throughput stats]
 
 Starts its own throwaway Redis and PostgreSQL (as the tests do) and prints figures.
 """
@@ -9,13 +10,14 @@ Starts its own throwaway Redis and PostgreSQL (as the tests do) and prints figur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -95,6 +97,38 @@ def bench_writes(store) -> None:  # type: ignore[no-untyped-def]
           f"({batches * size} letters)")
 
 
+def bench_count_triggers(store) -> None:  # type: ignore[no-untyped-def]
+    """What keeping dlq_counts costs a write: the same one-by-one writes with the triggers
+    on and off, alternated; the counts are rebuilt afterwards.
+    """
+    from sqlalchemy import text
+
+    from k1.db import get_engine
+
+    def switch(state: str) -> None:
+        with get_engine().begin() as connection:
+            connection.execute(text(f"ALTER TABLE dead_letters {state} TRIGGER USER"))
+
+    rates: dict[str, list[float]] = {"ENABLE": [], "DISABLE": []}
+    size = 250
+    try:
+        for state in ("ENABLE", "DISABLE") * 4:
+            switch(state)
+            elapsed = timed(lambda: [store.record(letter("trg", i)) for i in range(size)])
+            rates[state].append(size / elapsed)
+    finally:
+        switch("ENABLE")
+        with get_engine().begin() as connection:
+            connection.execute(text("DELETE FROM dlq_counts"))
+            connection.execute(text(
+                "INSERT INTO dlq_counts SELECT coalesce(project_id, ''), task_name, "
+                "exception_type, count(*) FROM dead_letters WHERE status = 'dead' "
+                "GROUP BY 1, 2, 3"))
+    on, off = statistics.median(rates["ENABLE"]), statistics.median(rates["DISABLE"])
+    print(f"one by one, count triggers on / off:    {on:8.0f} / {off:.0f} /s "
+          f"(ratio {on / off:.2f})")
+
+
 def bench_stats(store, web_url: str, token: str, rows: int) -> None:  # type: ignore[no-untyped-def]
     import requests
 
@@ -102,8 +136,13 @@ def bench_stats(store, web_url: str, token: str, rows: int) -> None:  # type: ig
     bulk_load(rows)
     print(f"loaded {rows:,} dead letters in {time.perf_counter() - started:.1f} s")
     store.stats()  # warm the cache
-    print(f"stats() in process, {rows:,} rows:       "
-          f"{percentiles([timed(store.stats) for _ in range(15)])}")
+    new, legacy = [], []
+    with counted_by_rows() as count_rows:
+        for _ in range(15):  # alternated, so that both see the same machine load
+            new.append(timed(store.stats))
+            legacy.append(timed(count_rows))
+    print(f"stats() in process, {rows:,} rows:       {percentiles(new)}")
+    print(f"  the same counted from the rows:        {percentiles(legacy)}")
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     samples = [timed(lambda: session.get(f"{web_url}/api/dlq/stats", timeout=60)
@@ -112,6 +151,51 @@ def bench_stats(store, web_url: str, token: str, rows: int) -> None:  # type: ig
     page = [timed(lambda: session.get(f"{web_url}/api/dlq", params={"limit": 50},
                                       timeout=60).raise_for_status()) for _ in range(15)]
     print(f"GET /api/dlq (first page of 50):         {percentiles(page)}")
+    print(f"dlq_counts == COUNT(*) by key:           {counts_match()}")
+
+
+@contextlib.contextmanager
+def counted_by_rows() -> Iterator[Callable[[], object]]:
+    """The stats as migration 0001 computed them -- counts grouped over the dead rows,
+    through the partial index it had -- for a baseline in the same run.
+    """
+    from sqlalchemy import text
+
+    from k1.db import get_engine
+
+    index = ("CREATE INDEX ix_bench_dead_counts ON dead_letters (task_name, exception_type) "
+             "WHERE status = 'dead'")
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text(index))
+        connection.execute(text("VACUUM ANALYZE dead_letters"))
+
+    def count_rows() -> object:
+        with get_engine().connect() as connection:
+            return [connection.execute(text(
+                f"SELECT {key}, count(*) FROM dead_letters WHERE status = 'dead' "
+                f"GROUP BY {key}")).all() for key in ("task_name", "exception_type")]
+
+    try:
+        yield count_rows
+    finally:
+        with get_engine().begin() as connection:
+            connection.execute(text("DROP INDEX ix_bench_dead_counts"))
+
+
+def counts_match() -> bool:
+    """The counts the triggers kept equal a full count of the dead rows."""
+    from sqlalchemy import text
+
+    from k1.db import get_engine
+
+    with get_engine().connect() as connection:
+        counted = set(connection.execute(text(
+            "SELECT coalesce(project_id, ''), task_name, exception_type, count(*) "
+            "FROM dead_letters WHERE status = 'dead' GROUP BY 1, 2, 3")))
+        kept = set(connection.execute(text(
+            "SELECT project_id, task_name, exception_type, dead FROM dlq_counts "
+            "WHERE dead <> 0")))
+    return counted == kept
 
 
 def bench_replay(store) -> None:  # type: ignore[no-untyped-def]
@@ -155,10 +239,15 @@ def bench_throughput(tasks: int, log_dir: Path) -> None:
         worker.stop()
 
 
+PARTS = ("writes", "replay", "throughput", "stats")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                        help="what to measure (default: everything)")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="k1-bench-"))
     base.chmod(0o755)
@@ -187,10 +276,15 @@ def main() -> None:
         token = create_token("bench", ["*"], secret=os.environ["K1_SECRET_KEY"], ttl=3600)
         print(f"# K1 recovery benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
               f"{os.cpu_count()} cores")
-        bench_writes(store)
-        bench_replay(store)
-        bench_throughput(args.tasks, logs)
-        bench_stats(store, web_url, token, args.rows)
+        if "writes" in args.parts:
+            bench_writes(store)
+            bench_count_triggers(store)
+        if "replay" in args.parts:
+            bench_replay(store)
+        if "throughput" in args.parts:
+            bench_throughput(args.tasks, logs)
+        if "stats" in args.parts:
+            bench_stats(store, web_url, token, args.rows)
     finally:
         if web:
             web.stop()

@@ -9,7 +9,14 @@ to misbehave through ``POST /_control``::
     {"mode": "fail", "status": 500, "count": 3}   # the next 3 requests fail, then ok
     {"mode": "ok"}                            # recover
 
-``GET /_control`` returns the mode and counters (requests, failures).
+``GET /_control`` returns the mode and counters (requests, failures, analyses, replays).
+
+Like a payment API, it honours an ``Idempotency-Key`` header: the first successful
+answer for a key is kept, and a repeat of the key is answered from it (with
+``Idempotent-Replayed: true``) without analysing again, so ``analyses`` counts the
+effects and ``replays`` the duplicates it absorbed. Failures are not kept: the same key
+may try again. ``GET /_control/keys/<key>`` says how many times a key was analysed (0/1)
+and replayed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODES = ("ok", "fail", "slow")
+KEYS_PATH = "/_control/keys/"
 
 
 @dataclass
@@ -35,6 +43,8 @@ class Behaviour:
     count: int | None = None  # failures left before recovering by itself; None = until told
     requests: int = 0
     failures: int = 0
+    analyses: int = 0  # answers actually computed (requests without a kept answer)
+    replays: int = 0  # requests answered from the answer kept for their Idempotency-Key
 
 
 class ExternalService(ThreadingHTTPServer):
@@ -44,6 +54,8 @@ class ExternalService(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.behaviour = Behaviour()
         self.lock = threading.Lock()
+        self.answers: dict[str, dict[str, Any]] = {}  # Idempotency-Key -> kept answer
+        self.replays: dict[str, int] = {}  # Idempotency-Key -> times answered from it
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -58,6 +70,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/_control":
             with self.server.lock:
                 self._send(200, asdict(self.server.behaviour))
+        elif self.path.startswith(KEYS_PATH):
+            key = self.path[len(KEYS_PATH):]
+            with self.server.lock:
+                self._send(200, {"key": key, "analysed": int(key in self.server.answers),
+                                 "replays": self.server.replays.get(key, 0)})
         else:
             self._send(404, {"error": "not found"})
 
@@ -83,14 +100,18 @@ class _Handler(BaseHTTPRequestHandler):
             b.delay_ms, b.retry_after = int(body.get("delay_ms", 0)), body.get("retry_after")
             b.count = body.get("count")
             if body.get("reset_counters"):
-                b.requests = b.failures = 0
+                b.requests = b.failures = b.analyses = b.replays = 0
             self._send(200, asdict(b))
 
     def _analyze(self, body: dict[str, Any]) -> None:
+        key = self.headers.get("Idempotency-Key")
         with self.server.lock:
             b = self.server.behaviour
             b.requests += 1
-            failing = b.mode == "fail" and (b.count is None or b.count > 0)
+            replayed = self.server.answers.get(key) if key else None
+            if key and replayed is not None:  # answered from the record, however it behaves
+                self._count_replay(key)
+            failing = replayed is None and b.mode == "fail" and (b.count is None or b.count > 0)
             if failing:
                 b.failures += 1
                 if b.count is not None:
@@ -99,6 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
                         b.mode, b.count = "ok", None
             status, retry_after, delay_ms = b.status, b.retry_after, b.delay_ms
             slow = b.mode == "slow"
+        if replayed is not None:
+            self._send(200, replayed, {"Idempotent-Replayed": "true"})
+            return
         if slow:
             time.sleep(delay_ms / 1000)
         if failing:
@@ -107,11 +131,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         path = str(body.get("data_path", ""))
         digest = hashlib.sha256(path.encode()).hexdigest()
-        self._send(200, {
+        answer = {
             "project_id": body.get("project_id"),
             "data_path": path,
             "profile": {"fingerprint": digest[:16], "score": int(digest[:4], 16) % 100},
-        })
+        }
+        with self.server.lock:
+            kept = self.server.answers.setdefault(key, answer) if key else answer
+            if key and kept is not answer:  # a concurrent request with this key won
+                self._count_replay(key)
+            else:
+                self.server.behaviour.analyses += 1
+        self._send(200, kept)
+
+    def _count_replay(self, key: str) -> None:
+        self.server.behaviour.replays += 1
+        self.server.replays[key] = self.server.replays.get(key, 0) + 1
 
     def _body(self) -> dict[str, Any] | None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from k1.connections import redis_from_url
 from k1.db import get_engine
-from k1.settings import get_settings
+from k1.settings import get_settings, redis_error_fix
 
 CHECK_TIMEOUT = 2.0  # seconds per dependency: health must answer even when all are down
 
@@ -26,16 +26,33 @@ def check_all() -> dict[str, Any]:
     return {"ok": all(c["status"] != "down" for c in checks.values()), **checks}
 
 
-def check_redis() -> dict[str, Any]:
+def check_redis(url: str | None = None, *, detail: bool = False) -> dict[str, Any]:
+    """Redis' status; with ``detail`` its version too. When down, ``fix`` says what to do."""
     # A client of its own with short timeouts: the shared one waits longer.
-    client = redis_from_url(get_settings().redis_url)
+    client = redis_from_url(url or get_settings().redis_url)
     client.connection_pool.connection_kwargs.update(
         socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT
     )
+    found: dict[str, Any] = {}
+
+    def probe() -> None:
+        if detail:
+            found["version"] = client.info("server")["redis_version"]
+        else:
+            client.ping()
+
     try:
-        return _timed(client.ping)
+        result = _timed(probe)
     finally:
         client.close()
+    if result["status"] == "down":
+        result["fix"] = redis_fix(result["error"])
+    return {**result, **found}
+
+
+def redis_fix(error: str) -> str:
+    """What fixes a Redis connection failure, from its message (`k1 check`, health)."""
+    return redis_error_fix(error) or "start Redis, or point REDIS_URL at a running one"
 
 
 def check_database() -> dict[str, Any]:

@@ -11,6 +11,8 @@ import sys
 
 import structlog
 
+from k1.settings import redis_error_fix
+
 _SHARED_PROCESSORS = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -37,6 +39,18 @@ def configure_logging(level: str = "INFO") -> None:
             ],
         )
     )
+    handler.addFilter(_add_configuration_fix)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def _add_configuration_fix(record: logging.LogRecord) -> bool:
+    """Append the setting that fixes a Redis error to its log line (Celery and kombu log
+    reconnect attempts without saying that K1_REDIS_SSL_CERT_REQS exists)."""
+    message = record.getMessage()
+    fix = redis_error_fix(message) or (
+        redis_error_fix(str(record.exc_info[1])) if record.exc_info else None)
+    if fix and fix not in message:
+        record.msg, record.args = f"{message} (fix: {fix})", None
+    return True

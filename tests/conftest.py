@@ -82,8 +82,11 @@ def k1_process(name: str, *argv: str, env: dict[str, str] | None = None) -> Proc
     return Process(name, argv, {**os.environ, **(env or {})}, LOGS)
 
 
-def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None) -> Process:
-    """A real prefork Celery worker process, started and answering pings."""
+def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None,
+                  env: dict[str, str] | None = None) -> Process:
+    """A real prefork Celery worker process, started and answering pings; ``env`` overrides
+    the session's environment (e.g. a test's own DATABASE_URL).
+    """
     from k1.celery import app
 
     hostname = f"{name}@k1test"
@@ -92,7 +95,7 @@ def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None)
             "--without-gossip"]
     if queues:
         argv += ["--queues", queues]
-    worker = k1_process(name, *argv).start()
+    worker = k1_process(name, *argv, env=env).start()
     worker.wait_until(
         lambda: app.control.ping(destination=[hostname], timeout=0.5), 60, "did not answer ping"
     )

@@ -2,27 +2,21 @@
 (``k1/cli/dlq.py``...) and are added to :data:`cli` at the bottom of this file.
 
 Reads the environment like every K1 process; a ``.env`` file in the current directory
-(the one ``make run`` writes, which honcho also reads) fills in what the environment
-does not set.
+(the one ``make run`` writes) fills in only what the environment does not set: an
+exported variable always wins, here as in every process ``make run`` starts.
 """
 
 from __future__ import annotations
 
-import os
+import shlex
 import sys
-from pathlib import Path
 
 import click
-from honcho.environ import parse as parse_dotenv
 
-from k1.settings import SettingsError, get_settings
+from k1.settings import SettingsError, get_settings, load_dotenv
 
-
-def load_dotenv(path: Path = Path(".env")) -> None:
-    """Fill ``os.environ`` from ``path`` without overriding what is already set."""
-    if path.is_file():
-        for name, value in parse_dotenv(path.read_text()).items():
-            os.environ.setdefault(name, value)
+# The names the .env file supplied to this process (the environment did not set them).
+DOTENV_SUPPLIED: dict[str, str] = {}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,14 +34,67 @@ def token() -> None:
 @click.option("--project", "projects", multiple=True, required=True,
               help="Project the token may reach (repeat; '*' for every project).")
 @click.option("--ttl", type=click.IntRange(min=1), default=None,
-              help="Lifetime in seconds (default 12 h).")
+              help="Lifetime in seconds (default 12 h, at most 90 days).")
 def token_create(user_id: str, projects: tuple[str, ...], ttl: int | None) -> None:
     """Print a signed token, alone on stdout."""
     from k1.auth import create_token
     from k1.settings import DEFAULT_TOKEN_TTL
 
-    click.echo(create_token(user_id, projects, secret=get_settings().secret_key,
-                            ttl=ttl or DEFAULT_TOKEN_TTL))
+    secret = get_settings().secret_key  # a SettingsError is the configuration's, not ours
+    try:
+        token = create_token(user_id, projects, secret=secret, ttl=ttl or DEFAULT_TOKEN_TTL)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(token)
+
+
+@token.command("revoke")
+@click.argument("token_text", metavar="TOKEN", required=False)
+@click.option("--id", "token_id", help="The token's id (jti) instead of the token itself.")
+def token_revoke(token_text: str | None, token_id: str | None) -> None:
+    """Refuse a token from now on, on the API and on Socket.IO."""
+    from k1.auth import InvalidToken, decode_token, revoke
+
+    if (token_text is None) == (token_id is None):
+        raise click.UsageError("give the TOKEN or --id JTI (one of them)")
+    expires_at = None
+    if token_text is not None:
+        try:
+            principal = decode_token(token_text, secret=get_settings().secret_key,
+                                     use=None, verify_exp=False)
+        except InvalidToken as exc:
+            raise click.UsageError(f"not a token of this platform: {exc}") from None
+        token_id, expires_at = principal.token_id, principal.expires_at
+    assert token_id is not None
+    fresh = revoke(token_id, expires_at)
+    click.echo(f"token {token_id} {'revoked' if fresh else 'was revoked already'}")
+
+
+@token.command("signin-link")
+@click.option("--base-url", default="http://127.0.0.1:5000", show_default=True,
+              help="The dashboard's address.")
+@click.option("--user", "user_id", default="operator", show_default=True,
+              help="User the session will name.")
+def token_signin_link(base_url: str, user_id: str) -> None:
+    """Print a dashboard link that signs the local operator in (once, within minutes)."""
+    from k1.auth import SIGNIN_TTL, create_signin_token
+
+    token = create_signin_token(user_id, secret=get_settings().secret_key, ttl=SIGNIN_TTL)
+    click.echo(f"{base_url.rstrip('/')}/#signin={token}")
+
+
+@cli.command("env")
+@click.option("--export", "as_exports", is_flag=True,
+              help="Print POSIX `export` lines (for `eval` in a shell script).")
+def env_command(as_exports: bool) -> None:
+    """The variables .env supplies because the environment does not set them.
+
+    ``eval "$(k1 env --export)"`` gives a shell script the same view as every k1 process:
+    the environment first, then .env for what it leaves unset (scripts/run.sh uses it).
+    """
+    prefix = "export " if as_exports else ""
+    for name, value in DOTENV_SUPPLIED.items():
+        click.echo(f"{prefix}{name}={shlex.quote(value)}")
 
 
 @cli.group()
@@ -75,8 +122,36 @@ def external_service(host: str, port: int) -> None:
     serve(host, port)
 
 
+@cli.command("flower", context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Run Celery's Flower on $K1_HOST:$FLOWER_PORT; refuse to without its password.
+
+    Flower shows every task's arguments and can revoke tasks, so it never starts open by
+    accident: FLOWER_BASIC_AUTH=user:password is required unless K1_FLOWER_AUTH=off says
+    that something in front of it authenticates. Extra arguments go to Flower.
+    """
+    import os
+
+    from k1.cli.check import Problem, check_flower
+
+    settings = get_settings()
+    try:
+        click.echo(f"k1 flower: {check_flower(settings)}", err=True)
+    except Problem as problem:
+        raise click.ClickException(f"refusing to start Flower: {problem.what}; "
+                                   f"{problem.fix}") from None
+    # exec: Flower becomes this process, so signals from honcho or the dyno reach it.
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "k1.celery", "flower",
+                              f"--port={settings.flower_port}", f"--address={settings.host}",
+                              *flower_args])
+
+
 def _add_area_commands() -> None:
     """Each area's group, imported here so ``k1 --help`` lists them all."""
+    from k1.cli.check import check
+
+    cli.add_command(check)
     from k1.cli.dlq import dlq
     from k1.cli.schedule import beat, schedule
 
@@ -95,7 +170,7 @@ def _add_area_commands() -> None:
 
 
 def main() -> None:
-    load_dotenv()
+    DOTENV_SUPPLIED.update(load_dotenv())
     _add_area_commands()
     try:
         cli(standalone_mode=True)

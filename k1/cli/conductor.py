@@ -1,10 +1,11 @@
 """``k1 conductor-server`` (a local Conductor server) and ``k1 conductor-worker`` (the
 ``conductor`` process). Neither imports conductor-python at module level: its task handler
-switches multiprocessing to ``spawn`` on import (ARCHITECTURE §5).
+switches multiprocessing to ``spawn`` on import.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from k1.settings import get_settings
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Server data (SQLite file, log). Default: $K1_DATA_DIR/conductor.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the jar is kept. Default: $K1_CONDUCTOR_CACHE, else "
+                   "$K1_DATA_DIR/cache/conductor (.k1/cache/conductor).")
 @click.option("--database-url", envvar="K1_CONDUCTOR_DATABASE_URL", default=None,
               help="postgresql://... for PostgreSQL persistence (default: SQLite). "
                    "Give Conductor its own database. [env K1_CONDUCTOR_DATABASE_URL]")
@@ -25,26 +29,23 @@ from k1.settings import get_settings
               help="Server log file (default: the console).")
 @click.option("--timeout", type=float, default=180.0, show_default=True,
               help="Seconds to wait for the server to become healthy.")
+@click.option("--java", default=None, help="Java 21+ executable (default: searched for).")
 @click.option("--fetch-only", is_flag=True, help="Fetch the server jar (mvn), print its path.")
-def conductor_server(port: int, host: str, data_dir: Path | None, database_url: str | None,
-                     log_file: Path | None, timeout: float, fetch_only: bool) -> None:
-    """Fetch (once, with mvn, into $K1_DATA_DIR/cache) and run the pinned Conductor server.
+def conductor_server(port: int, host: str, data_dir: Path | None, cache_dir: Path | None,
+                     database_url: str | None, log_file: Path | None, timeout: float,
+                     java: str | None, fetch_only: bool) -> None:
+    """Fetch (once, with mvn) and run the pinned Conductor server.
 
-    Waits until it is healthy, then runs until Ctrl-C / SIGTERM.
+    Waits until it is healthy, then runs until Ctrl-C / SIGTERM. Needs no K1 secret:
+    set-up runs ``k1 conductor-server --fetch-only`` before any .env exists.
     """
-    from k1.conductor.server import main
+    from k1.conductor.server import run_foreground
+    from k1.settings import conductor_cache_dir, local_data_dir
 
-    settings = get_settings()
-    argv = ["--cache-dir", str(settings.conductor_cache_dir), "--port", str(port),
-            "--host", host, "--data-dir", str(data_dir or settings.data_dir / "conductor"),
-            "--timeout", str(timeout)]
-    if database_url:
-        argv += ["--database-url", database_url]
-    if log_file:
-        argv += ["--log-file", str(log_file)]
-    if fetch_only:
-        argv.append("--fetch-only")
-    sys.exit(main(argv))
+    sys.exit(run_foreground(
+        cache_dir or conductor_cache_dir(os.environ), port,
+        data_dir or local_data_dir(os.environ) / "conductor", database_url, log_file,
+        timeout, host=host, java=java, fetch_only=fetch_only))
 
 
 @click.command("conductor-worker")

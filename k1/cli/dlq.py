@@ -1,4 +1,4 @@
-"""``k1 dlq stats|list|show|replay|purge``: the dead-letter queue from a shell.
+"""``k1 dlq stats|list|show|replay|purge|quarantine``: the dead-letter queue from a shell.
 
 The CLI runs with the platform's own credentials (the environment), so it sees every
 project.
@@ -54,7 +54,8 @@ def stats(as_json: bool) -> None:
     from k1.recovery.dlq.store import DeadLetterStore
 
     store = DeadLetterStore()
-    figures = {**store.stats(), "spooled": store.spool_depth()}
+    figures = {**store.stats(), "spooled": store.spool_depth(),
+               "quarantined": store.quarantine_count()}
     if as_json:
         _print_json(figures)
         return
@@ -62,10 +63,27 @@ def stats(as_json: bool) -> None:
     click.echo(f"daily avg depth  {figures['daily_avg_depth']}")
     click.echo(f"oldest           {figures['oldest_at'] or '-'}")
     click.echo(f"spooled (Redis)  {figures['spooled']}")
+    click.echo(f"quarantined      {figures['quarantined']}")
     for title, key in (("by task", "by_task"), ("by exception", "by_exception")):
         click.echo(f"{title}:")
         for name, count in sorted(figures[key].items(), key=lambda item: -item[1]):
             click.echo(f"  {count:>8}  {name}")
+
+
+@dlq.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def quarantine(limit: int, as_json: bool) -> None:
+    """Letters the database refused even repaired, newest first, with the reason."""
+    from k1.recovery.dlq.store import DeadLetterStore
+
+    items = DeadLetterStore().quarantined(limit=limit)
+    if as_json:
+        _print_json({"items": items})
+        return
+    for item in items:
+        click.echo(f"{item['id']:>8}  {item['quarantined_at']}  {item['task_name']}  "
+                   f"[project {item['project_id']}]  {item['reason'].splitlines()[0][:100]}")
 
 
 @dlq.command("list")

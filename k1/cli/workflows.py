@@ -48,9 +48,11 @@ def workflows() -> None:
 @_paths
 @_dir
 def validate_cmd(paths: tuple[Path, ...], directory: Path | None) -> None:
-    """Check the files (JSON, required fields, references, K1 task types) offline."""
+    """Check the files (JSON, required fields, references, K1 task types, the "k1"
+    options such as operator_only) offline."""
     for wf in _files(paths, directory):
-        click.echo(f"ok: {wf.path} ({wf.name} v{wf.version}, tasks: "
+        scope = ", operator only" if wf.operator_only else ""
+        click.echo(f"ok: {wf.path} ({wf.name} v{wf.version}{scope}, tasks: "
                    f"{', '.join(wf.simple_task_names())})")
 
 

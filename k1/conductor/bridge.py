@@ -12,10 +12,13 @@
    the headers that tie it to the workflow; it answers IN_PROGRESS with a callback. A
    callback poll finds the claim and reports the Celery state instead of sending the task
    again, so a Conductor task never runs twice concurrently.
-2. When the Celery task succeeds or dies, the signal handlers below call :func:`settle`,
-   which completes or fails the Conductor task. If Conductor cannot be reached the report
-   becomes the ``k1.conductor.report_outcome`` task, retried until it can (the callback
-   poll of step 1 is a second way for the result to arrive).
+2. When the Celery task succeeds or dies, the signal handlers below only enqueue the
+   ``k1.conductor.report_outcome`` task (on the ``k1.platform`` queue, so it does not
+   wait behind users' work), which calls :func:`settle` to complete or fail the Conductor
+   task. The worker slot that ran the task never waits for Conductor: while the poller's
+   IN_PROGRESS answer has not landed, or while Conductor cannot be reached, the report
+   is retried with a countdown (the callback poll of step 1 is a second way for the
+   result to arrive).
 3. A dead letter carries the workflow and task ids in its headers. Replaying it re-runs
    the Celery task; on success :func:`settle` completes the Conductor task if the
    workflow still waits for it, or else reruns the workflow from that task (the same
@@ -25,7 +28,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +42,12 @@ from k1.conductor.client import (
     TERMINAL_TASK_STATUSES,
     TERMINAL_WORKFLOW_STATUSES,
     ConductorClient,
+    worker_client,
 )
 from k1.connections import get_redis
 from k1.events import emit
 from k1.recovery.errors import Kind, classify
+from k1.tasks import submissions
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +57,6 @@ CLAIM_TTL = 7 * 24 * 3600  # as long as Celery keeps results (celeryconfig.resul
 # could not reach Conductor. Normally the Celery task's own report completes it first.
 CALLBACK_AFTER_SECONDS = 30
 HANDOFF_RETRY_SECONDS = 5  # the broker could not take the task: ask Conductor again soon
-# Before reporting, wait (this long at most) for the poller's IN_PROGRESS answer to land.
-HANDOFF_SETTLE_WAIT = 3.0
-HANDOFF_SETTLE_POLL = 0.02
 REPORT_TASK = "k1.conductor.report_outcome"
 MAX_REASON = 1000  # characters of a failure reason sent to Conductor
 COMPLETED, FAILED, TERMINAL = "COMPLETED", "FAILED", "FAILED_WITH_TERMINAL_ERROR"
@@ -117,20 +118,18 @@ def hand_off(task: ConductorTask, callback_after: int = CALLBACK_AFTER_SECONDS) 
 
 
 def send(task: ConductorTask, celery_id: str) -> None:
-    """Send the Celery task named like the Conductor task, its input as keyword arguments."""
-    from k1.tasks.submissions import Submission, record
-
+    """Send the Celery task named like the Conductor task, its input as keyword arguments;
+    ``GET /api/tasks/<id>`` answers for it like for any submission of its project.
+    """
     carried = {
         headers.CONDUCTOR_WORKFLOW: task.workflow_id,
         headers.CONDUCTOR_TASK: task.task_id,
         # Retries and replays keep it: side effects keyed by it happen once per Conductor task.
         headers.IDEMPOTENCY_KEY: task.task_id,
-        headers.PROJECT: task.project_id,
     }
-    app.send_task(task.task_type, kwargs=dict(task.input), task_id=celery_id,
-                  headers={k: v for k, v in carried.items() if v is not None})
-    if task.project_id:  # GET /api/tasks/<id> answers for it like for any submission
-        record(Submission(celery_id, task.task_type, task.project_id, None, time.time()))
+    # The workflow was started for this project: the bridge vouches for the task.
+    submissions.send(task.task_type, kwargs=dict(task.input), task_id=celery_id,
+                     project_id=task.project_id, headers=carried)
 
 
 def answer_from_celery(celery_id: str, callback_after: int = CALLBACK_AFTER_SECONDS) -> Answer:
@@ -170,18 +169,33 @@ def reason_of(exc: Any) -> str:
 # --------------------------------------------------------------------------- settle
 
 
+class HandOffPending(Exception):
+    """The Conductor task is still IN_PROGRESS: the poller's answer has not landed yet.
+
+    A fast Celery task can finish before the poller's IN_PROGRESS answer reaches
+    Conductor; that late IN_PROGRESS would then undo a COMPLETED sent first (the task
+    would wait for its callback). A handed-off task is SCHEDULED (waiting for its
+    callback) once the answer is in: report then.
+    """
+
+
 def settle(conductor_task_id: str, workflow_id: str, status: str, *,
            output: dict[str, Any] | None = None, reason: str | None = None,
            celery_task_id: str | None = None, task_name: str | None = None,
-           check_state: bool = True, client: ConductorClient | None = None) -> str:
+           check_state: bool = True, pending_ok: bool = False,
+           client: ConductorClient | None = None) -> str:
     """Report a Celery outcome to Conductor; returns what was done.
 
     ``"updated"``: the task was completed or failed. A terminal task is left alone
     (``"ignored"``), except with ``check_state`` (replays, deferred reports): a success
     for a task whose workflow has failed reruns the workflow from that task (``"rerun"``).
+    Raises :class:`HandOffPending` while the task is IN_PROGRESS, unless ``pending_ok``
+    (the caller has waited long enough: report anyway).
     """
-    client = client or ConductorClient()
-    task = _handed_off(client, conductor_task_id)
+    client = client or worker_client()
+    task = client.get_task(conductor_task_id)
+    if task.get("status") == IN_PROGRESS and not pending_ok:
+        raise HandOffPending(f"conductor task {conductor_task_id} is still IN_PROGRESS")
     if task.get("status") in TERMINAL_TASK_STATUSES:
         if not check_state or status != COMPLETED or task.get("status") == COMPLETED:
             return "ignored"
@@ -199,8 +213,13 @@ def settle(conductor_task_id: str, workflow_id: str, status: str, *,
                  workflow_id, conductor_task_id)
         _announce_workflow(workflow, "started", rerun_from_task_id=conductor_task_id)
         return "rerun"
-    client.update_task(workflow_id, conductor_task_id, status, output=output, reason=reason)
-    workflow = client.get_workflow(workflow_id)
+    ref = task.get("referenceTaskName")
+    if status == COMPLETED and ref:  # one call: the update answers with the workflow
+        workflow = client.complete_task_sync(workflow_id, ref, output or {})
+    else:  # a failure carries its reason, which only the plain update takes
+        client.update_task(workflow_id, conductor_task_id, status, output=output,
+                           reason=reason)
+        workflow = client.get_workflow(workflow_id)
     _announce_workflow(workflow, "task_completed" if status == COMPLETED else "task_failed",
                        conductor_task_id=conductor_task_id, task_id=celery_task_id,
                        task_name=task_name, reason=reason)
@@ -208,21 +227,6 @@ def settle(conductor_task_id: str, workflow_id: str, status: str, *,
         _announce_workflow(workflow, "completed" if workflow["status"] == COMPLETED
                            else "failed", reason=workflow.get("reasonForIncompletion"))
     return "updated"
-
-
-def _handed_off(client: ConductorClient, conductor_task_id: str) -> dict[str, Any]:
-    """The Conductor task once the poller's IN_PROGRESS answer has landed.
-
-    A fast Celery task can finish before the poller's answer reaches Conductor; that late
-    IN_PROGRESS would then undo our COMPLETED (the task would wait for its callback). A
-    handed-off task is SCHEDULED (waiting for its callback) once the answer is in.
-    """
-    deadline = time.monotonic() + HANDOFF_SETTLE_WAIT
-    while True:
-        task = client.get_task(conductor_task_id)
-        if task.get("status") != IN_PROGRESS or time.monotonic() >= deadline:
-            return task
-        time.sleep(HANDOFF_SETTLE_POLL)
 
 
 def _announce_workflow(workflow: dict[str, Any], event_type: str, **fields: Any) -> None:
@@ -237,23 +241,17 @@ def report(conductor_task_id: str, workflow_id: str, status: str, *,
            output: dict[str, Any] | None = None, reason: str | None = None,
            celery_task_id: str | None = None, task_name: str | None = None,
            check_state: bool, project_id: str | None = None) -> None:
-    """Settle now; if Conductor (or Redis) cannot be reached, defer it to a Celery task."""
-    try:
-        settle(conductor_task_id, workflow_id, status, output=output, reason=reason,
-               celery_task_id=celery_task_id, task_name=task_name, check_state=check_state)
-        return
-    except Exception as exc:  # any failure here is retried by the deferred report
-        log.warning("conductor task %s: report %s deferred (%s: %s)", conductor_task_id,
-                    status, type(exc).__name__, exc)
-    app.send_task(
-        REPORT_TASK,
-        kwargs={"conductor_task_id": conductor_task_id, "workflow_id": workflow_id,
-                "status": status, "output": output, "reason": reason,
-                "celery_task_id": celery_task_id, "task_name": task_name,
-                "project_id": project_id},
-        # Not the conductor headers: the report is not itself a Conductor task.
-        headers={headers.PROJECT: project_id} if project_id else None,
-    )
+    """Enqueue the report (``k1.conductor.report_outcome``): one broker publish, so the
+    worker slot that ran the task is free at once.
+    """
+    # Not the conductor headers: the report is not itself a Conductor task. No submission
+    # record either: nobody asks for the report by id.
+    submissions.send(REPORT_TASK, kwargs={
+        "conductor_task_id": conductor_task_id, "workflow_id": workflow_id,
+        "status": status, "output": output, "reason": reason,
+        "celery_task_id": celery_task_id, "task_name": task_name,
+        "project_id": project_id, "check_state": check_state,
+    }, project_id=None, headers={headers.PROJECT: project_id} if project_id else None)
 
 
 # --------------------------------------------------------------------------- signals

@@ -8,7 +8,7 @@
 
 Plain ``requests``, not conductor-python: the SDK forces the ``spawn`` start method when
 its task handler is imported, and the web process, the CLI and Celery workers must never
-import it (ARCHITECTURE §5). Errors are translated once, here:
+import it (see docs/conductor.md). Errors are translated once, here:
 
 =====================  =============================================  =====================
 exception              when                                           K1 classification
@@ -24,6 +24,10 @@ ConductorRejected      other HTTP 4xx (bad definition, bad input)      dead
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import re
 import urllib.parse
 from typing import Any
 
@@ -31,7 +35,7 @@ import pybreaker
 import requests
 
 from k1.recovery.breakers import breaker
-from k1.recovery.errors import NonRetryableError, TransientError
+from k1.recovery.errors import NonRetryableError, TransientError, is_transient_status
 from k1.settings import get_settings
 
 BREAKER_NAME = "conductor"
@@ -44,6 +48,19 @@ TERMINAL_TASK_STATUSES = frozenset({
 })
 TERMINAL_WORKFLOW_STATUSES = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"})
 TASK_RESULT_STATUSES = ("COMPLETED", "FAILED", "FAILED_WITH_TERMINAL_ERROR", "IN_PROGRESS")
+# What a start may carry. Conductor keeps versions in a Java int; names as K1 and Conductor
+# accept them (no ':', no spaces or control characters); the input is stored with every
+# execution and task, so it stays small (data goes by reference, e.g. a ``data_path``).
+MAX_VERSION = 2**31 - 1
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
+MAX_INPUT_BYTES = 64 * 1024
+MAX_INPUT_DEPTH = 32  # nesting levels of objects and lists
+INT64 = (-(2**63), 2**63 - 1)  # Conductor reads JSON numbers as Java longs or doubles
+# A 5xx whose message says the server could not read the request is the caller's fault:
+# Spring/Jackson's words for an unreadable body or parameter.
+REQUEST_FAULT_MARKERS = ("JSON parse error", "out of range of", "Cannot deserialize",
+                         "NumberFormatException", "not a valid", "HttpMessageNotReadable",
+                         "MethodArgumentTypeMismatch", "Failed to convert value")
 
 
 class ConductorError(Exception):
@@ -78,6 +95,16 @@ class ConductorBreakerOpen(ConductorUnreachable, pybreaker.CircuitBreakerError):
 
 class ConductorRejected(ConductorError, NonRetryableError):
     """The server refused the request (HTTP 4xx): retrying the same request cannot help."""
+
+
+class ConductorInvalidInput(ConductorRejected):
+    """K1 refused to send a request built from the caller's input; ``field`` names the
+    part that is wrong (``version``, ``input.a.b``...).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 class ConductorNotFound(ConductorRejected):
@@ -131,7 +158,10 @@ class ConductorClient:
 
     def start_workflow(self, name: str, workflow_input: dict[str, Any], *,
                        version: int | None = None, correlation_id: str | None = None) -> str:
-        """Start an execution; returns its workflow id."""
+        """Start an execution; returns its workflow id. :class:`ConductorInvalidInput` if
+        the start could not be valid (nothing is sent).
+        """
+        check_start(name, workflow_input, version)
         body: dict[str, Any] = {"name": name, "input": workflow_input}
         if version is not None:
             body["version"] = version
@@ -178,6 +208,14 @@ class ConductorClient:
             body["callbackAfterSeconds"] = callback_after_seconds
         self._call("POST", "/tasks", json=body)
 
+    def complete_task_sync(self, workflow_id: str, task_ref_name: str,
+                           output: dict[str, Any]) -> dict[str, Any]:
+        """Complete the running task ``task_ref_name`` of a workflow and return the
+        workflow as the update left it: one round trip instead of an update and a GET.
+        """
+        return self._call("POST", f"/tasks/{_quote(workflow_id)}/{_quote(task_ref_name)}"
+                                  "/COMPLETED/sync", json=output)
+
     def healthy(self) -> bool:
         try:
             response = self.session.get(self.base_url.removesuffix("/api") + "/health",
@@ -191,7 +229,8 @@ class ConductorClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             # The one call site of the "conductor" breaker: an unreachable server or a
-            # 5xx counts against it; 4xx answers do not (the breaker excludes them).
+            # 5xx counts against it; an answer that blames the request returns from
+            # _send, which the breaker counts as a success, as it does its excluded errors.
             response = breaker(BREAKER_NAME).call(self._send, method, path, **kwargs)
         except pybreaker.CircuitBreakerError as exc:
             raise ConductorBreakerOpen(str(exc), getattr(exc, "retry_after", None)) from exc
@@ -199,6 +238,8 @@ class ConductorClient:
             raise _translate(exc.response, method, path) from None
         except requests.RequestException as exc:
             raise ConductorUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if not response.ok:
+            raise _translate(response, method, path)
         if not response.content:
             return None
         if "json" in response.headers.get("Content-Type", ""):
@@ -208,24 +249,100 @@ class ConductorClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         response = self.session.request(method, self.base_url + path, timeout=self.timeout,
                                         **kwargs)
-        response.raise_for_status()
+        if not response.ok and not _blames_request(response):
+            response.raise_for_status()  # the server's failure: counted by the breaker
         return response
 
 
-def _translate(response: requests.Response, method: str, path: str) -> ConductorError:
+@functools.cache
+def worker_client() -> ConductorClient:
+    """One client per worker process: its session keeps the connection to the server
+    open across reports, instead of a TCP handshake per report.
+    """
+    return ConductorClient()
+
+
+def _message(response: requests.Response) -> str:
     try:
-        message = response.json().get("message") or response.text
+        body = response.json()
     except ValueError:
-        message = response.text
-    text = f"{method} {path}: HTTP {response.status_code}: {message}"[:2000]
+        return response.text
+    return (body.get("message") if isinstance(body, dict) else None) or response.text
+
+
+def _blames_request(response: requests.Response) -> bool:
+    """The answer says the request was wrong, not that the server is failing."""
+    if not is_transient_status(response.status_code):
+        return True
+    return response.status_code == 500 and any(
+        marker in _message(response) for marker in REQUEST_FAULT_MARKERS)
+
+
+def _translate(response: requests.Response, method: str, path: str) -> ConductorError:
     status = response.status_code
+    text = f"{method} {path}: HTTP {status}: {_message(response)}"[:2000]
     if status == 404:
         return ConductorNotFound(text, status)
     if status == 409:
         return ConductorConflict(text, status)
-    if status == 429 or status >= 500:
-        return ConductorUnavailable(text, status)
-    return ConductorRejected(text, status)
+    if _blames_request(response):
+        return ConductorRejected(text, status)
+    return ConductorUnavailable(text, status)
+
+
+def check_start(name: Any, workflow_input: Any, version: Any) -> None:
+    """Raise :class:`ConductorInvalidInput` naming the field unless a start with these
+    values can be sent: ``name`` a workflow name, ``version`` None or 1..2^31-1,
+    ``workflow_input`` a JSON object of at most ``MAX_INPUT_BYTES`` whose numbers fit
+    Conductor's and whose strings can be stored (no NUL, no lone surrogate).
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConductorInvalidInput("name", "letters, digits, '_', '.', '-' (1-255)")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)
+                                or not 1 <= version <= MAX_VERSION):
+        raise ConductorInvalidInput("version", f"must be an integer from 1 to {MAX_VERSION}")
+    if not isinstance(workflow_input, dict):
+        raise ConductorInvalidInput("input", "must be a JSON object")
+    _check_value(workflow_input, "input", 0)
+    size = len(json.dumps(workflow_input, separators=(",", ":")).encode())
+    if size > MAX_INPUT_BYTES:
+        raise ConductorInvalidInput("input", f"{size} bytes as JSON; at most "
+                                             f"{MAX_INPUT_BYTES} (pass large data by reference)")
+
+
+def _check_value(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_INPUT_DEPTH:
+        raise ConductorInvalidInput(where, f"nested deeper than {MAX_INPUT_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConductorInvalidInput(where, "object keys must be strings")
+            _check_string(key, f"{where} (a key)")
+            _check_value(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_value(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, str):
+        _check_string(value, where)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise ConductorInvalidInput(where, "integer out of the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConductorInvalidInput(where, "must be a finite number")
+    else:
+        raise ConductorInvalidInput(where, f"{type(value).__name__} is not a JSON value")
+
+
+def _check_string(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ConductorInvalidInput(where, "contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConductorInvalidInput(where, "contains a lone surrogate") from None
 
 
 def _quote(segment: str) -> str:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from k1.conductor.client import ConductorClient, ConductorError
+from k1.conductor.client import ConductorClient, ConductorError, check_start
 from k1.connections import get_redis
 from k1.events import emit
 
@@ -35,7 +35,9 @@ def start(name: str, workflow_input: dict[str, Any] | None = None, *,
 
     ``project_id`` is put into the workflow input, where every K1 workflow reads it.
     With an ``idempotency_key`` a repeated call returns the first call's workflow id.
+    :class:`ConductorInvalidInput` (naming the field) if the start could not be valid.
     """
+    check_start(name, workflow_input or {}, version)
     redis = get_redis()
     if idempotency_key:
         existing = redis.get(START_KEY.format(idempotency_key))

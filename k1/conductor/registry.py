@@ -3,7 +3,12 @@
 One file per workflow, named after it (``workflows/profile_workflow.json``)::
 
     {"workflow": {<Conductor WorkflowDef>},
-     "tasks": [{<Conductor TaskDef>}, ...]}     # a def for every SIMPLE task it uses
+     "tasks": [{<Conductor TaskDef>}, ...],     # a def for every SIMPLE task it uses
+     "k1": {"operator_only": true}}             # optional: K1's own options (below)
+
+``"k1"`` options (never sent to Conductor): ``operator_only`` marks a platform-wide
+workflow (e.g. ``maintenance_workflow``, which prunes every project's executions): only
+an operator token may start it, and it is started for no project.
 
 A SIMPLE task's ``name`` is the name of the K1 Celery task that runs it (the bridge
 hands it to Celery), so ``k1.tasks.analyze_profile`` in a workflow is
@@ -50,6 +55,7 @@ NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # workflow names: file names, 
 # ${ref.output...} / ${ref.input...}: a reference to another task's data.
 REFERENCE_RE = re.compile(r"\$\{([A-Za-z0-9_]+)\.")
 NON_TASK_PREFIXES = frozenset({"workflow", "CPEWF_TASK_ID"})
+K1_OPTIONS = {"operator_only": bool}  # the "k1" key of a file: option -> type
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,11 @@ class WorkflowFile:
     path: Path
     workflow: dict[str, Any]
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # the file's "k1" key
+
+    @property
+    def operator_only(self) -> bool:
+        return self.options.get("operator_only") is True
 
     @property
     def name(self) -> str:
@@ -144,16 +155,29 @@ def _load(path: Path) -> WorkflowFile:
     if not isinstance(document, dict):
         raise ValidationFailed([Problem(path, "", 'expected an object {"workflow": ..., '
                                                   '"tasks": [...]}')])
-    problems = [Problem(path, "", f"unknown top-level key {key!r} (expected workflow, tasks)")
-                for key in sorted(set(document) - {"workflow", "tasks"})]
+    problems = [Problem(path, "", f"unknown top-level key {key!r} (expected workflow, "
+                                  "tasks, k1)")
+                for key in sorted(set(document) - {"workflow", "tasks", "k1"})]
     workflow, tasks = document.get("workflow"), document.get("tasks", [])
+    options = document.get("k1", {})
     if not isinstance(workflow, dict):
         problems.append(Problem(path, "workflow", "required, a workflow definition object"))
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         problems.append(Problem(path, "tasks", "must be a list of task definition objects"))
+    if not isinstance(options, dict):
+        problems.append(Problem(path, "k1", "must be an object of K1 options "
+                                            f"({', '.join(K1_OPTIONS)})"))
+    else:
+        for key, value in options.items():
+            expected = K1_OPTIONS.get(key)
+            if expected is None:
+                problems.append(Problem(path, f"k1.{key}", "unknown option (known: "
+                                                           f"{', '.join(K1_OPTIONS)})"))
+            elif not isinstance(value, expected):
+                problems.append(Problem(path, f"k1.{key}", f"must be a {expected.__name__}"))
     if problems:
         raise ValidationFailed(problems)
-    return WorkflowFile(path, workflow, tasks)
+    return WorkflowFile(path, workflow, tasks, options)
 
 
 # --------------------------------------------------------------------------- validation
@@ -192,6 +216,13 @@ def validate(files: list[WorkflowFile],
     if problems:
         raise ValidationFailed(problems)
     return files
+
+
+def operator_only_workflows(directory: Path) -> frozenset[str]:
+    """Names of the workflows whose file says ``"k1": {"operator_only": true}``; raises
+    ValidationFailed when the files cannot be read (callers refuse rather than guess).
+    """
+    return frozenset(f.name for f in load_directory(directory) if f.operator_only)
 
 
 def k1_celery_tasks() -> dict[str, Any]:

@@ -6,16 +6,14 @@ this machine. Persistence, queues and the search index all live in one SQLite fi
 the data directory (or in PostgreSQL when a database URL is given): no Elasticsearch,
 no Redis.
 
-Run it in the foreground::
-
-    python -m k1.conductor.server --port 8080 --data-dir .k1/conductor
-
-or from Python (tests, dev scripts)::
+Run it in the foreground with ``k1 conductor-server`` (the one command line; it keeps
+the jar in ``$K1_CONDUCTOR_CACHE``, default ``.k1/cache/conductor``), or from Python
+(tests, benchmarks)::
 
     from pathlib import Path
     from k1.conductor.server import start_server, stop_server
 
-    proc = start_server(Path("~/.cache/k1/conductor").expanduser(), 8080, Path(".k1/conductor"))
+    proc = start_server(Path(".k1/cache/conductor"), 8080, Path(".k1/conductor"))
     try:
         ...  # talk to http://127.0.0.1:8080/api
     finally:
@@ -24,7 +22,6 @@ or from Python (tests, dev scripts)::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -68,11 +65,6 @@ MAVEN_FETCH_TIMEOUT = 1800.0
 DEFAULT_PORT = 8080  # Conductor's own default port
 # Loopback only: workers and the K1 web process run on the same machine.
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_DATA_DIR = Path(".k1/conductor")  # relative to the working directory
-# Outside the work tree: the jar is large and must never be committed.
-DEFAULT_CACHE_DIR = Path(
-    os.environ.get("K1_CONDUCTOR_CACHE", Path.home() / ".cache" / "k1" / "conductor")
-)
 SQLITE_FILENAME = "conductor.db"
 LOG_FILENAME = "conductor.log"
 HEALTH_PATH = "/health"
@@ -146,8 +138,8 @@ def fetch_server_jar(cache_dir: Path) -> Path:
     The download goes to a temporary directory and is moved into place only when it is
     a complete zip, so an interrupted fetch never leaves a broken jar behind.
 
-    >>> fetch_server_jar(Path("~/.cache/k1/conductor").expanduser())  # doctest: +SKIP
-    PosixPath('/root/.cache/k1/conductor/conductor-server-3.32.3-boot.jar')
+    >>> fetch_server_jar(Path(".k1/cache/conductor"))  # doctest: +SKIP
+    PosixPath('/srv/k1/.k1/cache/conductor/conductor-server-3.32.3-boot.jar')
     """
     # Absolute: mvn runs in a temporary directory and resolves -DoutputDirectory there.
     cache_dir = Path(cache_dir).expanduser().resolve()
@@ -535,61 +527,36 @@ def start_server(
     return process
 
 
-# --------------------------------------------------------------------------- cli
+# --------------------------------------------------------------------------- foreground
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m k1.conductor.server",
-        description=f"Fetch (once) and run Conductor OSS {CONDUCTOR_VERSION} in the foreground.",
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where the jar is kept"
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("K1_CONDUCTOR_DATABASE_URL"),
-        help="postgresql://... (default: SQLite file in --data-dir)",
-    )
-    parser.add_argument(
-        "--log-file", type=Path, default=None, help="server log file (default: console)"
-    )
-    parser.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT)
-    parser.add_argument("--java", default=None, help="java executable (default: search)")
-    parser.add_argument(
-        "--fetch-only", action="store_true", help="download the jar, print its path, exit"
-    )
-    return parser.parse_args(argv)
+def run_foreground(
+    cache_dir: Path,
+    port: int,
+    data_dir: Path,
+    database_url: str | None = None,
+    log_path: Path | None = None,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    *,
+    host: str = DEFAULT_HOST,
+    java: str | None = None,
+    fetch_only: bool = False,
+) -> int:
+    """Run the server until SIGTERM/SIGINT (``k1 conductor-server``); the exit status.
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; return the exit status.
-
-    The first SIGTERM or SIGINT is passed on to the JVM as SIGTERM (clean shutdown); the
-    JVM is killed if it has not exited ``DEFAULT_STOP_TIMEOUT`` seconds later or on a
-    second signal.
+    With ``fetch_only``, fetch the jar, print its path and return. The first SIGTERM or
+    SIGINT is passed on to the JVM as SIGTERM (clean shutdown); the JVM is killed if it
+    has not exited ``DEFAULT_STOP_TIMEOUT`` seconds later or on a second signal.
     """
-    args = _parse_args(argv)
     try:
-        jar = fetch_server_jar(args.cache_dir)
-        if args.fetch_only:
+        jar = fetch_server_jar(cache_dir)
+        if fetch_only:
             print(jar)
             return 0
-        java = args.java or find_java(MIN_JAVA_MAJOR)
-        process = launch_server(
-            jar,
-            java,
-            args.port,
-            args.data_dir,
-            args.database_url,
-            log_path=args.log_file,
-            host=args.host,
-        )
+        process = launch_server(jar, java or find_java(MIN_JAVA_MAJOR), port, data_dir,
+                                database_url, log_path=log_path, host=host)
     except ConductorServerError as exc:
-        print(f"k1.conductor.server: {exc}", file=sys.stderr)
+        print(f"k1 conductor-server: {exc}", file=sys.stderr)
         return 1
 
     stop_requested_at: float | None = None
@@ -607,20 +574,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            wait_healthy(
-                health_url(args.port, args.host),
-                args.timeout,
-                process=process,
-                log_path=args.log_file,
-            )
-            print(
-                f"k1.conductor.server: Conductor {CONDUCTOR_VERSION} healthy at "
-                f"http://{args.host}:{args.port} (pid {process.pid}, data {args.data_dir})",
-                file=sys.stderr,
-            )
+            wait_healthy(health_url(port, host), timeout, process=process, log_path=log_path)
+            print(f"k1 conductor-server: Conductor {CONDUCTOR_VERSION} healthy at "
+                  f"http://{host}:{port} (pid {process.pid}, data {data_dir})",
+                  file=sys.stderr)
         except ServerStartError as exc:
             if stop_requested_at is None:
-                print(f"k1.conductor.server: {exc}", file=sys.stderr)
+                print(f"k1 conductor-server: {exc}", file=sys.stderr)
                 stop_server(process)
                 return 1
         while True:
@@ -639,7 +599,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop_requested_at is not None and returncode in (0, 128 + signal.SIGTERM, -signal.SIGTERM):
         return 0
     return returncode if returncode >= 0 else 128 - returncode
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,27 +14,56 @@ import json
 import time
 from typing import Any
 
+import tenacity
+
 from k1 import headers
 from k1.celery import app
 from k1.conductor import bridge, executions
-from k1.conductor.client import TERMINAL_WORKFLOW_STATUSES, ConductorClient, ConductorNotFound
+from k1.conductor.client import (
+    TERMINAL_WORKFLOW_STATUSES,
+    ConductorClient,
+    ConductorNotFound,
+    ConductorUnavailable,
+)
+from k1.conductor.registry import operator_only_workflows
 from k1.connections import get_redis
+from k1.recovery.errors import NonRetryableError
 from k1.recovery.policy import RetryPolicy
+from k1.settings import get_settings
 from k1.tasks.base import K1Task
 
 # Conductor may be down for a restart or an upgrade: keep trying for ~30 minutes
 # (2 s doubling to 5 min), far below the broker visibility timeout per wait.
 CONDUCTOR_CALL_POLICY = RetryPolicy(attempts=10, initial=2.0, maximum=300.0)
+# The poller's IN_PROGRESS answer lands a few ms after the hand-off: look again after
+# 20 ms, doubling to at most 0.5 s, 10 times (~3 s in all), then report anyway.
+HANDOFF_RECHECK = 0.02
+HANDOFF_RECHECK_MAX = 0.5
+HANDOFF_MAX_WAITS = 10
 COMPENSATIONS_KEY = "k1:conductor:compensations"  # hash: workflow id -> what was undone
 DEFAULT_PRUNE_AGE_DAYS = 30
 
 
-@app.task(base=K1Task, bind=True, name="k1.conductor.start_workflow",
+class OperatorOnly(NonRetryableError):
+    """An operator-only workflow was to be started on a project's behalf."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"workflow {name!r} is operator only: it is started for no project")
+
+
+@app.task(base=K1Task, bind=True, name="k1.conductor.start_workflow", public=True,
           retry_policy=CONDUCTOR_CALL_POLICY)
 def start_workflow(self: K1Task, name: str, version: int | None = None,
                    input: dict[str, Any] | None = None,
                    project_id: str | None = None) -> dict[str, str]:
-    """Start workflow ``name`` (latest version unless ``version``) with ``input``."""
+    """Start workflow ``name`` (latest version unless ``version``) with ``input``.
+
+    An operator-only workflow is platform-wide: it is started only for no project (a
+    built-in schedule, an operator's start through the API), never on a project's behalf.
+    """
+    for_a_project = project_id is not None or self.request.get(headers.PROJECT) is not None
+    if for_a_project and name in operator_only_workflows(get_settings().workflows_dir):
+        raise OperatorOnly(name)
     workflow_id = executions.start(
         name, input, version=version, project_id=project_id,
         user_id=self.request.get(headers.USER), idempotency_key=self.idempotency_key(),
@@ -42,17 +71,41 @@ def start_workflow(self: K1Task, name: str, version: int | None = None,
     return {"workflow_id": workflow_id}
 
 
-@app.task(base=K1Task, bind=True, name=bridge.REPORT_TASK, public=False,
+# No result kept: nobody asks for a report by id, and two result writes per bridged task
+# (STARTED, SUCCESS) would be two more Redis writes per bridged task.
+@app.task(base=K1Task, bind=True, name=bridge.REPORT_TASK, public=False, ignore_result=True,
           retry_policy=CONDUCTOR_CALL_POLICY)
 def report_outcome(self: K1Task, conductor_task_id: str, workflow_id: str, status: str,
                    output: dict[str, Any] | None = None, reason: str | None = None,
                    celery_task_id: str | None = None, task_name: str | None = None,
-                   project_id: str | None = None) -> dict[str, str]:
-    """Report a Celery task's outcome to Conductor (looking at the task's state first)."""
-    done = bridge.settle(conductor_task_id, workflow_id, status, output=output, reason=reason,
-                         celery_task_id=celery_task_id, task_name=task_name,
-                         check_state=True)
+                   project_id: str | None = None, check_state: bool = True) -> dict[str, str]:
+    """Report a Celery task's outcome to Conductor (looking at the task's state first).
+
+    While the poller's IN_PROGRESS answer has not landed, the report comes back after
+    ``HANDOFF_RECHECK`` seconds, doubling (a deferral: no attempt spent, no slot held);
+    after ``HANDOFF_MAX_WAITS`` of those it reports anyway. A short Conductor blip is retried
+    in-process (``settle_now``); a longer outage by the retry policy.
+    """
+    waited = self.deferrals()
+    try:
+        done = settle_now(conductor_task_id, workflow_id, status, output=output,
+                          reason=reason, celery_task_id=celery_task_id, task_name=task_name,
+                          check_state=check_state, pending_ok=waited >= HANDOFF_MAX_WAITS)
+    except bridge.HandOffPending:
+        carried = {**(self.request.headers or {}), headers.DEFERRALS: waited + 1}
+        countdown = min(HANDOFF_RECHECK * 2**waited, HANDOFF_RECHECK_MAX)
+        raise self.retry(countdown=countdown, headers=carried) from None
     return {"conductor_task_id": conductor_task_id, "outcome": done}
+
+
+# A short Conductor blip (a connection reset, a 503 during a restart's first second) is
+# retried at once in-process: 3 tries within 1 s, then the retry policy takes over.
+settle_now = tenacity.retry(
+    retry=tenacity.retry_if_exception_type(ConductorUnavailable),
+    stop=tenacity.stop_after_attempt(3) | tenacity.stop_after_delay(1.0),  # not after a timeout
+    wait=tenacity.wait_exponential(multiplier=0.1, max=0.2),
+    reraise=True,
+)(bridge.settle)
 
 
 @app.task(base=K1Task, name="k1.conductor.render_report")
@@ -68,7 +121,8 @@ def render_report(project_id: str, analysis: dict[str, Any] | None = None) -> di
             "score": profile.get("score")}
 
 
-@app.task(base=K1Task, name="k1.conductor.compensate")
+# Not public: it acts on whatever workflow id it is given; only the failure workflow runs it.
+@app.task(base=K1Task, name="k1.conductor.compensate", public=False)
 def compensate(project_id: str | None, workflow_id: str, failed_task_id: str | None = None,
                reason: str | None = None) -> dict[str, Any]:
     """Withdraw a failed review: record it once per workflow (idempotent)."""
@@ -78,7 +132,8 @@ def compensate(project_id: str | None, workflow_id: str, failed_task_id: str | N
     return {"compensated": workflow_id, "project_id": project_id}
 
 
-@app.task(base=K1Task, name="k1.conductor.prune_executions")
+# Operator only: it prunes every project's executions, whatever project it is started for.
+@app.task(base=K1Task, name="k1.conductor.prune_executions", operator_only=True)
 def prune_executions(project_id: str | None = None,
                      older_than_days: int | None = None) -> dict[str, int]:
     """Delete finished executions older than ``older_than_days`` (default 30) from

@@ -12,18 +12,23 @@ what it must remember (which Celery task runs which Conductor task) is in Redis.
 After a Conductor outage the pollers are restarted as soon as the server is healthy
 again, instead of waiting out conductor-python's poll backoff (up to 2 minutes).
 
-Stopping: SIGTERM or SIGINT stops polling; a task being handed off finishes its hand-off
-(a few milliseconds) before the poller exits, so nothing is claimed without being sent.
+Stopping (SIGTERM to the process or its whole group, as a Procfile host sends it; or
+SIGINT): the poller stops taking work, hands every task it has already polled to Celery
+(milliseconds each) and reports it IN_PROGRESS, then exits; the whole process is gone well
+within a platform's 30 s grace. No polled task is left to wait for Conductor's
+``responseTimeoutSeconds``.
 """
 
 import logging
 import multiprocessing
 import signal
 import threading
+import time
 from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
 
+from conductor.client.automator.task_runner import TaskRunner
 from conductor.client.configuration.configuration import Configuration
 from conductor.client.http.models.task import Task
 from conductor.client.http.models.task_result import TaskResult
@@ -40,6 +45,10 @@ log = logging.getLogger("k1.conductor.worker")
 POLL_INTERVAL_MS = 100  # an idle poller asks at most this often per task type
 THREADS = 4  # hand-offs in flight per poller: each is a Redis SET and a broker publish
 HEALTH_CHECK_INTERVAL = 2.0  # s between the parent's looks at Conductor's health
+# A stopping poller only finishes hand-offs (ms each); kill it after this, well within the
+# 30 s a Procfile host allows between SIGTERM and SIGKILL.
+STOP_GRACE = 20.0
+STOP_CHECK_INTERVAL = 0.01  # s between a stopping poller's looks at its hand-offs
 
 
 def execute(task: Task) -> TaskResult:
@@ -64,23 +73,48 @@ def to_task_result(task: Task, answer: Answer) -> TaskResult:
     return result
 
 
-def _stop_after_hand_offs(signum: int, frame: FrameType | None) -> None:
-    # Raised in the poller's main thread: the SDK's runner then shuts its thread pool
-    # down with wait=True, so hand-offs in flight complete before the process exits.
-    raise SystemExit(0)
+class _Runner(TaskRunner):
+    """conductor-python's task runner, stopped without dropping a task it has polled.
+
+    The SDK's own stop drops work: a task its v2 update answered with, or one polled just
+    before the stop flag is set, is never executed and waits in Conductor for the task
+    definition's ``responseTimeoutSeconds``. Here a stop only stops *taking* work; every
+    task already polled is handed off (a Redis SET and a broker publish, milliseconds)
+    and reported before the runner's loop ends.
+    """
+
+    def stop_polling(self) -> None:
+        self.worker.paused = True  # the SDK's batch poll returns nothing while paused
+        self._use_update_v2 = False  # a v2 update would answer with the next task
+
+    def run_once(self) -> None:
+        if not self.worker.paused:
+            super().run_once()
+        elif all(future.done() for future in self._running_tasks):
+            self.stop()  # run() returns; nothing is left to cancel
+        else:
+            time.sleep(STOP_CHECK_INTERVAL)
 
 
-if multiprocessing.parent_process() is not None:  # a spawned poller, not the parent
+def _poll(task_types: Sequence[str], url: str, poll_interval_ms: int, threads: int) -> None:
+    """The poller process: one runner over every K1 task type, until SIGTERM."""
     configure_logging(get_settings().log_level)
-    signal.signal(signal.SIGTERM, _stop_after_hand_offs)
+    worker = Worker(task_definition_name=list(task_types), execute_function=execute,
+                    poll_interval=poll_interval_ms, thread_count=threads,
+                    worker_id="k1-bridge")
+    runner = _Runner(worker, Configuration(server_api_url=url))
+    signal.signal(signal.SIGTERM, lambda signum, frame: runner.stop_polling())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    runner.run()
 
 
 def serve(task_types: Sequence[str], *, poll_interval_ms: int = POLL_INTERVAL_MS,
           threads: int = THREADS) -> int:
-    """Run the pollers until SIGTERM/SIGINT; returns the exit status."""
+    """Run the poller until SIGTERM/SIGINT; returns the exit status."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    if not settings.conductor_server_url:
+    url = settings.conductor_server_url
+    if not url:
         log.error("CONDUCTOR_SERVER_URL is not set; nothing to poll")
         return 2
     if not task_types:
@@ -89,43 +123,49 @@ def serve(task_types: Sequence[str], *, poll_interval_ms: int = POLL_INTERVAL_MS
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %s: stopping the Conductor pollers", signal.Signals(signum).name)
+        log.info("signal %s: stopping the Conductor poller", signal.Signals(signum).name)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    client = ConductorClient(settings.conductor_server_url)
-    handler = _start_pollers(task_types, settings.conductor_server_url, poll_interval_ms,
-                             threads)
-    log.info("conductor worker polling %s at %s", ", ".join(task_types),
-             settings.conductor_server_url)
+    client = ConductorClient(url)
+    # conductor-python needs ``spawn``; its import set it as the default already.
+    context = multiprocessing.get_context("spawn")
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_poll, name="k1-conductor-poller",
+                                  args=(list(task_types), url, poll_interval_ms, threads))
+        process.start()
+        return process
+
+    poller = start()
+    log.info("conductor worker polling %s at %s", ", ".join(task_types), url)
     was_healthy = True
     try:
         while not stop.wait(HEALTH_CHECK_INTERVAL):
             healthy = client.healthy()
             if healthy and not was_healthy:
-                # conductor-python backs its pollers off for up to 2 min after failed
-                # polls; fresh pollers start polling at once.
-                log.info("Conductor is back; restarting the pollers")
-                handler.stop_processes()
-                handler = _start_pollers(task_types, settings.conductor_server_url,
-                                         poll_interval_ms, threads)
+                # conductor-python backs its poller off for up to 2 min after failed
+                # polls; a fresh poller polls at once.
+                log.info("Conductor is back; restarting the poller")
+                _stop(poller)
+                poller = start()
+            elif not poller.is_alive():
+                log.warning("the poller exited (%s); starting another", poller.exitcode)
+                poller = start()
             was_healthy = healthy
     finally:
-        # SIGTERM to each poller (see _stop_after_hand_offs), a kill after 5 s.
-        handler.stop_processes()
+        _stop(poller)
     log.info("conductor worker stopped")
     return 0
 
 
-def _start_pollers(task_types: Sequence[str], url: str, poll_interval_ms: int,
-                   threads: int) -> Any:
-    from conductor.client.automator.task_handler import TaskHandler  # sets spawn
-
-    worker = Worker(task_definition_name=list(task_types), execute_function=execute,
-                    poll_interval=poll_interval_ms, thread_count=threads,
-                    worker_id="k1-bridge")
-    handler = TaskHandler(workers=[worker], configuration=Configuration(server_api_url=url),
-                          scan_for_annotated_workers=False, monitor_processes=True)
-    handler.start_processes()
-    return handler
+def _stop(poller: BaseProcess) -> None:
+    """SIGTERM (the poller finishes its hand-offs and exits), SIGKILL after STOP_GRACE."""
+    if poller.is_alive():
+        poller.terminate()
+        poller.join(STOP_GRACE)
+    if poller.is_alive():
+        log.warning("the poller did not stop within %.0f s; killing it", STOP_GRACE)
+        poller.kill()
+        poller.join()

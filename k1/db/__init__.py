@@ -11,13 +11,21 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from k1.settings import get_settings
 
 CONNECT_TIMEOUT = 5  # seconds: a database that is down fails a call fast (the DLQ spools)
+# SQLSTATE classes of a statement the server refused for what it carries (data exception,
+# integrity, syntax or access, program limit such as JSON nested too deep): sending it
+# again later fails the same way. psycopg raises class 54 as an OperationalError.
+REFUSED_SQLSTATE_CLASSES = frozenset({"22", "23", "42", "54"})
 
 
 class Base(DeclarativeBase):
@@ -42,7 +50,7 @@ def make_engine(url: str) -> Engine:
     )
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -60,7 +68,37 @@ def _session_factory() -> sessionmaker[Session]:
 
 
 @contextmanager
+def reading() -> Iterator[Connection]:
+    """A connection for a single read statement, in autocommit: no BEGIN and COMMIT round
+    trips around it (one statement sees one snapshot anyway).
+    """
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        yield connection
+
+
+@contextmanager
 def session_scope() -> Iterator[Session]:
     """A session committed when the block ends, rolled back if it raises."""
     with _session_factory().begin() as session:
         yield session
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached or could not serve now
+    (connection refused or lost, pool timeout, shutdown, out of resources, deadlock) --
+    worth trying again later -- rather than that it refused what the statement carries.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return False
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return not (sqlstate and sqlstate[:2] in REFUSED_SQLSTATE_CLASSES)
+
+
+def insert_or_skip(model: type[Base], *unique: str) -> postgresql.Insert | sqlite.Insert:
+    """``INSERT ... ON CONFLICT (unique) DO NOTHING`` for the engine's dialect (K1 runs on
+    PostgreSQL and SQLite, whose insert constructs both offer it).
+    """
+    builder = postgresql.insert if get_engine().dialect.name == "postgresql" else sqlite.insert
+    return builder(model).on_conflict_do_nothing(index_elements=list(unique))

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, tuple_
 
 from k1.history.models import STATES, TaskRun
-from k1.recovery.dlq.filters import FilterError, parse_time
+from k1.recovery.dlq.filters import FilterError, _check_text, parse_time
 
 FIELDS = ("project_id", "task", "state", "worker", "since", "until", "q")
 MAX_QUERY = 200  # characters of ``q``: longer is no search anybody types
@@ -41,6 +41,8 @@ class TaskFilter:
         if unknown:
             raise FilterError(f"unknown filter(s): {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(FIELDS + extra)}")
+        for name in ("project_id", "task", "state", "worker", "q"):
+            _check_text(name, params.get(name))  # what PostgreSQL can compare with
         state = (params.get("state") or "").upper() or None
         if state and state not in STATES:
             raise FilterError(f"state: must be one of {', '.join(STATES)}, got {state!r}")

@@ -30,6 +30,7 @@ import redis
 import requests
 
 from k1.events import emit, metrics
+from k1.recovery.errors import is_transient_status, status_of
 from k1.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,21 @@ class BreakerOpen(pybreaker.CircuitBreakerError):
 
 
 def _is_client_error(exc: BaseException) -> bool:
-    """An HTTP 4xx (but 429) says our request was wrong, not that the dependency is down."""
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return (isinstance(exc, requests.HTTPError) and status is not None
-            and 400 <= status < 500 and status != 429)
+    """A non-transient HTTP answer says our request was wrong, not that the dependency is
+    down: it does not count against the breaker."""
+    return isinstance(exc, requests.HTTPError) and not is_transient_status(status_of(exc))
 
 
 class K1Breaker(pybreaker.CircuitBreaker):
-    """A pybreaker breaker whose refusals carry the time until half-open."""
+    """A pybreaker breaker whose refusals carry the time until half-open.
+
+    It keeps its :attr:`storage` (pybreaker offers no public accessor), so that the time
+    the breaker opened is read through the storage's public ``opened_at``.
+    """
+
+    def __init__(self, *, state_storage: pybreaker.CircuitBreakerStorage, **options: Any) -> None:
+        super().__init__(state_storage=state_storage, **options)
+        self.storage = state_storage
 
     def call(self, func, *args, **kwargs):  # type: ignore[no-untyped-def, override]
         try:
@@ -73,7 +81,7 @@ class K1Breaker(pybreaker.CircuitBreaker):
             raise BreakerOpen(self.name, self.seconds_until_half_open()) from None
 
     def seconds_until_half_open(self) -> float:
-        opened_at = self._state_storage.opened_at
+        opened_at = self.storage.opened_at
         if opened_at is None:
             return float(self.reset_timeout)
         remaining = (opened_at.timestamp() + self.reset_timeout) - time.time()
@@ -105,7 +113,8 @@ class _Announcer(pybreaker.CircuitBreakerListener):
                 self.client.incr(metrics.BREAKER_TRIPS)
         log.warning("circuit breaker %s: %s -> %s", cb.name, previous or "closed", state)
         emit("breaker_state", type=state, name=cb.name, state=state,
-             previous=previous or pybreaker.STATE_CLOSED, **_timing(cb))
+             previous=previous or pybreaker.STATE_CLOSED,
+             **(_timing(cb) if isinstance(cb, K1Breaker) else {}))
 
 
 @dataclass(frozen=True)
@@ -223,8 +232,8 @@ def _status_of(name: str, options: tuple[int, int]) -> BreakerStatus:
                          fail_max=cb.fail_max, reset_timeout=int(cb.reset_timeout), **timing)
 
 
-def _timing(cb: pybreaker.CircuitBreaker) -> dict[str, str | None]:
-    opened_at: datetime | None = cb._state_storage.opened_at
+def _timing(cb: K1Breaker) -> dict[str, str | None]:
+    opened_at: datetime | None = cb.storage.opened_at
     if opened_at is None:
         return {"opened_at": None, "next_half_open_at": None}
     half_open = datetime.fromtimestamp(opened_at.timestamp() + cb.reset_timeout, UTC)

@@ -16,6 +16,11 @@ TransientError                         RETRY      declared transient by the task
 pybreaker.CircuitBreakerError          DEFER      the dependency is known to be down: wait
 requests.HTTPError 429 / 5xx           RETRY      the server is overloaded or broken for now
 requests.HTTPError other 4xx           DEAD       the request itself is wrong
+SoftTimeLimitExceeded,                 DEAD       the run outlived its time limit: the same
+TimeLimitExceeded                                 work would again, so retrying multiplies
+                                                  the load the limit exists to bound; the
+                                                  letter lets an operator replay it (after
+                                                  raising the task's limit, say)
 requests ConnectionError, Timeout      RETRY      network blip
 ConnectionError, TimeoutError          RETRY      network blip
 redis ConnectionError / TimeoutError   RETRY      Redis restarting
@@ -39,6 +44,7 @@ import pybreaker
 import redis.exceptions
 import requests
 import sqlalchemy.exc
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 
 class Kind(enum.Enum):
@@ -65,11 +71,16 @@ Rule = Kind | Callable[[BaseException], Kind]
 ErrorTable = Iterable[tuple[type[BaseException], Rule]]
 
 
+def is_transient_status(status: int | None) -> bool:
+    """The one rule for HTTP answers: 429 and 5xx (and no status at all) say "try again
+    later"; any other 4xx says the request itself is wrong, so repeating it cannot help
+    (and must not count against the dependency's breaker).
+    """
+    return status is None or status == 429 or status >= 500
+
+
 def _http_error_kind(exc: BaseException) -> Kind:
-    status = _status_of(exc)
-    if status is None or status == 429 or status >= 500:
-        return Kind.RETRY
-    return Kind.DEAD
+    return Kind.RETRY if is_transient_status(status_of(exc)) else Kind.DEAD
 
 
 DEFAULT_ERROR_TABLE: tuple[tuple[type[BaseException], Rule], ...] = (
@@ -77,6 +88,8 @@ DEFAULT_ERROR_TABLE: tuple[tuple[type[BaseException], Rule], ...] = (
     (TransientError, Kind.RETRY),
     (pybreaker.CircuitBreakerError, Kind.DEFER),
     (requests.HTTPError, _http_error_kind),
+    (SoftTimeLimitExceeded, Kind.DEAD),
+    (TimeLimitExceeded, Kind.DEAD),
     (requests.ConnectionError, Kind.RETRY),
     (requests.Timeout, Kind.RETRY),
     (ConnectionError, Kind.RETRY),
@@ -126,6 +139,7 @@ def retry_after_of(exc: BaseException) -> float | None:
     return max(0.0, math.ceil(seconds))
 
 
-def _status_of(exc: BaseException) -> int | None:
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an error that carries a response (``requests``), else None."""
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)

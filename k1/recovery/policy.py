@@ -1,7 +1,7 @@
 """The retry policy: how many attempts, and how long to wait before each.
 
-Built on tenacity's wait primitives, applied by re-enqueueing with a countdown (Celery
-``retry``), never by sleeping in a worker slot::
+Applied by re-enqueueing with a countdown (Celery ``retry``), never by sleeping in a
+worker slot::
 
     policy = RetryPolicy(attempts=5, initial=2)
     policy.countdown(retries=0)          # ~2.2-2.4 s before the 2nd attempt
@@ -18,28 +18,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-import tenacity
-from tenacity.wait import wait_base
-
 DEFAULT_ATTEMPTS = 3  # the first run and two retries
 DEFAULT_INITIAL_WAIT = 1.0  # seconds before the second attempt, doubling after
 DEFAULT_MAX_WAIT = 60.0  # no single backoff longer than a minute
 DEFAULT_JITTER = (0.10, 0.20)  # +10-20 % so that a burst of failures does not retry in step
+MAX_DOUBLINGS = 64  # past 2**64 any initial wait is beyond any maximum: stop doubling
 # Waits for an open breaker: how many times a task may be deferred before it dies, and the
 # longest single deferral. Both stay far below the broker visibility timeout (1 h).
 DEFAULT_MAX_DEFERRALS = 30
 DEFAULT_MAX_DEFER_WAIT = 300.0  # 5 min
-
-
-class wait_jitter_fraction(wait_base):
-    """Wrap a tenacity wait: add a random ``low``-``high`` fraction of it, then cap it."""
-
-    def __init__(self, base: wait_base, low: float, high: float, cap: float) -> None:
-        self.base, self.low, self.high, self.cap = base, low, high, cap
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        wait = self.base(retry_state)
-        return min(self.cap, wait * (1 + random.uniform(self.low, self.high)))
 
 
 @dataclass(frozen=True)
@@ -77,14 +64,10 @@ class RetryPolicy:
 
         A server's ``Retry-After`` is honoured when it asks for longer.
         """
-        wait = wait_jitter_fraction(
-            tenacity.wait_exponential(multiplier=self.initial, max=self.maximum),
-            *self.jitter,
-            cap=self.maximum,
-        )
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-        state.attempt_number = retries + 1
-        delay = wait(state)
+        low, high = self.jitter
+        # initial * 2**retries, computed in floats so a huge ``retries`` cannot overflow.
+        base = min(self.maximum, self.initial * 2.0 ** min(retries, MAX_DOUBLINGS))
+        delay = min(self.maximum, base * (1 + random.uniform(low, high)))
         if retry_after is not None:
             delay = max(delay, min(retry_after, DEFAULT_MAX_DEFER_WAIT))
         return round(delay, 3)

@@ -10,42 +10,63 @@ A failure is classified (:mod:`k1.recovery.errors`):
   written (:class:`~k1.recovery.dlq.store.DeadLetterStore`).
 
 Every K1 task takes ``project_id`` so that its events reach the right room and its dead
-letters the right project::
+letters the right project, and performs its side effects through ``self.effects`` so that
+they happen once however often the task runs (:mod:`k1.tasks.effects`)::
 
-    @app.task(base=K1Task, bind=True, retry_policy=RetryPolicy(attempts=5))
-    def sync_account(self, project_id: str, account: str) -> dict: ...
+    @app.task(base=K1Task, bind=True, public=True, retry_policy=RetryPolicy(attempts=5),
+              argument_limits={"batch": (1, 500)}, soft_time_limit=60)
+    def sync_account(self, project_id: str, account: str, batch: int = 100) -> dict: ...
+
+Each run is bounded by Celery's time limits (defaults in ``celeryconfig.py``, a task's own
+``soft_time_limit``/``time_limit`` options win); a run past its soft limit dies with a dead
+letter rather than being retried (:mod:`k1.recovery.errors` says why).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import socket
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from k1 import headers
 from k1.recovery.errors import ErrorTable, Kind, classify
 from k1.recovery.policy import DEFAULT_MAX_DEFER_WAIT, DEFAULT_POLICY, RetryPolicy
+from k1.tasks.effects import Effects
 
 log = logging.getLogger(__name__)
 
 DEFER_JITTER = 0.10  # up to +10 % on a deferral, so deferred tasks do not return in a herd
 MAX_MESSAGE = 10_000  # characters of an exception message kept in a dead letter
+# Publishing a retry rides out a broker restart (~40 s in all) before giving up: Celery's
+# default (3 tries within a second) rejects the message for good when the broker is away,
+# and with acks_late that loses the task (seen in tests/fault/test_redis.py).
+RETRY_PUBLISH_POLICY = {"max_retries": 20, "interval_start": 0.5, "interval_step": 0.5,
+                        "interval_max": 2.0}
 
 
 class K1Task(Task):
     """Celery task with K1's retry policy, breaker deferral and dead-letter queue.
 
-    :cvar public: listed by ``POST /api/tasks`` and the scheduler (internal tasks say no).
+    :cvar public: clients may start it (``POST /api/tasks``, schedules); default False, so
+        a task is internal until it says otherwise.
+    :cvar operator_only: it acts platform-wide: only an operator's token may start it.
     :cvar retry_policy: the :class:`RetryPolicy` for this task.
     :cvar error_classes: rows consulted before the default classification table.
+    :cvar argument_limits: ``{argument: (low, high)}`` integer bounds, checked when the
+        task is submitted (a 400) and again when it runs (a dead letter); None passes, as
+        an argument not given.
     """
 
-    public: ClassVar[bool] = True
+    public: ClassVar[bool] = False
+    operator_only: ClassVar[bool] = False
+    argument_limits: ClassVar[Mapping[str, tuple[int, int]]] = {}
     retry_policy: RetryPolicy = DEFAULT_POLICY
     error_classes: ErrorTable = ()
     # The policy bounds attempts and deferrals; Celery's own cap (3) would cut them short.
@@ -55,12 +76,29 @@ class K1Task(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
+            if self.argument_limits:  # a message sent around submit() is held to them too
+                self.check_arguments(inspect.signature(self.run).bind(*args, **kwargs).arguments)
             return self.run(*args, **kwargs)
         except Retry:
             raise
         except Exception as exc:
             self._retry_if_transient(exc)
             raise
+
+    def check_arguments(self, arguments: Mapping[str, Any]) -> None:
+        """Raise ValueError naming the first argument outside :attr:`argument_limits`."""
+        for name, (low, high) in self.argument_limits.items():
+            value = arguments.get(name)
+            if value is None:  # not given (a workflow passes None for an absent input)
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name}: must be an integer from {low} to {high}, "
+                                 f"got {value!r}")
+
+    @property
+    def effects(self) -> Effects:
+        """This run's effects, keyed by :meth:`idempotency_key` (:mod:`k1.tasks.effects`)."""
+        return Effects(self.idempotency_key())
 
     def policy(self) -> RetryPolicy:
         """The policy for the current call: the task's, with the call's header overrides."""
@@ -99,7 +137,16 @@ class K1Task(Task):
                         countdown)
         first_failure = self.request.get(headers.FIRST_FAILURE) or datetime.now(UTC).isoformat()
         carried = {**(self.request.headers or {}), headers.FIRST_FAILURE: first_failure, **extra}
-        raise self.retry(exc=exc, countdown=countdown, headers=carried)
+        try:
+            raise self.retry(exc=exc, countdown=countdown, headers=carried,
+                             retry_policy=RETRY_PUBLISH_POLICY)
+        except Reject as rejected:
+            # The retry could not be published: give the message back rather than drop it
+            # (Celery's requeue=False). If the broker is still away, the message stays
+            # unacknowledged and returns after the visibility timeout.
+            log.error("task %s[%s]: its retry could not be published (%s); handing the "
+                      "message back", self.name, self.request.id, rejected.reason)
+            raise Reject(rejected.reason, requeue=True) from exc
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], einfo: Any) -> None:
@@ -129,7 +176,9 @@ class K1Task(Task):
             "breaker_states": states_snapshot(),
             "workflow_id": self.request.get(headers.CONDUCTOR_WORKFLOW),
             "conductor_task_id": self.request.get(headers.CONDUCTOR_TASK),
-            "idempotency_key": self.idempotency_key(),
+            # A hard time limit calls this in the worker's main process, outside the
+            # request: its id is then the task id passed in, not "None".
+            "idempotency_key": self.request.get(headers.IDEMPOTENCY_KEY) or task_id,
         }
         recorded = DeadLetterStore().record(fields)
         log.error("task %s[%s] is dead after %d attempt(s): %s: %s (dead letter %s)",

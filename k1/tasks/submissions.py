@@ -1,35 +1,47 @@
-"""Starting tasks on behalf of a user, and remembering who started what.
+"""Starting tasks, and remembering who started what.
 
-Every start from the API, the CLI or the dashboard goes through :func:`submit`, which
-checks the task and its arguments, stamps project and user into headers, and records
-the submission in Redis so that ``GET /api/tasks/<id>`` can answer 404 for ids it never
-issued and 403 for other projects' tasks::
+There is one way to send a K1 task, :func:`send`: it stamps the project and user headers
+and records the submission in Redis so that ``GET /api/tasks/<id>`` can answer for it
+(404 for ids it never issued, 403 for other projects' tasks). Callers that vouch for the
+task themselves (beat, the Conductor bridge, DLQ replay) call it directly; a start on
+behalf of a client (the API, the CLI, the dashboard) goes through :func:`submit`, which
+first checks that the caller may start the task and that its arguments fit::
 
     task_id = submit("k1.tasks.demo.flaky", kwargs={"fail_times": 1}, project_id="acme")
+    task_id = send("k1.conductor.prune_executions", project_id=None)   # trusted caller
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
 from celery.utils.time import maybe_timedelta
 
 from k1 import headers as k1_headers
-from k1.celery import app
+from k1.celery import app, load_task_modules
 from k1.connections import get_redis
 from k1.history import capture as history
 from k1.tasks import public_task_names
 
+if TYPE_CHECKING:
+    import redis.client
+
 SUBMISSION_KEY = "k1:task:{}"
+# A project id names rooms, Redis keys and dead-letter rows (a 255-character column).
+MAX_PROJECT_ID = 255
 
 
 class SubmissionError(ValueError):
     """The task or its arguments are wrong; the message says how."""
+
+
+class NotAllowed(SubmissionError):
+    """The task exists but the caller may not start it (operator-only)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,45 @@ class Submission:
     submitted_at: float
 
 
+def validate_project_id(value: Any, field: str = "project_id") -> str:
+    """``value`` as a project id, or :class:`SubmissionError` naming ``field``.
+
+    A project id is a non-empty string of at most 255 printable characters (an integer is
+    taken as its decimal form): nothing a Redis key, a room name or a database column
+    would refuse or mangle (NUL, control characters, lone surrogates).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise SubmissionError(f"{field}: required, a string")
+    if len(value) > MAX_PROJECT_ID:
+        raise SubmissionError(f"{field}: at most {MAX_PROJECT_ID} characters")
+    if not value.isprintable() or value != value.strip():
+        raise SubmissionError(f"{field}: printable characters only, no surrounding spaces")
+    return value
+
+
+def check_arguments(task_name: str, args: Sequence[Any] = (),
+                    kwargs: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`SubmissionError` unless ``args``/``kwargs`` fit the task's signature
+    and its own argument checks (:meth:`~k1.tasks.base.K1Task.check_arguments`)."""
+    load_task_modules()
+    task = app.tasks.get(task_name)
+    if task is None:
+        raise SubmissionError(f"unknown task {task_name!r}")
+    signature = inspect.signature(task.run)
+    try:
+        bound = signature.bind(*args, **(kwargs or {}))
+    except TypeError as exc:
+        raise SubmissionError(f"arguments do not match {task_name}{signature}: {exc}") from None
+    check = getattr(task, "check_arguments", None)
+    if check is not None:
+        try:
+            check(bound.arguments)
+        except ValueError as exc:
+            raise SubmissionError(str(exc)) from None
+
+
 def submit(
     task_name: str,
     args: Sequence[Any] = (),
@@ -48,36 +99,69 @@ def submit(
     *,
     project_id: str,
     user_id: str | None = None,
+    operator: bool = False,
     headers: dict[str, Any] | None = None,
     **options: Any,
 ) -> str:
-    """Start ``task_name`` for ``project_id``; ``project_id`` is passed as a keyword."""
-    known = public_task_names()
+    """Start ``task_name`` for ``project_id`` on behalf of a client; returns the task id.
+
+    The task must be public (``operator``: or operator-only, for an operator's token), the
+    project id valid, and the arguments must fit; ``project_id`` is passed as a keyword.
+    Raises :class:`NotAllowed` for an operator-only task and a non-operator caller, and
+    :class:`SubmissionError` for anything else that is wrong.
+    """
+    project_id = validate_project_id(project_id)
+    known = public_task_names(operator=operator)
     if task_name not in known:
+        if task_name in public_task_names(operator=True):
+            raise NotAllowed(f"task {task_name!r} acts platform-wide: operators only")
         raise SubmissionError(f"unknown task {task_name!r}; known tasks: {', '.join(known)}")
-    task = app.tasks[task_name]
     kwargs = dict(kwargs or {})
     if kwargs.setdefault("project_id", project_id) != project_id:
         raise SubmissionError(
             f"kwargs.project_id {kwargs['project_id']!r} differs from project_id {project_id!r}"
         )
-    try:
-        inspect.signature(task.run).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise SubmissionError(
-            f"arguments do not match {task_name}{inspect.signature(task.run)}: {exc}"
-        ) from None
-    headers = {**(headers or {}), k1_headers.PROJECT: project_id, k1_headers.USER: user_id}
+    check_arguments(task_name, args, kwargs)
+    return send(task_name, args, kwargs, project_id=project_id, user_id=user_id,
+                headers=headers, **options)
+
+
+def send(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+         project_id: str | None, user_id: str | None = None,
+         headers: dict[str, Any] | None = None, producer: Any = None,
+         pipe: redis.client.Pipeline | None = None, **options: Any) -> str:
+    """Send a task the caller vouches for (no public/argument checks), with K1's project and
+    user headers, and record the submission (GET /api/tasks/<id>) when project_id is set --
+    on ``pipe`` when given (the caller executes it), else at once. Returns the task id.
+
+    ``options`` are Celery's ``apply_async`` options (``task_id``, ``queue``, ``countdown``,
+    ``soft_time_limit``...). A task not registered in this process is sent by name.
+    """
+    stamped = {**(headers or {}), k1_headers.PROJECT: project_id, k1_headers.USER: user_id}
+    stamped = {name: value for name, value in stamped.items() if value is not None}
+    load_task_modules()
+    task = app.tasks.get(task_name)
     sent_at = time.time()  # before sending: the task may start before apply_async returns
-    result = task.apply_async(args=list(args), kwargs=kwargs, headers=headers, **options)
-    history.capture(history.submitted(result.id, task_name, args, kwargs, project_id=project_id,
-                                      user_id=user_id, headers=headers, ts=sent_at,
-                                      queue=options.get("queue")))
-    record(Submission(result.id, task_name, project_id, user_id, time.time()))
+    if task is not None:
+        result = task.apply_async(args=list(args), kwargs=kwargs, headers=stamped,
+                                  producer=producer, **options)
+    else:
+        result = app.send_task(task_name, args=list(args), kwargs=kwargs, headers=stamped,
+                               producer=producer, **options)
+    submitted = history.submitted(result.id, task_name, args, kwargs, project_id=project_id,
+                                  user_id=user_id, headers=stamped, ts=sent_at,
+                                  queue=options.get("queue"))
+    if pipe is not None:
+        history.add(pipe, submitted)
+    else:
+        history.capture(submitted)
+    if project_id is not None:
+        record(Submission(result.id, task_name, project_id, user_id, time.time()), pipe=pipe)
     return result.id
 
 
-def record(submission: Submission) -> None:
+def record(submission: Submission, pipe: redis.client.Pipeline | None = None) -> None:
+    """Remember ``submission`` for as long as Celery keeps results; on ``pipe`` if given."""
     key = SUBMISSION_KEY.format(submission.task_id)
     fields = {
         "task": submission.task,
@@ -86,7 +170,10 @@ def record(submission: Submission) -> None:
         "submitted_at": submission.submitted_at,
     }
     ttl = int(maybe_timedelta(app.conf.result_expires).total_seconds())  # as long as results
-    get_redis().pipeline().hset(key, mapping=fields).expire(key, ttl).execute()
+    target = pipe if pipe is not None else get_redis().pipeline()
+    target.hset(key, mapping=fields).expire(key, ttl)
+    if pipe is None:
+        target.execute()
 
 
 def lookup(task_id: str) -> Submission | None:

@@ -11,7 +11,20 @@ from flask_socketio import SocketIO
 
 from k1.events import SOCKETIO_CHANNEL
 from k1.settings import Settings, get_settings
-from k1.web import breakers, dashboard, dlq, health, metrics, realtime, scheduler, tasks, workflows
+from k1.web import (
+    auth,
+    breakers,
+    contract,
+    dashboard,
+    dlq,
+    health,
+    metrics,
+    realtime,
+    scheduler,
+    security,
+    tasks,
+    workflows,
+)
 from k1.web.errors import register_error_handlers
 
 # Heartbeat: a ping every 25 s; a client silent for 25 + 20 s is dropped.
@@ -22,7 +35,7 @@ MAX_CLIENT_PAYLOAD = 64 * 1024  # bytes; client events are small (subscribe/unsu
 socketio = SocketIO()
 
 BLUEPRINTS = (health.bp, tasks.bp, dlq.bp, breakers.bp, metrics.bp, dashboard.bp, scheduler.bp,
-              workflows.bp)
+              workflows.bp, auth.bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -37,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    contract.init_app(app)  # bounded JSON bodies, GET /api/openapi.json
     socketio.init_app(
         app,
         async_mode=settings.async_mode,
@@ -49,4 +63,5 @@ def create_app(settings: Settings | None = None) -> Flask:
         max_http_buffer_size=MAX_CLIENT_PAYLOAD,
     )
     realtime.register(socketio)
+    security.init_app(app)  # after Socket.IO: its answers get the headers too
     return app

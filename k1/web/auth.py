@@ -5,6 +5,9 @@
     def create_thing():
         authorize_project(body["project_id"])     # 403 unless the token names it
         current_principal().user_id
+
+``POST /api/auth/exchange`` trades a sign-in token (the ``#signin=`` link of
+``k1 token signin-link``) for a session token, once.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import Blueprint, current_app, g, jsonify, request
+from pydantic import BaseModel
 
-from k1.auth import InvalidToken, Principal, verify_token
+from k1.auth import InvalidToken, Principal, exchange_signin_token, verify_token
+from k1.settings import DEFAULT_TOKEN_TTL
+from k1.web.contract import Error, Response, validate
 from k1.web.errors import APIError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,3 +63,25 @@ def require_operator() -> None:
     """403 unless the token grants every project (platform-wide actions)."""
     if not current_principal().is_operator:
         raise APIError(403, "forbidden", detail="this action needs an operator token (project '*')")
+
+
+bp = Blueprint("auth", __name__)
+
+
+class SessionToken(BaseModel):
+    token: str
+    expires_at: int
+
+
+@bp.post("/api/auth/exchange")
+@validate(public=True, tags=("auth",), resp=Response(HTTP_200=SessionToken, HTTP_401=Error,
+                                                     HTTP_429=Error, HTTP_503=Error))
+def exchange():  # type: ignore[no-untyped-def]
+    """Trade the sign-in token in ``Authorization: Bearer`` for a session token (once)."""
+    try:
+        token, expires_at = exchange_signin_token(
+            bearer_token(), secret=current_app.config["K1_SETTINGS"].secret_key,
+            ttl=DEFAULT_TOKEN_TTL)
+    except InvalidToken as exc:
+        raise APIError(401, "authentication required", detail=str(exc)) from None
+    return jsonify(token=token, expires_at=expires_at)

@@ -1,11 +1,24 @@
-"""API errors: raised anywhere in a request, rendered once as ``{"error", "detail"}``."""
+"""API errors: raised anywhere in a request, rendered once as ``{"error", "detail"}``.
+
+A dependency that cannot be reached while a request is served (PostgreSQL, Redis) is a
+503 naming it, for every blueprint: the client may retry, nothing was half done by us.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import redis.exceptions
+import sqlalchemy.exc
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
+
+# Connection-level failures only: a query the database refuses (DataError,
+# IntegrityError) is a bug or bad input, not an outage.
+UNAVAILABLE = {
+    "database unavailable": (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError),
+    "redis unavailable": (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+}
 
 
 class APIError(Exception):
@@ -25,14 +38,21 @@ def json_object() -> dict[str, Any]:
             400, "request body must be a JSON object",
             detail=f"Content-Type is {request.content_type!r}, expected 'application/json'",
         )
-    body = request.get_json(silent=True)
-    if body is None:
-        raise APIError(400, "request body must be a JSON object", detail="malformed JSON")
+    try:
+        body = request.get_json()
+    except BadRequest as exc:
+        raise APIError(400, "request body must be a JSON object",
+                       detail=f"malformed JSON: {_reason(exc)}") from None
     if not isinstance(body, dict):
         raise APIError(
             400, "request body must be a JSON object", detail=f"got {type(body).__name__}"
         )
     return body
+
+
+def _reason(exc: BadRequest) -> str:
+    cause = exc.__context__ or exc.__cause__
+    return str(cause) if cause else str(exc.description)
 
 
 def error_response(exc: APIError):  # type: ignore[no-untyped-def]
@@ -47,9 +67,26 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         if not request.path.startswith("/api/"):
             return exc
-        return jsonify(error=exc.name.lower(), detail=exc.description), exc.code
+        response = jsonify(error=exc.name.lower(), detail=exc.description)
+        response.status_code = exc.code or 500
+        for name, value in exc.get_headers():  # Allow on a 405, ...
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
+
+    for error, classes in UNAVAILABLE.items():
+        for cls in classes:
+            app.register_error_handler(cls, _unavailable(app, error))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(error="internal server error", detail=type(exc).__name__), 500
+
+
+def _unavailable(app: Flask, error: str):  # type: ignore[no-untyped-def]
+    def handler(exc: Exception):  # type: ignore[no-untyped-def]
+        app.logger.warning("%s on %s %s: %s", error, request.method, request.path, exc)
+        return jsonify(error=error, detail=type(exc).__name__), 503
+
+    return handler

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any, Literal
 
 from flask import Blueprint, jsonify
+from pydantic import BaseModel, Field
 
 from k1.scheduling import (
     InvalidSchedule,
@@ -23,13 +25,50 @@ from k1.scheduling import (
 from k1.scheduling.history import recent_fires
 from k1.tasks.submissions import SubmissionError
 from k1.web.auth import authorize_project, current_principal, require_auth, require_operator
-from k1.web.errors import APIError, json_object
+from k1.web.contract import Accepted, Body, Error, Name, ProjectId, responses, validate
+from k1.web.errors import APIError
 
 bp = Blueprint("scheduler", __name__)
 
 
+class ScheduleChanges(Body):
+    """Fields of a schedule; the store checks what they mean (a cron parses, a task
+    exists, the interval's bounds) and names the field it refuses."""
+
+    name: Name | None = None
+    task: Name | None = None
+    cron: str | None = Field(None, max_length=255, description="5-field cron expression")
+    every: float | None = Field(None, gt=0, allow_inf_nan=False, description="seconds")
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    enabled: bool | None = None
+    timezone: Name | None = Field(None, description="IANA name; default UTC")
+    project_id: ProjectId | None = None
+    catch_up: Literal["once", "skip"] | None = None
+
+
+class NewSchedule(ScheduleChanges):
+    name: Name
+    task: Name
+
+
+class Job(BaseModel):
+    name: str
+    task: str
+
+
+class Jobs(BaseModel):
+    jobs: list[Job]
+
+
+def _given(body: Body) -> dict[str, Any]:
+    """The fields the client sent (an explicit null included: it may clear one)."""
+    return body.model_dump(exclude_unset=True)
+
+
 @bp.get("/api/scheduler/jobs")
 @require_auth
+@validate(tags=("scheduler",), resp=responses(HTTP_200=Jobs))
 def list_jobs():  # type: ignore[no-untyped-def]
     principal = current_principal()
     jobs = [s.to_json() for s in ScheduleStore().list() if principal.can_see(s.spec.project_id)]
@@ -38,9 +77,11 @@ def list_jobs():  # type: ignore[no-untyped-def]
 
 @bp.post("/api/scheduler/jobs")
 @require_auth
-def create_job():  # type: ignore[no-untyped-def]
+@validate(json=NewSchedule, tags=("scheduler",),
+          resp=responses(HTTP_201=Job, HTTP_403=Error, HTTP_409=Error))
+def create_job(json: NewSchedule):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    spec = _checked(lambda: store.validate(json_object()))
+    spec = _checked(lambda: store.validate(_given(json)))
     _authorize_write(spec)
     try:
         schedule = store.create(spec)
@@ -52,6 +93,7 @@ def create_job():  # type: ignore[no-untyped-def]
 
 @bp.get("/api/scheduler/jobs/<name>")
 @require_auth
+@validate(tags=("scheduler",), resp=responses(HTTP_200=Job, HTTP_403=Error, HTTP_404=Error))
 def get_job(name: str):  # type: ignore[no-untyped-def]
     schedule = _find(ScheduleStore(), name)
     authorize_project(schedule.spec.project_id)
@@ -60,9 +102,11 @@ def get_job(name: str):  # type: ignore[no-untyped-def]
 
 @bp.patch("/api/scheduler/jobs/<name>")
 @require_auth
-def update_job(name: str):  # type: ignore[no-untyped-def]
+@validate(json=ScheduleChanges, tags=("scheduler",),
+          resp=responses(HTTP_200=Job, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
+def update_job(name: str, json: ScheduleChanges):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
-    changes = json_object()
+    changes = _given(json)
     current = _find(store, name)
     _authorize_write(current.spec)
     spec = _checked(lambda: current.spec.patched(changes, store.known_tasks()))
@@ -75,6 +119,7 @@ def update_job(name: str):  # type: ignore[no-untyped-def]
 
 @bp.delete("/api/scheduler/jobs/<name>")
 @require_auth
+@validate(tags=("scheduler",), resp=responses(HTTP_204=None, HTTP_403=Error, HTTP_404=Error))
 def delete_job(name: str):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
     _authorize_write(_find(store, name).spec)
@@ -85,6 +130,7 @@ def delete_job(name: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/api/scheduler/jobs/<name>/run")
 @require_auth
+@validate(tags=("scheduler",), resp=responses(HTTP_202=Accepted, HTTP_403=Error, HTTP_404=Error))
 def run_job(name: str):  # type: ignore[no-untyped-def]
     store = ScheduleStore()
     schedule = _find(store, name)

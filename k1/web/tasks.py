@@ -3,43 +3,74 @@ attempts and links from history); ``GET /api/tasks`` searches the history."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from typing import Any
+
+from flask import Blueprint, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 
 from k1.history import store as history_store
 from k1.history import views as history_views
-from k1.history.filters import TaskFilter
-from k1.recovery.dlq.filters import FilterError, parse_limit
-from k1.tasks.submissions import SubmissionError, lookup, status, submit
+from k1.history.filters import MAX_QUERY, TaskFilter
+from k1.history.models import STATES
+from k1.recovery.dlq.filters import MAX_LIMIT, FilterError, parse_limit
+from k1.tasks.submissions import (
+    NotAllowed,
+    SubmissionError,
+    lookup,
+    status,
+    submit,
+    validate_project_id,
+)
 from k1.web.auth import authorize_project, current_principal, require_auth
-from k1.web.errors import APIError, error_response, json_object
+from k1.web.contract import (
+    Accepted,
+    Body,
+    Error,
+    Name,
+    ProjectId,
+    Query,
+    responses,
+    validate,
+)
+from k1.web.errors import APIError, error_response
 from k1.web.offload import blocking
 
 bp = Blueprint("tasks", __name__)
 
 
+class NewTask(Body):
+    task: Name
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    project_id: ProjectId
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    task: str
+    project_id: str
+    state: str
+    result: Any = None
+    error: Any = None
+
+
 @bp.post("/api/tasks")
 @require_auth
-def create_task():  # type: ignore[no-untyped-def]
-    body = json_object()
-    unknown = set(body) - {"task", "args", "kwargs", "project_id"}
-    if unknown:
-        raise APIError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    task, args, kwargs = body.get("task"), body.get("args", []), body.get("kwargs", {})
-    project_id = body.get("project_id")
-    if not isinstance(task, str) or not task:
-        raise APIError(400, "task: required, the name of a task")
-    if not isinstance(args, list):
-        raise APIError(400, "args: must be a JSON list")
-    if not isinstance(kwargs, dict):
-        raise APIError(400, "kwargs: must be a JSON object")
-    if not isinstance(project_id, str | int) or isinstance(project_id, bool) or project_id == "":
-        raise APIError(400, "project_id: required, a string")
-    project_id = str(project_id)
-    authorize_project(project_id)
+@validate(json=NewTask, tags=("tasks",), resp=responses(HTTP_202=Accepted, HTTP_403=Error))
+def create_task(json: NewTask):  # type: ignore[no-untyped-def]
+    """Start a public task for a project the token grants (an operator-only task: for an
+    operator's token only, else 403)."""
     try:
-        task_id = submit(
-            task, args, kwargs, project_id=project_id, user_id=current_principal().user_id
-        )
+        project_id = validate_project_id(json.project_id)
+    except SubmissionError as exc:
+        raise APIError(400, str(exc)) from None
+    authorize_project(project_id)
+    principal = current_principal()
+    try:
+        task_id = submit(json.task, json.args, json.kwargs, project_id=project_id,
+                         user_id=principal.user_id, operator=principal.is_operator)
+    except NotAllowed as exc:
+        raise APIError(403, str(exc)) from None
     except SubmissionError as exc:
         raise APIError(400, str(exc)) from None
     return jsonify(task_id=task_id), 202
@@ -47,16 +78,43 @@ def create_task():  # type: ignore[no-untyped-def]
 
 @bp.get("/api/tasks/<task_id>")
 @require_auth
+@validate(tags=("tasks",), resp=responses(HTTP_200=TaskStatus, HTTP_404=Error))
 def get_task(task_id: str):  # type: ignore[no-untyped-def]
+    """A task's state and outcome; 404 for ids K1 never issued and other projects' tasks
+    (a 403 would tell that the id exists)."""
     submission = lookup(task_id)
     if submission is None:
         return _from_history(task_id)
-    authorize_project(submission.project_id)
+    if not current_principal().can_see(submission.project_id):
+        raise APIError(404, "task not found", detail=task_id)
     return jsonify(history_views.with_history(status(submission),
                                               blocking(history_views.history_of, task_id)))
 
 
 # -- task history (k1.history) ---------------------------------------------------------
+
+class TaskQuery(Query):
+    """Which tasks: every field optional; dates are ISO-8601 (UTC unless an offset)."""
+
+    # Unknown parameters reach TaskFilter.parse, which names them with the known ones.
+    model_config = ConfigDict(extra="allow")
+
+    project_id: str | None = None
+    task: str | None = None
+    state: str | None = Field(None, json_schema_extra={"enum": list(STATES)})
+    worker: str | None = None
+    since: str | None = None
+    until: str | None = None
+    q: str | None = Field(None, max_length=MAX_QUERY,
+                          description="a task id prefix, or text in arguments and errors")
+    limit: int | None = Field(None, json_schema_extra={"minimum": 1, "maximum": MAX_LIMIT})
+    cursor: str | None = Field(None, max_length=600)
+
+
+class TaskPage(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
 
 @bp.errorhandler(FilterError)
 def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
@@ -65,16 +123,17 @@ def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
 
 @bp.get("/api/tasks")
 @require_auth
-def list_tasks():  # type: ignore[no-untyped-def]
-    """Task history, newest first: filters, ``q`` (id prefix or text), keyset pages."""
-    filters = TaskFilter.parse(request.args, extra=("limit", "cursor"))
+@validate(query=TaskQuery, tags=("tasks",), resp=responses(HTTP_200=TaskPage, HTTP_403=Error))
+def list_tasks(query: TaskQuery):  # type: ignore[no-untyped-def]
+    """Task history, newest first: filters, ``q`` (a task id prefix or text in arguments
+    and errors), keyset pages. A project token sees its projects' tasks."""
+    filters = TaskFilter.parse(query.model_dump(exclude_none=True, exclude={"limit", "cursor"}))
     if filters.project_id:
         authorize_project(filters.project_id)
     principal = current_principal()
     filters = filters.scoped(None if principal.is_operator else principal.projects)
-    page, next_cursor = blocking(history_store.search, filters,
-                                 limit=parse_limit(request.args.get("limit")),
-                                 cursor=request.args.get("cursor"))
+    page, next_cursor = blocking(history_store.search, filters, limit=parse_limit(query.limit),
+                                 cursor=query.cursor)
     return jsonify(items=[history_store.as_dict(row) for row in page], next_cursor=next_cursor)
 
 

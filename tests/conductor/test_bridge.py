@@ -112,7 +112,10 @@ def test_permanent_failure_fails_the_workflow_compensates_and_dead_letters(
     check = next(t for t in workflow["tasks"] if t["referenceTaskName"] == "check")
     assert check["status"] == "FAILED_WITH_TERMINAL_ERROR"
     assert "NonRetryableError" in check["reasonForIncompletion"]
-    compensation_id = workflow["output"]["conductor.failure_workflow"]
+    # Conductor starts the failure workflow just after marking this one FAILED.
+    compensation_id = wait_for(
+        lambda: conductor.get_workflow(workflow_id)["output"].get("conductor.failure_workflow"),
+        timeout=30, message="the failure workflow was never started")
     compensation = wait_for_workflow(conductor, compensation_id, "COMPLETED")
     assert compensation["output"]["compensated"] == workflow_id
     record = json.loads(bridge_redis.hget(COMPENSATIONS_KEY, workflow_id))

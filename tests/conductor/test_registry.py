@@ -142,3 +142,15 @@ def test_register_is_idempotent_and_a_change_needs_a_new_version(
     assert old["workflowVersion"] == 1 and "score" not in old["output"]
     assert new["workflowVersion"] == 2 and new["output"]["score"] == 2
     assert json.loads(json.dumps(new["output"]))["report"].startswith("Profile report")
+
+
+def test_k1_options_are_checked_and_operator_only_is_read(tmp_path: Path) -> None:
+    doc = {**probe_workflow("opts"), "k1": {"operator_only": "yes", "colour": "red"}}
+    text = problems_of(write_json(tmp_path / "opts.json", doc))
+    assert "k1.operator_only: must be a bool" in text
+    assert "k1.colour: unknown option" in text
+    doc["k1"] = {"operator_only": True}
+    (wf,) = validate(load_files([write_json(tmp_path / "opts.json", doc)]))
+    assert wf.operator_only and "operator_only" not in json.dumps(wf.definition())
+    shipped = {f.name: f.operator_only for f in load_directory(WORKFLOWS)}
+    assert shipped["maintenance_workflow"] is True and shipped["profile_workflow"] is False

@@ -100,3 +100,25 @@ def test_reset_closes_a_breaker_and_needs_an_operator(api: API, operator: API,
     assert response.status_code == 200 and response.json()["state"] == "closed"
     assert response.json()["fail_counter"] == 0
     assert operator.post("/api/breakers/nope/reset").status_code == 404
+
+
+def test_only_transient_http_failures_count_against_a_breaker(services, unique: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.recovery.test_policy import http_error
+
+    cb = breakers.breaker(f"rule-{unique}", fail_max=2, reset_timeout=30)
+
+    def fail(status: int) -> None:
+        raise http_error(status)
+
+    for status in (404, 422, 400):  # the caller's own mistakes: the dependency is fine
+        with pytest.raises(requests.HTTPError):
+            cb.call(fail, status)
+    assert cb.current_state == "closed" and cb.fail_counter == 0
+    with pytest.raises(requests.HTTPError):
+        cb.call(fail, 503)
+    with pytest.raises(breakers.BreakerOpen) as refused:
+        cb.call(fail, 429)  # the second transient failure trips it
+    assert cb.current_state == "open"
+    assert 25 <= refused.value.retry_after <= 30  # read from the shared opened_at
+    status = breakers.status(f"rule-{unique}")
+    assert status is not None and status.opened_at and status.next_half_open_at

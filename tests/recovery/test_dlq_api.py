@@ -169,7 +169,9 @@ def test_cli_lists_shows_replays_with_progress_and_purges(services) -> None:  # 
     assert [i["id"] for i in listed["items"]] == sorted(ids, reverse=True)
     shown = json.loads(k1("dlq", "show", str(ids[0])).stdout)
     assert shown["traceback"] == "Traceback..."
-    assert "depth" in k1("dlq", "stats").stdout
+    stats = k1("dlq", "stats")
+    assert "depth" in stats.stdout and "quarantined" in stats.stdout
+    assert isinstance(json.loads(k1("dlq", "quarantine", "--json").stdout)["items"], list)
     replayed = k1("dlq", "replay", "--project", name)
     assert replayed.returncode == 0 and "replayed 4 letters" in replayed.stdout
     assert "replaying 4 letters" in replayed.stderr  # the progress bar

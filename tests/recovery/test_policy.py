@@ -5,9 +5,16 @@ from __future__ import annotations
 import pybreaker
 import pytest
 import requests
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from k1.recovery.breakers import BreakerOpen
-from k1.recovery.errors import Kind, NonRetryableError, TransientError, classify
+from k1.recovery.errors import (
+    Kind,
+    NonRetryableError,
+    TransientError,
+    classify,
+    is_transient_status,
+)
 from k1.recovery.policy import RetryPolicy
 
 
@@ -21,6 +28,12 @@ def test_countdown_doubles_with_10_to_20_percent_jitter(retries: int, base: floa
 
 def test_countdown_is_capped_at_the_maximum() -> None:
     assert {RetryPolicy().countdown(12) for _ in range(20)} == {60.0}
+
+
+def test_countdown_never_overflows() -> None:
+    assert RetryPolicy().countdown(10_000) == 60.0
+    # 2.0 ** 5000 alone would raise OverflowError; a huge maximum still bounds nothing.
+    assert RetryPolicy(maximum=1e300).countdown(5_000) >= 2.0 ** 64
 
 
 def test_retry_after_wins_when_longer() -> None:
@@ -66,6 +79,8 @@ def http_error(status: int, headers: dict[str, str] | None = None) -> requests.H
     (pybreaker.CircuitBreakerError("open"), Kind.DEFER),
     (BreakerOpen("analysis", 12.0), Kind.DEFER),
     (RuntimeError("unknown"), Kind.RETRY),
+    (SoftTimeLimitExceeded(), Kind.DEAD),
+    (TimeLimitExceeded(360), Kind.DEAD),
 ])
 def test_classification_table(exc: Exception, kind: Kind) -> None:
     assert classify(exc).kind is kind
@@ -83,3 +98,14 @@ def test_a_task_extends_the_table_ahead_of_the_defaults() -> None:
 
     assert classify(Declined()).kind is Kind.DEAD
     assert classify(Declined(), ((Declined, Kind.RETRY),)).kind is Kind.RETRY
+
+
+@pytest.mark.parametrize(("status", "transient"), [
+    (None, True), (429, True), (500, True), (503, True), (599, True),
+    (400, False), (401, False), (404, False), (409, False), (422, False),
+])
+def test_one_rule_says_which_http_statuses_are_transient(status: int | None,
+                                                          transient: bool) -> None:
+    assert is_transient_status(status) is transient
+    if status is not None:
+        assert (classify(http_error(status)).kind is Kind.RETRY) is transient

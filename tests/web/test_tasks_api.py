@@ -79,11 +79,13 @@ def test_a_body_that_is_not_a_json_object_is_a_400(api: API, kwargs: dict, detai
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ({"project_id": None}, "project_id: required"),
+    ({"project_id": None}, "project_id: must be a string"),
+    ({"task": None}, "task: must be a string"),
+    ({"task": ""}, "task: "),
     ({"args": {}}, "args: must be a JSON list"),
     ({"kwargs": []}, "kwargs: must be"),
     ({"kwargs": {"bogus": 1}}, "arguments do not match k1.tasks.demo.flaky"),
-    ({"priority": 1}, "unknown field(s): priority"),
+    ({"priority": 1}, "priority: unknown field"),
 ])
 def test_bad_fields_are_named(api: API, body: dict, message: str) -> None:
     body = {"task": "k1.tasks.demo.flaky", "project_id": "acme", **body}
@@ -106,9 +108,94 @@ def test_a_token_reaches_only_its_own_projects(web: str, make_token, api: API) -
     assert response.status_code == 403
     task_id = api.post("/api/tasks", json={"task": "k1.tasks.demo.flaky",
                                            "project_id": "acme"}).json()["task_id"]
-    assert other.get(f"/api/tasks/{task_id}").status_code == 403
+    # Another project's task answers exactly like an id K1 never issued: 404.
+    hidden = other.get(f"/api/tasks/{task_id}")
+    never = other.get("/api/tasks/00000000-0000-0000-0000-000000000000")
+    assert (hidden.status_code, hidden.json()["error"]) == (404, "task not found")
+    assert (never.status_code, never.json()["error"]) == (404, "task not found")
 
 
 def test_unknown_task_id_is_a_404(api: API) -> None:
     response = api.get("/api/tasks/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404 and response.json()["error"] == "task not found"
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"kwargs": {"sleep_ms": 10_001}}, "sleep_ms: must be an integer from 0 to 10000"),
+    ({"kwargs": {"sleep_ms": "5"}}, "sleep_ms: must be an integer"),
+    ({"project_id": "a" * 256}, "project_id: "),
+    ({"project_id": "acme\u0000"}, "project_id: printable characters only"),
+    ({"project_id": "acme\n"}, "project_id: printable characters only"),
+    ({"project_id": ""}, "project_id: "),
+])
+def test_unbounded_or_unstorable_input_is_a_400_naming_the_field(api: API, body: dict,
+                                                                 message: str) -> None:
+    body = {"task": "k1.tasks.demo.flaky", "project_id": "acme", **body}
+    response = api.post("/api/tasks", json=body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("task", ["k1.conductor.report_outcome", "k1.dlq.drain_spool"])
+def test_internal_tasks_cannot_be_started_by_clients(api: API, web: str, make_token,
+                                                     task: str) -> None:
+    response = api.post("/api/tasks", json={"task": task, "project_id": "acme"})
+    assert response.status_code == 400 and f"unknown task {task!r}" in response.json()["error"]
+    operator = API(web, make_token("root", "*"))
+    response = operator.post("/api/tasks", json={"task": task, "project_id": "acme"})
+    assert response.status_code == 400 and f"unknown task {task!r}" in response.json()["error"]
+
+
+@pytest.mark.parametrize("task", ["k1.conductor.prune_executions", "k1.conductor.compensate"])
+def test_a_project_token_cannot_start_platform_wide_work(api: API, task: str) -> None:
+    # Private (400) or operator-only (403): never started for a project token.
+    response = api.post("/api/tasks", json={"task": task, "project_id": "acme",
+                                            "kwargs": {"workflow_id": "w"}
+                                            if task.endswith("compensate") else {}})
+    assert response.status_code in (400, 403), response.text
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(("raw", "detail"), [
+    ('{"task": "k1.tasks.demo.flaky", "project_id": "acme", "args": ' + nested(100_000) + "}",
+     "nested deeper than"),
+    ('{"task": "k1.tasks.demo.flaky", "project_id": "acme", "args": ' + nested(40) + "}",
+     "nested deeper than 32"),
+    ('{"task": "k1.tasks.demo.flaky", "project_id": "acme", "args": [NaN]}', "NaN"),
+    ('{"task": "k1.tasks.demo.flaky", "project_id": "acme", "args": [1e400]}', "too large"),
+    ('{"task": "k1.tasks.demo.flaky", "project_id": "acme", "args": ["\\ud800"]}',
+     "surrogate"),
+])
+def test_bodies_no_code_can_handle_are_refused_at_the_door(api: API, raw: str,
+                                                            detail: str) -> None:
+    response = api.post("/api/tasks", data=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "request body must be a JSON object"
+    assert detail in response.json()["detail"]
+
+
+def test_every_field_at_fault_is_named(api: API) -> None:
+    response = api.post("/api/tasks", json={"task": 7, "project_id": None, "args": "x",
+                                            "extra": 1})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == ("task: must be a string, got 7; args: must be a JSON list; "
+                             "project_id: must be a string, got None; extra: unknown field")
+    assert body["detail"]["field"] == "task"
+    assert {e["field"] for e in body["detail"]["errors"]} == {"task", "project_id", "args",
+                                                              "extra"}
+
+
+def test_a_wrong_method_is_a_405_that_says_which_are_allowed(api: API) -> None:
+    response = api.put("/api/tasks", json={})
+    assert response.status_code == 405 and response.json()["error"] == "method not allowed"
+    assert "POST" in response.headers["Allow"]
+
+
+def test_a_body_past_one_mebibyte_is_a_413(api: API) -> None:
+    response = api.post("/api/tasks", json={"task": "k1.tasks.demo.flaky", "project_id": "acme",
+                                            "kwargs": {"key": "x" * (1024 * 1024)}})
+    assert response.status_code == 413 and response.json()["error"] == "request entity too large"

@@ -19,7 +19,11 @@ from sqlalchemy import ColumnElement, tuple_
 from k1.recovery.dlq.models import STATUSES, DeadLetter
 
 FIELDS = ("task", "exception", "project_id", "since", "until", "status")
+TEXT_FIELDS = ("task", "exception", "project_id", "status")
 ANY_STATUS = "all"
+DEFAULT_LIMIT = 50  # letters per page when the caller does not say
+MAX_LIMIT = 500  # letters per page at most: a page is read and rendered in one go
+MAX_ID = 2**63 - 1  # dead_letters.id is a BIGINT: a cursor past it names no row
 
 
 class FilterError(ValueError):
@@ -44,6 +48,8 @@ class LetterFilter:
                 f"unknown filter(s): {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(FIELDS + extra)}"
             )
+        for name in TEXT_FIELDS:
+            _check_text(name, params.get(name))
         status = params.get("status") or "dead"
         if status not in (*STATUSES, ANY_STATUS):
             raise FilterError(f"status: must be one of {', '.join((*STATUSES, ANY_STATUS))}, "
@@ -80,6 +86,29 @@ class LetterFilter:
         return conditions
 
 
+def _check_text(field: str, value: Any) -> None:
+    """Filters compare with text columns: a string PostgreSQL can hold, or nothing."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise FilterError(f"{field}: must be a string, got {_json_type(value)}")
+    if "\x00" in value or _unencodable(value):
+        raise FilterError(f"{field}: must be text without NUL or lone surrogate characters")
+
+
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number",
+            float: "a number"}.get(type(value), type(value).__name__)
+
+
 def parse_time(field: str, raw: Any) -> datetime | None:
     """An ISO-8601 date or date-time (UTC when no offset is given)."""
     if raw in (None, ""):
@@ -87,7 +116,10 @@ def parse_time(field: str, raw: Any) -> datetime | None:
     if isinstance(raw, datetime):
         value = raw
     else:
-        text = str(raw).strip()
+        if not isinstance(raw, str):
+            raise FilterError(f"{field}: must be an ISO-8601 date or date-time string, "
+                              f"got {_json_type(raw)}")
+        text = raw.strip()
         try:
             value = (datetime.fromisoformat(text) if "T" in text or " " in text
                      else datetime.combine(date.fromisoformat(text), datetime.min.time()))
@@ -99,7 +131,7 @@ def parse_time(field: str, raw: Any) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def parse_limit(raw: Any, *, default: int = 50, maximum: int = 500) -> int:
+def parse_limit(raw: Any, *, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     if raw in (None, ""):
         return default
     try:
@@ -126,4 +158,8 @@ def cursor_condition(cursor: str | None) -> ColumnElement[bool] | None:
         died_at, letter_id = datetime.fromisoformat(died_at_text), int(id_text)
     except (ValueError, UnicodeDecodeError):
         raise FilterError(f"cursor: not a cursor this API issued: {cursor!r}") from None
+    if not 0 < letter_id <= MAX_ID:
+        raise FilterError(f"cursor: not a cursor this API issued: {cursor!r}")
+    if died_at.tzinfo is None:
+        died_at = died_at.replace(tzinfo=UTC)
     return tuple_(DeadLetter.died_at, DeadLetter.id) < tuple_(died_at, letter_id)

@@ -1,4 +1,12 @@
-"""Tables of the dead-letter queue."""
+"""Tables of the dead-letter queue.
+
+- ``dead_letters``: one row per task attempt that failed for good.
+- ``dlq_counts``: dead letters per (project, task, exception), kept by database triggers in
+  the transaction that changes ``dead_letters`` (migration 0002), so stats read a few rows.
+- ``dlq_quarantine``: letters the database refused even after :mod:`.storable` repaired
+  them, kept byte for byte with the reason.
+- ``dlq_depth_snapshots``: depth over time, for the daily average.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +20,10 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -40,9 +48,6 @@ class DeadLetter(Base):
         Index("ix_dead_letters_project_died", "project_id", "died_at", "id"),
         Index("ix_dead_letters_task_died", "task_name", "died_at", "id"),
         Index("ix_dead_letters_exception_died", "exception_type", "died_at", "id"),
-        # Covers the stats' counts by task and exception (index-only scans of dead rows).
-        Index("ix_dead_letters_dead_counts", "task_name", "exception_type",
-              postgresql_where=text("status = 'dead'"), sqlite_where=text("status = 'dead'")),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -68,6 +73,46 @@ class DeadLetter(Base):
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
     replay_task_id: Mapped[str | None] = mapped_column(String(64))
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What was changed to make the letter storable, by field (see k1.recovery.dlq.storable);
+    # None for a letter stored as it came.
+    repairs: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+NO_PROJECT = ""  # DeadLetterCount.project_id of letters without a project
+
+
+class DeadLetterCount(Base):
+    """How many letters are dead per project, task and exception. Written only by the
+    triggers of migration 0002 (every insert, status change and delete of ``dead_letters``,
+    in the same transaction); read by the stats.
+    """
+
+    __tablename__ = "dlq_counts"
+
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    exception_type: Mapped[str] = mapped_column(String(255), primary_key=True)
+    dead: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class QuarantinedLetter(Base):
+    """A spooled or recorded letter the database refused: the payload as it came, why it was
+    refused, and the identifying fields (repaired so that they are storable) for scoping.
+    """
+
+    __tablename__ = "dlq_quarantine"
+    __table_args__ = (Index("ix_dlq_quarantine_project", "project_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # sha256 of the payload: the same letter quarantined twice (a drain that crashed
+    # before trimming the spool) makes one row.
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    quarantined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(Text)
+    project_id: Mapped[str | None] = mapped_column(String(255))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    task_name: Mapped[str | None] = mapped_column(String(255))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 ALL_PROJECTS = "*"  # DepthSnapshot.project_id of the row that holds the total

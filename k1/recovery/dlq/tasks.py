@@ -1,6 +1,7 @@
 """Housekeeping tasks of the dead-letter queue, run by beat (see k1.scheduling).
 
-- ``k1.dlq.drain_spool``: letters spooled in Redis during a database outage → database.
+- ``k1.dlq.drain_spool``: letters spooled in Redis during a database outage → database
+  (letters it still refuses → quarantine).
 - ``k1.dlq.enforce_retention``: drop letters older than ``K1_DLQ_RETENTION_DAYS`` or
   beyond ``K1_DLQ_MAX_ROWS`` (oldest first).
 - ``k1.dlq.snapshot_depth``: record the depth; the last day's snapshots give
@@ -23,7 +24,9 @@ HOUSEKEEPING = {"ignore_result": False, "acks_late": True}
 @app.task(name="k1.dlq.drain_spool", **HOUSEKEEPING)
 def drain_spool() -> dict[str, int]:
     store = DeadLetterStore()
-    return {"written": store.drain_spool(), "left": store.spool_depth()}
+    drained = store.drain_spool()
+    return {"written": drained.written, "quarantined": drained.quarantined,
+            "left": store.spool_depth()}
 
 
 @app.task(name="k1.dlq.enforce_retention", **HOUSEKEEPING)

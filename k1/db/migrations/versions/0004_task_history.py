@@ -1,7 +1,7 @@
 """task history: tasks, their attempts, and the records they are folded from
 
-Revision ID: 0003_task_history
-Revises: 0001
+Revision ID: 0004_task_history
+Revises: 0003_dlq_counts_quarantine
 Create Date: 2026-11-27
 """
 
@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0003_task_history"
-down_revision = "0001"
+revision = "0004_task_history"
+down_revision = "0003_dlq_counts_quarantine"
 branch_labels = None
 depends_on = None
 
