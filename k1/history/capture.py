@@ -79,12 +79,10 @@ def submitted(task_id: str, task_name: str, args: Any, kwargs: Any, *,
     """The record of a submission; ``ts`` is taken before the task is sent, so that the
     queue wait (first start minus submission) is never negative.
     """
-    from k1.events import make_event
-
-    return record(make_event("submitted", state="PENDING", task_id=task_id,
-                             task_name=task_name, project_id=project_id, user_id=user_id,
-                             ts=ts),
-                  queue=queue, **arguments(args, kwargs), **links(headers or {}))
+    event = {"type": "submitted", "task_id": task_id, "task_name": task_name,
+             "project_id": project_id, "user_id": user_id, "state": "PENDING",
+             "attempt": None, "ts": ts}  # a task_event's fields (k1.events.make_event)
+    return record(event, queue=queue, **arguments(args, kwargs), **links(headers or {}))
 
 
 def _bounded(value: Any) -> Any:
