@@ -11,7 +11,7 @@ task_name, project_id, user_id, state, attempt, ts, worker...) plus, for ``submi
 and ``received``, the arguments and links (queue, schedule, replay_of, workflow_id,
 conductor_task_id) and, for every record, a random ``id`` that makes a second delivery
 of the same record a no-op in the database. Types: the ``task_event`` types plus
-``submitted`` (:func:`k1.tasks.submissions.submit`) and ``lost`` (a pool process died
+``submitted`` (:func:`k1.tasks.submissions.send`) and ``lost`` (a pool process died
 under the attempt and Celery gave the message back to the queue,
 :class:`k1.history.worker.LostRequest`).
 """
