@@ -68,7 +68,8 @@ def fold(task_id: str, records: list[dict[str, Any]]
         attempt = int(record.get("attempt") or 1)
         for key in IDENTITY + LINKS:  # the first record that knows a value gives it
             if task[key] is None and record.get(key) not in (None, ""):
-                task[key] = record[key]
+                value = record[key]  # text columns, whatever a header carried (an int id)
+                task[key] = value if key in ("args", "kwargs") else str(value)
         if kind == "submitted":
             task["submitted_at"] = at
             continue

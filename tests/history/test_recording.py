@@ -65,3 +65,16 @@ def test_a_run_whose_pool_process_died_is_lost_and_the_task_runs_again(
     runs = [(a["attempt"], a["outcome"], a["exception"]) for a in body["attempts"]]
     assert runs == [(1, "lost", "WorkerLostError"), (1, "succeeded", None)], runs
     assert body["attempts"][0]["worker"] == "lost-worker@k1test"
+
+
+def test_a_replay_links_the_dead_letter_it_came_from(
+        web: str, make_token, api: API, worker: Process, recorder: Process) -> None:  # type: ignore[no-untyped-def]
+    task_id = post_task(api, "k1.tasks.demo.flaky", permanent=True)
+    letter_id = wait_history(api, task_id, lambda b: b["links"]["dead_letter_id"])[
+        "links"]["dead_letter_id"]
+    operator = API(web, make_token("ops", "*"))
+    replayed = operator.post(f"/api/dlq/{letter_id}/replay", json={})
+    assert replayed.status_code == 200, replayed.text
+    body = wait_history(operator, replayed.json()["replay_task_id"], finished)
+    assert body["links"]["replay_of"] == str(letter_id)
+    assert body["task"] == "k1.tasks.demo.flaky" and body["project_id"] == "acme"
