@@ -92,6 +92,8 @@ def cursor_condition(cursor: str | None) -> ColumnElement[bool] | None:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_text, task_id = raw.split("|", 1)
         created_at = datetime.fromisoformat(created_text)
+        if "\x00" in task_id:  # not an id history holds, and PostgreSQL refuses it
+            raise ValueError(task_id)
     except (ValueError, UnicodeDecodeError):
         raise FilterError(f"cursor: not a cursor this API issued: {cursor!r}") from None
     return tuple_(TaskRun.created_at, TaskRun.task_id) < tuple_(created_at, task_id)

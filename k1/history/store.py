@@ -161,7 +161,11 @@ def search(filters: TaskFilter, *, limit: int = 50,
 
 
 def get(task_id: str) -> tuple[TaskRun, list[TaskAttempt]] | None:
-    """A task's row and its attempts in order, or None when history has no record of it."""
+    """A task's row and its attempts in order, or None when history has no record of it
+    (or ``task_id`` is no id it could hold: NUL, lone surrogates, too long).
+    """
+    if len(task_id) > _LENGTHS["task_id"] or escape(task_id) != task_id:
+        return None
     with session_scope() as session:
         row = session.get(TaskRun, task_id)
         if row is None:

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from k1.history import store
 from k1.history.models import TaskAttempt, TaskRun
 
-log = logging.getLogger(__name__)
-
 FINAL = ("SUCCESS", "FAILURE", "REVOKED")
-
-
-def history_of(task_id: str) -> tuple[TaskRun, list[TaskAttempt]] | None:
-    """History's row and attempts, or None (also when the database is away: the result
-    backend's answer stands on its own, as it did before history).
-    """
-    try:
-        return store.get(task_id)
-    except SQLAlchemyError as exc:
-        log.warning("task %s answered without history: %s", task_id, type(exc).__name__)
-        return None
 
 
 def with_history(body: dict[str, Any],

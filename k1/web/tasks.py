@@ -3,15 +3,17 @@ attempts and links from history); ``GET /api/tasks`` searches the history."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from k1.history import store as history_store
 from k1.history import views as history_views
 from k1.history.filters import MAX_QUERY, TaskFilter
-from k1.history.models import STATES
+from k1.history.models import STATES, TaskAttempt, TaskRun
 from k1.recovery.dlq.filters import MAX_LIMIT, FilterError, parse_limit
 from k1.tasks.submissions import (
     NotAllowed,
@@ -35,6 +37,7 @@ from k1.web.contract import (
 from k1.web.errors import APIError, error_response
 from k1.web.offload import blocking
 
+log = logging.getLogger(__name__)
 bp = Blueprint("tasks", __name__)
 
 
@@ -87,8 +90,7 @@ def get_task(task_id: str):  # type: ignore[no-untyped-def]
         return _from_history(task_id)
     if not current_principal().can_see(submission.project_id):
         raise APIError(404, "task not found", detail=task_id)
-    return jsonify(history_views.with_history(status(submission),
-                                              blocking(history_views.history_of, task_id)))
+    return jsonify(history_views.with_history(status(submission), _history(task_id)))
 
 
 # -- task history (k1.history) ---------------------------------------------------------
@@ -135,6 +137,17 @@ def list_tasks(query: TaskQuery):  # type: ignore[no-untyped-def]
     page, next_cursor = blocking(history_store.search, filters, limit=parse_limit(query.limit),
                                  cursor=query.cursor)
     return jsonify(items=[history_store.as_dict(row) for row in page], next_cursor=next_cursor)
+
+
+def _history(task_id: str) -> tuple[TaskRun, list[TaskAttempt]] | None:
+    """History's row and attempts, or None when the database is away: the result
+    backend's answer stands on its own, as it did before history.
+    """
+    try:
+        return blocking(history_store.get, task_id)
+    except SQLAlchemyError as exc:  # logged here, on the hub, not in the pool's thread
+        log.warning("task %s answered without history: %s", task_id, type(exc).__name__)
+        return None
 
 
 def _from_history(task_id: str):  # type: ignore[no-untyped-def]
