@@ -142,3 +142,9 @@ def _iso(ts: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def test_ids_history_cannot_hold_are_404_not_database_errors(api: API) -> None:
+    for task_id in ("nul%00here", "lone%ED%B2%80", "x" * 300):
+        response = api.get(f"/api/tasks/{task_id}")
+        assert response.status_code == 404, (task_id, response.text)
