@@ -22,13 +22,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import String, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from k1.db import get_engine, session_scope
+from k1.db import insert_or_skip, session_scope
 from k1.history.filters import TaskFilter, cursor_condition, encode_cursor
 from k1.history.fold import fold
 from k1.history.models import TaskAttempt, TaskRecord, TaskRun
+from k1.recovery.dlq.storable import escape
 
 RETENTION_BATCH = 10_000  # tasks deleted per statement, to keep locks short
 MAX_JSON_DEPTH = 64  # deeper JSON is cut: far below PostgreSQL's limit, above any honest value
@@ -49,18 +49,15 @@ def write(records: Sequence[dict[str, Any]]) -> int:
     for record in records:
         by_task[record["task_id"]].append(record)
     task_ids = sorted(by_task)
-    upsert = _insert_builder()
     with session_scope() as session:
         stubs = [{"task_id": task_id, "state": "PENDING", "attempts": 0, "search_text": "",
                   "created_at": _time(min(r["ts"] for r in by_task[task_id]))}
                  for task_id in task_ids]
-        session.execute(upsert(TaskRun).on_conflict_do_nothing(index_elements=["task_id"]),
-                        stubs)
+        session.execute(insert_or_skip(TaskRun, "task_id"), stubs)
         session.execute(select(TaskRun.task_id).where(TaskRun.task_id.in_(task_ids))
                         .order_by(TaskRun.task_id).with_for_update())
         new = session.scalars(
-            upsert(TaskRecord).on_conflict_do_nothing(index_elements=["id"])
-            .returning(TaskRecord.id),
+            insert_or_skip(TaskRecord, "id").returning(TaskRecord.id),
             [{"id": r["id"], "task_id": r["task_id"], "ts": r["ts"], "type": r["type"], "body": r}
              for r in records]).all()
         _refold(session, task_ids)
@@ -82,14 +79,6 @@ def _refold(session: Session, task_ids: list[str]) -> None:
     session.execute(delete(TaskAttempt).where(TaskAttempt.task_id.in_(task_ids)))
     if attempts:
         session.execute(insert(TaskAttempt), attempts)
-
-
-def _insert_builder() -> Any:
-    dialect = get_engine().dialect.name
-    builder = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-    if builder is None:
-        raise RuntimeError(f"task history needs PostgreSQL or SQLite, not {dialect}")
-    return builder
 
 
 # -- what the database accepts ---------------------------------------------------------
@@ -127,14 +116,6 @@ def _normalized(record: dict[str, Any]) -> dict[str, Any]:
     record["ts"] = number(record.get("ts"), time.time())
     record["attempt"] = int(number(record.get("attempt"), 1))
     return record
-
-
-def escape(text: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text.replace("\x00", "\\x00")
 
 
 def _clipped(row: dict[str, Any], lengths: dict[str, int]) -> dict[str, Any]:
