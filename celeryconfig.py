@@ -62,21 +62,30 @@ DEFAULT_HARD_TIME_LIMIT = DEFAULT_SOFT_TIME_LIMIT + 60  # a minute to clean up a
 task_soft_time_limit = DEFAULT_SOFT_TIME_LIMIT
 task_time_limit = DEFAULT_HARD_TIME_LIMIT
 
-# Flower and the dashboard see every transition.
+# Celery's own task events are for Flower (the dashboard's come from K1's signal handlers,
+# k1.events.signals). They cost 0.6-0.9 ms of worker and Redis CPU per task, a fifth of a
+# no-op task's durable cost (bench/platform.py), and Flower can turn them on by itself
+# (its periodic enable_events broadcast). They stay on from the start all the same: with
+# them off, a task that ran before Flower's broadcast reached a worker was missing from
+# Flower (tests/test_flower.py, under load), and "Flower sees every task" is the contract.
 worker_send_task_events = True
 task_send_sent_event = True
 
 # K1's own work gets its own queue, so that it never waits behind a backlog of users'
-# tasks: a worker started without --queues consumes both, in turn (kombu rotates them).
+# tasks: a worker started without --queues consumes both, in turn (kombu rotates them, so
+# a platform task waits for at most one user task per free slot; docs/flow.md). A retry
+# stays on its queue.
 PLATFORM_QUEUE = "k1.platform"
 task_queues = (Queue("celery"), Queue(PLATFORM_QUEUE))
 task_routes = {
+    "k1.dlq.*": {"queue": PLATFORM_QUEUE},  # spool drain, retention, depth snapshots
+    "k1.history.*": {"queue": PLATFORM_QUEUE},
     "k1.conductor.report_outcome": {"queue": PLATFORM_QUEUE},  # a workflow waits for it
+    "k1.flow.*": {"queue": PLATFORM_QUEUE},
 }
 
 imports = ("k1.tasks.analysis", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
-           "k1.recovery.dlq.tasks", "k1.conductor.tasks",
-           "k1.history.tasks")
+           "k1.recovery.dlq.tasks", "k1.conductor.tasks", "k1.flow.queues", "k1.history.tasks")
 
 # RedBeat, extended by K1 (time zones, catch-up policy, fire accounting; k1.scheduling).
 beat_scheduler = "k1.scheduling.beat:K1Scheduler"

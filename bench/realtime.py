@@ -7,8 +7,9 @@ It starts its own Redis, the web process and the clients, each in processes of t
 own (the clients are python-socketio ``AsyncClient`` s, several hundred per process):
 
 - **K1 path**: an emitter process calls ``k1.events.emit("task_event", ...)`` (what the
-  worker's signal handlers call: one pipelined publish + counters) to ``project_bench``;
-  ``python -m k1.web`` relays it to clients that connected with a token and subscribed.
+  worker's signal handlers call: buffered, sent with the counters by the flusher) to
+  ``project_bench``; ``python -m k1.web`` relays it to clients that connected with a
+  token and subscribed.
 - **bare path** (the baseline): an emitter with python-socketio's write-only
   ``RedisManager`` straight to a room, relayed by a minimal Flask-SocketIO app (no K1 code).
 

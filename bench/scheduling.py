@@ -1,7 +1,7 @@
-"""Scheduling benchmark: fire-time drift, beat's cost at 10,000 schedules, change latency.
+"""Scheduling benchmark: fire-time drift, a 10,000-fire burst, change latency, beat's cost.
 
     .venv/bin/python bench/scheduling.py [--schedules 200] [--every 5] [--seconds 60]
-                                         [--phases drift,change,big]
+                                         [--phases drift,change,burst,big]
 
 Starts its own Redis, a Celery worker, ``k1 beat`` and the web process on free loopback
 ports (logs in artifacts/logs/bench-*), then measures:
@@ -12,7 +12,9 @@ ports (logs in artifacts/logs/bench-*), then measures:
    lateness (fired minus due), p50/p95/p99;
 2. API change to effect: PATCH a far-off schedule to ``every: 1`` (and pause a firing one)
    through the real API, and time until beat acts on it;
-3. 10,000 schedules: the K1 scheduler's tick time (the real ``K1Scheduler.tick`` against
+3. burst: 10,000 schedules due at the same instant (as at a minute boundary): how late
+   beat sent the first, the median and the last of them (fired minus due);
+4. 10,000 schedules: the K1 scheduler's tick time (the real ``K1Scheduler.tick`` against
    Redis, in a probe process shaped like beat) and beat's resident memory.
 """
 
@@ -28,6 +30,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -82,6 +85,14 @@ def beat_child_pid(supervisor: Process) -> int:
     return int(children[0])
 
 
+def fires_of(name: str) -> list[dict[str, Any]]:
+    """The recorded fires of the bench project's schedule ``name``, newest first."""
+    from k1.scheduling.entry import schedule_id
+    from k1.scheduling.history import recent_fires
+
+    return recent_fires(schedule_id("bench", name))
+
+
 def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> None:  # type: ignore[no-untyped-def]
     """Fires of ``schedules`` schedules; staggered evenly over ``every``, or all at once."""
     from datetime import UTC, datetime, timedelta
@@ -89,7 +100,7 @@ def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> Non
     from k1.celery import app
     from k1.connections import get_redis
     from k1.scheduling.entry import K1Entry
-    from k1.scheduling.history import DRIFT_KEY, recent_fires
+    from k1.scheduling.history import DRIFT_KEY
 
     template = store.validate({"name": "drift", "task": "k1.tasks.demo.flaky",
                                "every": every, "project_id": "bench"})
@@ -105,9 +116,9 @@ def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> Non
         store.pause(name)
     time.sleep(3)  # the last tasks start
     starts = [float(v) for v in get_redis().lrange(DRIFT_KEY, 0, -1)]
-    sends = [f["fired_at"] - f["due_at"] for n in names for f in recent_fires(n)
+    sends = [f["fired_at"] - f["due_at"] for n in names for f in fires_of(n)
              if f["task_id"]]
-    missed = sum(f["due_count"] - 1 for n in names for f in recent_fires(n))
+    missed = sum(f["due_count"] - 1 for n in names for f in fires_of(n))
     how = "all due together" if aligned else f"staggered over {every}s"
     print(f"drift, {schedules} schedules every {every}s ({how}) for {seconds}s:")
     print(f"  task start - due:  {ms(percentiles(starts))}")
@@ -120,7 +131,6 @@ def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> Non
 def change_latency(web_url: str, token: str, rounds: int = 20) -> None:
     import requests
 
-    from k1.scheduling.history import recent_fires
 
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
@@ -132,21 +142,90 @@ def change_latency(web_url: str, token: str, rounds: int = 20) -> None:
         }).raise_for_status()
         response = session.patch(f"{web_url}/api/scheduler/jobs/{name}", json={"every": 1})
         response.raise_for_status()
-        first = wait_for(lambda n=name: recent_fires(n), timeout=15, interval=0.02,
+        first = wait_for(lambda n=name: fires_of(n), timeout=15, interval=0.02,
                          message=f"{name} never fired")[-1]
         noticed.append(first["fired_at"] - first["due_at"])  # the change's first due time
-        wait_for(lambda n=name: len(recent_fires(n)) >= 2, timeout=10, interval=0.05,
+        wait_for(lambda n=name: len(fires_of(n)) >= 2, timeout=10, interval=0.05,
                  message=f"{name} fired once only")
         asked = time.time()
         session.patch(f"{web_url}/api/scheduler/jobs/{name}",
                       json={"enabled": False}).raise_for_status()
         time.sleep(2.5)
-        last = max(f["fired_at"] for f in recent_fires(name))
+        last = max(f["fired_at"] for f in fires_of(name))
         paused.append(max(0.0, last - asked))
         session.delete(f"{web_url}/api/scheduler/jobs/{name}")
     print(f"API change to effect ({rounds} rounds, real web process):")
     print(f"  PATCH every 3600 -> 1, first fire vs its due time: {ms(percentiles(noticed))}")
     print(f"  PATCH enabled false, last fire after the PATCH:    {ms(percentiles(paused))}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (load-independent cost)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def burst(store, supervisor: Process, count: int = BIG) -> None:  # type: ignore[no-untyped-def]
+    """``count`` schedules all due at one instant, sent by the running beat."""
+    from datetime import UTC, datetime, timedelta
+
+    from redbeat.schedulers import ensure_conf
+
+    from k1.celery import app
+    from k1.connections import get_redis
+    from k1.scheduling.entry import K1Entry, entry_key, schedule_id
+    from k1.scheduling.history import FIRE_LOG_KEY
+
+    template = store.validate({"name": "burst", "task": "k1.tasks.demo.flaky",
+                               "every": BIG_EVERY, "project_id": "bench"})
+    names = [f"burst-{i:05d}" for i in range(count)]
+    due = datetime.now(UTC) + timedelta(seconds=10 + count / 500)  # after they are written
+    client = get_redis()
+    pipe = client.pipeline(transaction=False)
+    for name in names:  # what K1Entry.save does, in one pipeline
+        entry = K1Entry.from_spec(replace(template, name=name), app,
+                                  last_run_at=due - timedelta(seconds=BIG_EVERY))
+        pipe.hset(entry.key, "definition", entry.definition())
+        pipe.hset(entry.key, "meta", entry.encoded_meta())
+        pipe.zadd(ensure_conf(app).schedule_key, {entry.key: entry.score})
+    pipe.execute()
+    assert datetime.now(UTC) < due, "writing the schedules took longer than planned"
+    # The worker stops consuming meanwhile: on 2 shared cores its 10,000 tasks would
+    # compete with beat, and this measures beat (the tasks are purged afterwards).
+    app.control.cancel_consumer(app.conf.task_default_queue, destination=["bench@k1"],
+                                reply=True, timeout=5)
+    beat_pid = beat_child_pid(supervisor)
+    cpu_before = cpu_seconds(beat_pid)
+    logs = [FIRE_LOG_KEY.format(schedule_id("bench", name)) for name in names]
+
+    def fired() -> list[dict[str, Any]]:
+        pipe = client.pipeline(transaction=False)
+        for log in logs:
+            pipe.lindex(log, 0)
+        return [json.loads(item) for item in pipe.execute() if item]
+
+    seen = wait_for(lambda: len(found := fired()) == count and found,
+                    timeout=(due - datetime.now(UTC)).total_seconds() + 120, interval=0.5,
+                    message=lambda: f"{len(fired())} of {count} burst schedules fired")
+    cpu = cpu_seconds(beat_pid) - cpu_before
+    late = percentiles([f["fired_at"] - f["due_at"] for f in seen])
+    print(f"burst, {count} schedules due at the same instant "
+          f"(load average {os.getloadavg()[0]:.1f}):")
+    print(f"  beat CPU: {cpu:.2f} s, {cpu / count * 1000:.2f} ms per fire "
+          f"(~{count / max(cpu, 1e-3):.0f} fires/s on a core of its own)")
+    print(f"  beat send - due: first {min(f['fired_at'] - f['due_at'] for f in seen):.3f} s, "
+          f"p50 {late['p50']:.3f} s, p99 {late['p99']:.3f} s, last {late['max']:.3f} s "
+          f"({count / max(late['max'], 1e-3):.0f} fires/s); "
+          f"missed fire times: {sum(f['due_count'] - 1 for f in seen)}")
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        key = entry_key(schedule_id("bench", name))
+        pipe.zrem(ensure_conf(app).schedule_key, key)
+        pipe.delete(key, FIRE_LOG_KEY.format(schedule_id("bench", name)))
+    pipe.execute()
+    app.control.purge()  # the 10,000 tasks would load the next phases' machine
+    app.control.add_consumer(app.conf.task_default_queue, destination=["bench@k1"],
+                             reply=True, timeout=5)
 
 
 def big_schedule(store, supervisor: Process, seconds: int = 40) -> None:  # type: ignore[no-untyped-def]
@@ -201,8 +280,9 @@ def tick_probe(seconds: int) -> None:
 
     def counting_fire(*args, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal fired
-        fired += 1
-        return original(*args, **kwargs)
+        fires = original(*args, **kwargs)
+        fired += len(fires)
+        return fires
 
     scheduler.fire = counting_fire  # type: ignore[method-assign]
     ticks: list[float] = []
@@ -224,7 +304,7 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=200)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=60)
-    parser.add_argument("--phases", default="drift,change,big")
+    parser.add_argument("--phases", default="drift,change,burst,big")
     parser.add_argument("--tick-probe", type=int, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.tick_probe is not None:
@@ -273,6 +353,8 @@ def main() -> None:
         if "change" in phases:
             change_latency(web_url, create_token("bench", ["*"], secret=env["K1_SECRET_KEY"],
                                                  ttl=3600))
+        if "burst" in phases:
+            burst(store, beat)
         if "big" in phases:
             big_schedule(store, beat)
     finally:

@@ -15,3 +15,5 @@ CONDUCTOR_TASK = "k1_conductor_task_id"
 REPLAY_OF = "k1_replay_of"  # the dead letter a replayed task came from
 SCHEDULE = "k1_schedule"  # the schedule a task was sent for (beat and "run now")
 DUE_AT = "k1_due_at"  # epoch seconds the fire was due at (beat fires only)
+LIMIT_WAITS = "k1_limit_waits"  # times a limit made the task wait (k1.flow; no attempt spent)
+LIMIT_RESERVED = "k1_limit_reserved"  # rate limits whose start this message has reserved

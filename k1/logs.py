@@ -10,10 +10,11 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import Processor
 
 from k1.settings import redis_error_fix
 
-_SHARED_PROCESSORS = [
+_SHARED_PROCESSORS: list[Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,

@@ -65,6 +65,8 @@ VARIABLES: dict[str, str | None] = {
     "K1_VISIBILITY_TIMEOUT": "visibility_timeout", "K1_ASYNC_MODE": "async_mode",
     "K1_DATA_DIR": "data_dir", "K1_LOG_LEVEL": "log_level",
     "K1_DLQ_RETENTION_DAYS": "dlq_retention_days", "K1_DLQ_MAX_ROWS": "dlq_max_rows",
+    "K1_HISTORY_RETENTION_DAYS": "history_retention_days",
+    "K1_HISTORY_MAX_ROWS": "history_max_rows", "K1_TASK_HISTORY": "task_history",
     "K1_BREAKER_FAIL_MAX": "breaker_fail_max",
     "K1_BREAKER_RESET_TIMEOUT": "breaker_reset_timeout", "K1_WORKFLOWS_DIR": "workflows_dir",
     "K1_CONDUCTOR_CACHE": "conductor_cache_dir", "K1_TASK_EVENTS": "task_events",
@@ -216,18 +218,27 @@ def read_dotenv(path: Path = DOTENV_PATH) -> dict[str, str]:
     return parse(path.read_text()) if path.is_file() else {}
 
 
+# The names .env supplied to this process (the environment did not set them): `k1 check`
+# and `k1 env` say where each value came from.
+DOTENV_SUPPLIED: dict[str, str] = {}
+
+
 def load_dotenv(
     path: Path = DOTENV_PATH, environ: MutableMapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Fill ``environ`` (default ``os.environ``) from ``path`` where it sets nothing.
+    """Fill ``environ`` (default ``os.environ``, recorded in :data:`DOTENV_SUPPLIED`) from
+    ``path`` where it sets nothing.
 
     The environment always wins: an exported variable is never replaced by the file.
     Returns what the file supplied, so tools can say where each value came from.
     """
+    into_process = environ is None
     environ = os.environ if environ is None else environ
     supplied = {name: value for name, value in read_dotenv(path).items()
                 if name not in environ}
     environ.update(supplied)
+    if into_process:
+        DOTENV_SUPPLIED.update(supplied)
     return supplied
 
 
@@ -246,15 +257,21 @@ def _beat_timing(env: Mapping[str, str]) -> dict[str, int]:
 def _redis_url(env: Mapping[str, str]) -> str:
     raw = env.get("REDIS_URL") or DEFAULT_REDIS_URL
     parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    if parts.scheme == "unix":
+        # redis-py reads unix://, but Celery's broker (kombu) knows no such transport and
+        # RedBeat no other: one URL cannot name a socket for all of them.
         raise SettingsError(
-            f"REDIS_URL: scheme must be redis://, rediss:// or unix://, got {raw!r}"
+            f"REDIS_URL: unix:// sockets are not supported (Celery's broker has no such "
+            f"transport); give Redis a TCP address, redis://host:port/db, got {redact(raw)!r}"
         )
-    if parts.scheme != "unix":
-        _check_host_port("REDIS_URL", raw)
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise SettingsError(f"REDIS_URL: database must be a number, got {db!r}")
+    if parts.scheme not in ("redis", "rediss"):
+        raise SettingsError(
+            f"REDIS_URL: scheme must be redis:// or rediss://, got {redact(raw)!r}"
+        )
+    _check_host_port("REDIS_URL", raw)
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise SettingsError(f"REDIS_URL: database must be a number, got {db!r}")
     if parts.scheme == "rediss":
         # Celery and redis-py refuse rediss:// without a certificate policy. Heroku
         # Redis presents a self-signed certificate and needs K1_REDIS_SSL_CERT_REQS=none.

@@ -83,9 +83,10 @@ def k1_process(name: str, *argv: str, env: dict[str, str] | None = None) -> Proc
 
 
 def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None,
-                  env: dict[str, str] | None = None) -> Process:
+                  env: dict[str, str] | None = None, include: str | None = None) -> Process:
     """A real prefork Celery worker process, started and answering pings; ``env`` overrides
-    the session's environment (e.g. a test's own DATABASE_URL).
+    the session's environment (e.g. a test's own DATABASE_URL); ``include`` adds task
+    modules (tests' own tasks). Without ``queues`` it consumes celeryconfig's task_queues.
     """
     from k1.celery import app
 
@@ -95,6 +96,8 @@ def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None,
             "--without-gossip"]
     if queues:
         argv += ["--queues", queues]
+    if include:  # extra task modules (tests' own tasks)
+        argv += ["--include", include]
     worker = k1_process(name, *argv, env=env).start()
     worker.wait_until(
         lambda: app.control.ping(destination=[hostname], timeout=0.5), 60, "did not answer ping"
@@ -104,7 +107,9 @@ def celery_worker(name: str, *, concurrency: int = 2, queues: str | None = None,
 
 @pytest.fixture(scope="session")
 def worker(services: dict[str, object]) -> Iterator[Process]:
-    process = celery_worker("worker")
+    # It consumes the default queue, where the flow tests send their own tasks too: it
+    # must know them, or it drops the ones it takes as unregistered.
+    process = celery_worker("worker", include="tests.flow.tasks")
     yield process
     process.stop()
 

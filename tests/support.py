@@ -15,9 +15,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
+import requests
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,22 @@ def wait_for(
     text = message() if callable(message) else message
     suffix = f" (last error: {last_error!r})" if last_error else ""
     raise AssertionError(f"timed out after {timeout}s: {text}{suffix}")
+
+
+def run_k1(*args: str, env: Mapping[str, str] | None = None, cwd: Path = ROOT,
+           inherit: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the venv's ``k1`` command: the tests' environment plus ``env`` (only ``env``
+    with ``inherit=False``), output captured as text."""
+    base = dict(os.environ) if inherit else {}
+    return subprocess.run([str(VENV_BIN / "k1"), *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def control(service_url: str, **behaviour: Any) -> dict[str, Any]:
+    """Tell the stand-in external service (k1/external_service.py) how to behave."""
+    response = requests.post(f"{service_url}/_control", json=behaviour, timeout=5)
+    response.raise_for_status()
+    return response.json()
 
 
 class Process:

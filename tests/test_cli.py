@@ -1,20 +1,15 @@
 """The k1 command: tokens on stdout alone, configuration errors in words."""
 
 import os
-import subprocess
 from urllib.parse import urlsplit
 
 import pytest
 
 from k1.auth import SIGNIN, InvalidToken, decode_token, verify_token
-from tests.support import VENV_BIN
+from tests.support import run_k1
 
 pytestmark = pytest.mark.usefixtures("redis_server")  # the revocation list lives in Redis
 
-
-def run_k1(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "k1"), *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
 
 
 def test_token_create_prints_the_token_alone() -> None:

@@ -45,6 +45,7 @@ def test_cors_origins_are_a_list() -> None:
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"REDIS_URL": "http://h:6379"}, "REDIS_URL: scheme must be"),
+    ({"REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL: unix:// sockets are not supported"),
     ({"REDIS_URL": "redis://h:notaport/0"}, "REDIS_URL: invalid port"),
     ({"REDIS_URL": "redis://h:6379/x"}, "REDIS_URL: database must be a number"),
     ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL: expected postgres://"),

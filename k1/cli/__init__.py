@@ -13,10 +13,7 @@ import sys
 
 import click
 
-from k1.settings import SettingsError, get_settings, load_dotenv
-
-# The names the .env file supplied to this process (the environment did not set them).
-DOTENV_SUPPLIED: dict[str, str] = {}
+from k1.settings import DOTENV_SUPPLIED, SettingsError, get_settings, load_dotenv
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,13 +161,16 @@ def _add_area_commands() -> None:
     cli.add_command(conductor_server)
     cli.add_command(conductor_worker)
     cli.add_command(workflows)
+    from k1.cli.flow import limits, queues
     from k1.cli.history import history_recorder
 
+    cli.add_command(limits)
+    cli.add_command(queues)
     cli.add_command(history_recorder)
 
 
 def main() -> None:
-    DOTENV_SUPPLIED.update(load_dotenv())
+    load_dotenv()
     _add_area_commands()
     try:
         cli(standalone_mode=True)

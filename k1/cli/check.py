@@ -22,7 +22,14 @@ from dataclasses import dataclass
 
 import click
 
-from k1.settings import SECRET_VARIABLES, VARIABLES, Settings, get_settings, redact
+from k1.settings import (
+    DOTENV_SUPPLIED,
+    SECRET_VARIABLES,
+    VARIABLES,
+    Settings,
+    get_settings,
+    redact,
+)
 
 MIN_REDIS_VERSION = (6, 2)  # kombu 5.7's Redis transport sends ZRANGE ... BYSCORE REV
 # A key this many bits of guessing deep resists brute force of its HS256 signatures.
@@ -197,8 +204,6 @@ def check() -> None:
 
     Exits 1 naming the first problem and its fix.
     """
-    from k1.cli import DOTENV_SUPPLIED
-
     settings = get_settings()
     click.echo("configuration (source: environment, .env or default; secrets masked)")
     entries = effective_configuration(settings, os.environ, DOTENV_SUPPLIED)

@@ -79,7 +79,7 @@ def conductor_worker(task_types: tuple[str, ...], threads: int, poll_interval: i
 REGISTER_WAIT = 180.0  # s: a local server started alongside takes ~10-20 s to be healthy
 
 
-def _register_when_ready(files: list) -> None:  # type: ignore[type-arg]
+def _register_when_ready(files: list) -> None:
     """Register the workflow files once the server answers; a refusal (a changed
     definition without a new version) is reported and the worker serves anyway.
     """

@@ -23,13 +23,13 @@ FILTER_OPTIONS = (
 )
 
 
-def filter_options(command):  # type: ignore[no-untyped-def]
+def filter_options(command):
     for option in reversed(FILTER_OPTIONS):
         command = option(command)
     return command
 
 
-def _filters(**params: Any):  # type: ignore[no-untyped-def]
+def _filters(**params: Any):
     from k1.recovery.dlq.filters import FilterError, LetterFilter
 
     try:

@@ -22,13 +22,19 @@ class ScheduleCommandError(click.ClickException):
 @contextmanager
 def _errors() -> Iterator[None]:
     """The store's exceptions as one-line CLI errors."""
-    from k1.scheduling import InvalidSchedule, ScheduleConflict, ScheduleExists, ScheduleNotFound
+    from k1.scheduling import (
+        AmbiguousSchedule,
+        InvalidSchedule,
+        ScheduleConflict,
+        ScheduleExists,
+        ScheduleNotFound,
+    )
     from k1.tasks.submissions import SubmissionError
 
     try:
         yield
-    except (InvalidSchedule, ScheduleConflict, ScheduleExists, ScheduleNotFound,
-            SubmissionError) as exc:
+    except (AmbiguousSchedule, InvalidSchedule, ScheduleConflict, ScheduleExists,
+            ScheduleNotFound, SubmissionError) as exc:
         raise ScheduleCommandError(str(exc)) from None
 
 
@@ -60,7 +66,8 @@ def list_schedules(as_json: bool) -> None:
     for s in schedules:
         timing = s["cron"] if s["cron"] else f"every {s['every']}s"
         rows.append((s["name"], s["state"], f"{timing} ({s['timezone']})",
-                     s["next_run_at"] or "-", s["last_status"] or "-", s["task"],
+                     "ERROR (see --json)" if "error" in s else s["next_run_at"] or "-",
+                     s["last_status"] or "-", s["task"],
                      s["project_id"] or "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -98,48 +105,57 @@ def add(name: str, task: str, cron: str | None, every: float | None, args_json: 
                f"{created.to_json()['next_run_at'] or '- (paused)'}")
 
 
+# Names are scoped per project: --project picks one where several projects use a name.
+_project = click.option("--project", "project_id", default=None,
+                        help="The schedule's project, where several projects use NAME.")
+
+
 @schedule.command("rm")
 @click.argument("name")
-def remove(name: str) -> None:
+@_project
+def remove(name: str, project_id: str | None) -> None:
     """Delete schedule NAME."""
     from k1.scheduling import ScheduleStore
 
     with _errors():
-        ScheduleStore().delete(name)
+        ScheduleStore().delete(name, project_id)
     click.echo(f"{name}: deleted")
 
 
 @schedule.command("pause")
 @click.argument("name")
-def pause(name: str) -> None:
+@_project
+def pause(name: str, project_id: str | None) -> None:
     """Stop NAME firing until resumed."""
     from k1.scheduling import ScheduleStore
 
     with _errors():
-        ScheduleStore().pause(name)
+        ScheduleStore().pause(name, project_id)
     click.echo(f"{name}: paused")
 
 
 @schedule.command("resume")
 @click.argument("name")
-def resume(name: str) -> None:
+@_project
+def resume(name: str, project_id: str | None) -> None:
     """Fire NAME again, from its next fire time after now."""
     from k1.scheduling import ScheduleStore
 
     with _errors():
-        resumed = ScheduleStore().resume(name)
+        resumed = ScheduleStore().resume(name, project_id)
     click.echo(f"{name}: active; next run {resumed.to_json()['next_run_at']}")
 
 
 @schedule.command("run")
 @click.argument("name")
-def run(name: str) -> None:
+@_project
+def run(name: str, project_id: str | None) -> None:
     """Send NAME's task now; prints the task id."""
     from k1.scheduling import ScheduleStore
 
     store = ScheduleStore()
     with _errors():
-        click.echo(store.run_now(store.get(name)))
+        click.echo(store.run_now(store.get(name, project_id)))
 
 
 @click.command(context_settings={"ignore_unknown_options": True})

@@ -10,7 +10,7 @@ import click
 from k1.settings import get_settings
 
 
-def _files(paths: tuple[Path, ...], directory: Path | None):  # type: ignore[no-untyped-def]
+def _files(paths: tuple[Path, ...], directory: Path | None):
     from k1.conductor.registry import ValidationFailed, load_directory, load_files, validate
 
     try:
@@ -24,7 +24,7 @@ def _files(paths: tuple[Path, ...], directory: Path | None):  # type: ignore[no-
                                    "Conductor") from None
 
 
-def _client():  # type: ignore[no-untyped-def]
+def _client():
     from k1.conductor.client import ConductorClient, ConductorNotConfigured
 
     try:

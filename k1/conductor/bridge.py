@@ -268,8 +268,7 @@ def _conductor_ids(task: Task) -> tuple[str, str] | None:
 
 @signals.task_success.connect
 def _on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
-    ids = _conductor_ids(sender) if sender is not None else None
-    if ids is None:
+    if sender is None or (ids := _conductor_ids(sender)) is None:
         return
     replayed = sender.request.get(headers.REPLAY_OF) is not None
     report(*ids, COMPLETED, output=as_output(result), celery_task_id=sender.request.id,
@@ -280,8 +279,7 @@ def _on_success(sender: Task | None = None, result: Any = None, **_: Any) -> Non
 @signals.task_failure.connect
 def _on_failure(sender: Task | None = None, task_id: str | None = None,
                 exception: BaseException | None = None, **_: Any) -> None:
-    ids = _conductor_ids(sender) if sender is not None else None
-    if ids is None:
+    if sender is None or (ids := _conductor_ids(sender)) is None:
         return
     report(*ids, failure_status(exception, sender), reason=reason_of(exception),
            celery_task_id=task_id, task_name=sender.name, check_state=False,

@@ -28,10 +28,9 @@ digest differs: changing a definition means bumping its ``version``.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +174,7 @@ def _load(path: Path) -> WorkflowFile:
                                                            f"{', '.join(K1_OPTIONS)})"))
             elif not isinstance(value, expected):
                 problems.append(Problem(path, f"k1.{key}", f"must be a {expected.__name__}"))
-    if problems:
+    if problems or not isinstance(workflow, dict):
         raise ValidationFailed(problems)
     return WorkflowFile(path, workflow, tasks, options)
 
@@ -365,26 +364,15 @@ def _check_task(wf: WorkflowFile, where: str, task: dict[str, Any], refs: dict[s
 
 
 def _check_arguments(task: Any, inputs: dict[str, Any]) -> list[str]:
-    """The Conductor task's input becomes the Celery task's keyword arguments."""
-    run: Callable[..., Any] = getattr(task, "run", task)
+    """The Conductor task's input becomes the Celery task's keyword arguments: they must
+    bind to its signature (values are expressions here, so only the names are checked)."""
+    from k1.tasks.submissions import SubmissionError, check_arguments
+
     try:
-        signature = inspect.signature(run)
-    except (TypeError, ValueError):
-        return []
-    params = signature.parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return []
-    problems = []
-    unknown = sorted(set(inputs) - set(params))
-    if unknown:
-        problems.append(f"inputParameters {', '.join(unknown)} are not arguments of "
-                        f"{task.name}{signature}")
-    missing = sorted(n for n, p in params.items() if p.default is p.empty
-                     and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in inputs)
-    if missing:
-        problems.append(f"inputParameters lack {', '.join(missing)}, required by "
-                        f"{task.name}{signature}")
-    return problems
+        check_arguments(task.name, kwargs=dict.fromkeys(inputs))
+    except SubmissionError as exc:
+        return [f"inputParameters: {exc}"]
+    return []
 
 
 def _check_task_def(path: Path, task_def: dict[str, Any],

@@ -8,29 +8,44 @@ An event is a flat JSON object ``{type, task_id, task_name, project_id, user_id,
 attempt, ts, ...}``. It goes to the Socket.IO rooms ``project_<id>`` and ``user_<id>``
 (or, for platform-wide events such as ``breaker_state``, to ``platform``, which every
 authenticated connection joins) through a write-only Redis publisher: no web app needed,
-one round trip to Redis (the publish pipelined with the metrics counters of
-:mod:`k1.events.metrics`), and a failure to publish never fails or slows the caller.
+and a failure to publish never fails or slows the caller.
 
-The publisher writes the message python-socketio's ``PubSubManager.emit`` writes (a JSON
-object on the ``k1-socketio`` channel, checked against python-socketio 5.18), so the web
-process's ordinary Redis manager relays it to the rooms. It is its own small client
-rather than ``socketio.RedisManager(write_only=True)`` for two reasons: the counters
-travel in the same pipeline, and a Redis outage costs a task at most one short timeout
-(``PUBLISH_TIMEOUT``), after which events are dropped for ``PAUSE_AFTER_FAILURE`` instead
-of being retried in the task's time.
+Publishing is off the caller's path: :func:`emit` and :func:`publish` put the events in
+this process's buffer and return; a background thread (started lazily, again in each
+process after a fork) waits ``FLUSH_LINGER`` after the first event and sends whatever the
+buffer holds in one pipelined round trip, the PUBLISH of each event beside the metrics
+counters (:mod:`k1.events.metrics`, summed per batch). While one round trip is under way
+the next events gather. The buffer is bounded (``MAX_BUFFERED``: beyond it,
+events are dropped, never waited for), one process's events go out in the order they were
+published, and ``publish(..., wait=True)`` sends the buffer and the events in the caller's
+thread when a later event of another process must not overtake them. The buffer is sent
+at exit (``atexit``; Celery's pool processes call :func:`flush` on
+``worker_process_shutdown``).
+
+The publisher is a ``socketio.RedisManager(write_only=True)`` whose ``_publish`` puts the
+message python-socketio built into K1's own pipeline: the library keeps the wire format
+(the web process's ordinary Redis manager relays it to the rooms), the counters travel in
+the same round trip, and a Redis outage costs the flusher at most one short timeout
+(``PUBLISH_TIMEOUT``), after which events are dropped for ``PAUSE_AFTER_FAILURE`` (the
+library's own ``_publish`` retries, and connects, on its own).
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
+import contextlib
 import functools
 import json
 import logging
+import os
 import threading
 import time
-import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
+import socketio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -43,10 +58,15 @@ SOCKETIO_CHANNEL = "k1-socketio"  # the web process listens on the same channel
 PLATFORM_ROOM = "platform"
 PUBLISH_TIMEOUT = 0.5  # seconds; Redis answers a PUBLISH in well under a millisecond
 PAUSE_AFTER_FAILURE = 5.0  # seconds without publishing after a failure: tasks stay fast
+MAX_BUFFERED = 10_000  # events waiting to be sent, at most: a Redis outage costs no memory
+FLUSH_BATCH = 500  # events per round trip at most, so that one reply stays small
+# Seconds the flusher waits after the first event before sending: a task's events
+# (received, started, succeeded) then share one round trip instead of two or three.
+FLUSH_LINGER = 0.004
 
 # Socket.IO event names (the outside contract) and the task_event types.
 EVENT_NAMES = ("task_event", "task_completed", "dlq_changed", "breaker_state",
-               "schedule_fired", "workflow_event", "metrics")
+               "schedule_fired", "workflow_event", "metrics", "limit_state")
 TASK_EVENT_TYPES = ("received", "started", "retried", "succeeded", "failed", "dead")
 
 
@@ -92,54 +112,170 @@ def emit(name: str, /, *, type: str, **fields: Any) -> dict[str, Any]:
     return event
 
 
-def publish(events: list[tuple[str, dict[str, Any]]]) -> bool:
-    """Publish built events (in order, one round trip) and count them; never raises.
+def publish(events: list[tuple[str, dict[str, Any]]], *, wait: bool = False) -> bool:
+    """Publish built events in order and count them; never raises.
 
-    Several events go together when one moment yields them (``succeeded`` and
-    ``task_completed``). Returns False when they were dropped (Redis unreachable).
+    Without ``wait`` the events are buffered and sent by the background flusher (True:
+    accepted); with it, they and everything buffered before them are sent now, in this
+    thread (True: sent). False when they were dropped (Redis unreachable, buffer full).
+    Inside :func:`collecting` they are handed to its list instead.
     """
-    return _publisher().publish(events)
+    collected = getattr(_collecting, "events", None)
+    if collected is not None:
+        collected.extend(events)
+        return True
+    return _publisher().publish(events, wait=wait)
 
 
-class _Publisher:
-    """Write-only publisher onto the Socket.IO message queue, with metrics counters."""
+_collecting = threading.local()
 
-    def __init__(self, url: str, channel: str) -> None:
-        self.channel = channel
-        self.host_id = uuid.uuid4().hex  # the web process relays messages of other hosts
-        self.redis = redis.Redis.from_url(
+
+@contextlib.contextmanager
+def collecting(into: list[tuple[str, dict[str, Any]]]) -> Iterator[None]:
+    """Hand the events this thread publishes to ``into`` instead, for its caller to
+    publish elsewhere: the web process's pool threads must not touch the green locks and
+    sockets of the publisher (k1.web.offload.blocking publishes them on the hub).
+    """
+    _collecting.events = into
+    try:
+        yield
+    finally:
+        _collecting.events = None
+
+
+def flush() -> bool:
+    """Send what this process's buffer holds now; False if Redis could not be reached."""
+    return _publisher().flush()
+
+
+def publish_in_caller_thread() -> None:
+    """Make every publish of this process wait for its round trip, in the caller's thread.
+
+    For the web process: under eventlet its threads are green, and events are published
+    from eventlet's pool of real threads (:func:`k1.web.offload.blocking`) too, which
+    cannot wake a green flusher. Its events are few (replays, breaker resets) and never on
+    a task's path.
+    """
+    _publisher().synchronous = True
+
+
+class _JSON:
+    """The JSON module python-socketio encodes with: values JSON lacks (datetimes) as text."""
+
+    dumps = staticmethod(functools.partial(json.dumps, default=str))
+    loads = staticmethod(json.loads)
+
+
+class Publisher(socketio.RedisManager):
+    """Write-only Socket.IO publisher with a buffer, whose messages travel in K1's pipeline.
+
+        publisher = Publisher("redis://localhost:6379/0")
+        publisher.publish([("task_event", make_event("started", project_id="acme"))])
+        publisher.flush()        # what is buffered, now (at exit)
+
+    ``emit`` (python-socketio's) builds each message and hands it to :meth:`_publish`,
+    which queues it in the pipeline being sent, beside the metrics counters; the
+    library's own connection is never opened. ``max_buffered`` bounds the buffer;
+    ``flush_linger`` is how long the flusher gathers events before a round trip.
+    """
+
+    def __init__(self, url: str, channel: str = SOCKETIO_CHANNEL, *,
+                 pause_after_failure: float = PAUSE_AFTER_FAILURE,
+                 max_buffered: int = MAX_BUFFERED, flush_linger: float = FLUSH_LINGER) -> None:
+        super().__init__(url, channel=channel, write_only=True, json=_JSON)
+        self.client = redis.Redis.from_url(
             url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT,
             retry=Retry(NoBackoff(), 0), health_check_interval=0,
         )
+        self.pause_after_failure = pause_after_failure
+        self.max_buffered = max_buffered
+        self.flush_linger = flush_linger
+        self.synchronous = False  # True: every publish is sent in the caller's thread
         self.paused_until = 0.0
-        self.lock = threading.Lock()  # one pipeline at a time keeps a process's order
+        self.pipe: redis.client.Pipeline | None = None  # the pipeline being filled
+        self._after_fork()
+        # A forked child starts empty: what the parent buffered is the parent's to send.
+        os.register_at_fork(after_in_child=self._after_fork)
 
-    def publish(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
+    def _after_fork(self) -> None:
+        self.buffer: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self.lock = threading.Lock()  # one pipeline at a time keeps a process's order
+        self.wakeup = threading.Event()
+        self.flusher: threading.Thread | None = None
+        self.starting = threading.Lock()
+
+    def publish(self, events: list[tuple[str, dict[str, Any]]], *, wait: bool = False) -> bool:
+        """Buffer built events (``wait``: and send the buffer now); False when dropped."""
+        if time.monotonic() < self.paused_until:
+            return False
+        if len(self.buffer) + len(events) > self.max_buffered:
+            log.warning("events %s dropped: %d events are waiting to be sent",
+                        _names(events), len(self.buffer))
+            return False
+        self.buffer.extend(events)  # one step under the GIL: no event of a batch is split
+        if wait or self.synchronous:
+            return self.flush()
+        if self.flusher is None:
+            self._start_flusher()
+        self.wakeup.set()
+        return True
+
+    def flush(self) -> bool:
+        """Send everything buffered, in order, in this thread; False if it failed."""
+        with self.lock:
+            while self.buffer:
+                batch = [self.buffer.popleft()
+                         for _ in range(min(len(self.buffer), FLUSH_BATCH))]
+                if not self._send(batch):
+                    return False
+        return True
+
+    def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> bool:
         if time.monotonic() < self.paused_until:
             return False
         try:
-            with self.lock:
-                pipe = self.redis.pipeline(transaction=False)
-                for name, event in events:
-                    pipe.publish(self.channel, self._message(name, event))
-                    metrics.count_event(pipe, name, event)
-                pipe.execute()
+            self.pipe = self.client.pipeline(transaction=False)
+            for name, event in batch:
+                self.emit(name, event, namespace="/", room=rooms_for(event))
+            metrics.count_events(self.pipe, batch)
+            self.pipe.execute()
         except Exception as exc:  # a dashboard outage must never fail a task
-            self.paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
-            log.warning("events %s not published (pausing %.0fs): %s",
-                        [f"{n}/{e.get('type')}" for n, e in events], PAUSE_AFTER_FAILURE, exc)
+            self.paused_until = time.monotonic() + self.pause_after_failure
+            self.buffer.clear()  # the pause drops events: these would be stale by then
+            log.warning("events %s not published (pausing %.0fs): %s", _names(batch),
+                        self.pause_after_failure, exc)
             return False
+        finally:
+            self.pipe = None
         return True
 
-    def _message(self, name: str, event: dict[str, Any]) -> str:
-        # What python-socketio's PubSubManager.emit publishes for an emit to rooms.
-        return json.dumps({
-            "method": "emit", "event": name, "data": [event], "binary": False,
-            "namespace": "/", "room": rooms_for(event), "skip_sid": None,
-            "callback": None, "host_id": self.host_id,
-        }, default=str)
+    def _publish(self, data: dict[str, Any]) -> None:
+        # python-socketio's PubSubManager.emit built ``data``: the wire format is the library's.
+        assert self.pipe is not None, "Publisher.emit outside Publisher.flush"
+        self.pipe.publish(self.channel, self.json.dumps(data))
+
+    def _start_flusher(self) -> None:
+        with self.starting:
+            if self.flusher is None:
+                self.flusher = threading.Thread(target=self._flush_forever, daemon=True,
+                                                name="k1-events-flusher")
+                self.flusher.start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            self.wakeup.wait()
+            if self.flush_linger:
+                time.sleep(self.flush_linger)
+            self.wakeup.clear()  # before sending: an event buffered meanwhile wakes us again
+            self.flush()
+
+
+def _names(events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [f"{name}/{event.get('type')}" for name, event in events][:10]
 
 
 @functools.cache
-def _publisher() -> _Publisher:
-    return _Publisher(get_settings().redis_url, SOCKETIO_CHANNEL)
+def _publisher() -> Publisher:
+    publisher = Publisher(get_settings().redis_url)
+    atexit.register(publisher.flush)
+    return publisher

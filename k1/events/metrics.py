@@ -1,11 +1,13 @@
 """The validation metrics: counters in Redis, fed by the events, read by the API.
 
-Task counters are bumped in the same pipeline that publishes each ``task_event``
-(:func:`count_event`, called by :func:`k1.events.publish`); Socket.IO delivery latency
+Task counters are bumped in the same pipeline that publishes the ``task_event`` s
+(:func:`count_events`, summed per batch by :class:`k1.events.Publisher`); Socket.IO delivery latency
 comes from the dashboards, which report what they measured (:func:`record_latency`);
-the other sources belong to their areas and are only read here::
+the other sources belong to their areas and are only read here, except the DLQ figures,
+which the caller passes in (the web layer reads them from the DLQ store: this module sits
+below the database)::
 
-    report(dlq_stats())   # {"window_s", "healthy", "metrics": [...], "series": [...]}
+    report(dlq)           # {"window_s", "healthy", "metrics": [...], "series": [...]}
     prometheus_text()     # the same, and the raw counters, for GET /metrics
 
 Every counter exists three times: all time (for Prometheus), per hour (the 24 h window
@@ -51,15 +53,31 @@ SCHEDULE_DUE, SCHEDULE_ON_TIME = "k1:metrics:schedule:due", "k1:metrics:schedule
 BREAKER_CALLS, BREAKER_TRIPS = "k1:metrics:breaker:calls", "k1:metrics:breaker:trips"
 
 
-def count_event(pipe: redis.client.Pipeline, name: str, event: dict[str, Any]) -> None:
-    """Queue the counter updates for one published event (task events only).
+def count_events(pipe: redis.client.Pipeline,
+                 events: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    """Queue the counter updates for published events (task events only), summed per
+    counter: a batch of a hundred events in one minute costs as few commands as one.
 
     A breaker deferral (``retried`` with ``deferred``) is counted apart: it spends no
     attempt, so it is not a retry for the "average retry attempts" metric.
     """
-    if name == "task_event" and event.get("type") in COUNTED_TYPES:
-        kind = DEFERRED if event.get("deferred") else event["type"]
-        _bump(pipe, "tasks", {kind: 1}, event.get("ts") or time.time())
+    totals: dict[tuple[str, int | None], dict[str, int]] = {}
+    for name, event in events:
+        if name == "task_event" and event.get("type") in COUNTED_TYPES:
+            kind = DEFERRED if event.get("deferred") else event["type"]
+            for key_ttl in _keys("tasks", event.get("ts") or time.time()):
+                fields = totals.setdefault(key_ttl, {})
+                fields[kind] = fields.get(kind, 0) + 1
+    for (key, ttl), fields in totals.items():
+        for field, amount in fields.items():
+            pipe.hincrby(key, field, amount)
+        if ttl:
+            pipe.expire(key, ttl)
+
+
+def count_event(pipe: redis.client.Pipeline, name: str, event: dict[str, Any]) -> None:
+    """:func:`count_events` for one event."""
+    count_events(pipe, [(name, event)])
 
 
 def record_latency(samples: Iterable[Any], client: redis.Redis | None = None) -> int:
@@ -77,25 +95,26 @@ def record_latency(samples: Iterable[Any], client: redis.Redis | None = None) ->
         valid += 1
     if valid:
         pipe = (client or get_redis()).pipeline(transaction=False)
-        _bump(pipe, "latency", {**fields, "count": valid}, time.time())
+        fields["count"] = valid
+        for key, ttl in _keys("latency", time.time()):
+            for field, amount in fields.items():
+                if isinstance(amount, int):
+                    pipe.hincrby(key, field, amount)
+                else:
+                    pipe.hincrbyfloat(key, field, amount)
+            if ttl:
+                pipe.expire(key, ttl)
         pipe.execute()
     return valid
 
 
-def _bump(pipe: redis.client.Pipeline, family: str, fields: dict[str, float],
-          ts: float) -> None:
+def _keys(family: str, ts: float) -> tuple[tuple[str, int | None], ...]:
+    """The all-time, hourly and per-minute counter keys of ``family`` at ``ts``, each
+    with its TTL (None: kept)."""
     hour, minute = int(ts // 3600), int(ts // 60)
-    keys = ((KEY.format(family=family), None),
+    return ((KEY.format(family=family), None),
             (HOUR_KEY.format(family=family, hour=hour), HOUR_TTL),
             (MINUTE_KEY.format(family=family, minute=minute), MINUTE_TTL))
-    for key, ttl in keys:
-        for field, amount in fields.items():
-            if isinstance(amount, int):
-                pipe.hincrby(key, field, amount)
-            else:
-                pipe.hincrbyfloat(key, field, amount)
-        if ttl:
-            pipe.expire(key, ttl)
 
 
 def _bucket_name(index: int) -> str:
@@ -157,21 +176,6 @@ LABELS = {
     "socketio_latency_p95_ms": "Socket.IO delivery latency p95",
     "breaker_trip_rate": "Circuit breaker trip rate",
 }
-
-
-def dlq_stats() -> dict[str, Any]:
-    """Platform-wide DLQ depth and daily average (``DeadLetterStore.summary``).
-
-    Only the totals: the metrics go to every signed-in user, and the split by task and
-    exception would tell one project about another's (``GET /api/dlq/stats`` is scoped).
-    Touches the database: call it through :func:`k1.web.offload.blocking` in the web process.
-    """
-    from k1.recovery.dlq.store import DeadLetterStore
-
-    try:
-        return DeadLetterStore().summary()
-    except Exception as exc:  # the DLQ's database down must not take the metrics down
-        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def report(dlq: dict[str, Any] | None, client: redis.Redis | None = None,

@@ -1,14 +1,13 @@
 """Celery signal handlers: every task transition becomes one ``task_event``.
 
 Imported by the worker (``celeryconfig.imports``); each handler builds the one event
-schema and hands it to :func:`k1.events.publish`: one pipelined round trip to Redis, never
-an exception, at most ``PUBLISH_TIMEOUT`` when Redis is away. ``K1_TASK_EVENTS=off``
+schema and hands it to :func:`k1.events.publish`, never an exception. ``K1_TASK_EVENTS=off``
 leaves them unconnected.
 
 =========  =========================  =========  ============================
 type       signal                     state      process
 =========  =========================  =========  ============================
-received   task_received              RECEIVED   worker main (consumer)
+received   task_received              RECEIVED   pool child (main if ETA)
 started    task_prerun                STARTED    pool child
 retried    before_task_publish        RETRY      pool child
 succeeded  task_success               SUCCESS    pool child (+ task_completed)
@@ -16,13 +15,26 @@ failed     task_failure               FAILURE    pool child
 failed     task_revoked               REVOKED    worker main
 =========  =========================  =========  ============================
 
-Events of one task arrive in order because each is published synchronously before the
-next transition can happen: ``received`` before the request is handed to the pool, and
-``retried`` when the retry message is *published* rather than on ``task_retry``, which
-fires after that message is on the broker, so the retry's own ``received`` could
-otherwise overtake it. A breaker deferral is a ``retried`` with ``deferred: true``.
-``dead`` comes from ``K1Task.on_failure`` (:mod:`k1.recovery`) through the same emitter;
-Celery runs it before ``task_failure``, so a dead task's ``dead`` precedes its ``failed``.
+Publishing is off the task's path (:mod:`k1.events` buffers, a background thread sends),
+and the events of one task still arrive in order:
+
+- ``received`` happens in the worker's main process, the next events in a pool child.
+  When the task goes to the pool at once, ``received`` is not published by the main
+  process but handed to the child with the request (``RECEIVED_EVENT`` in its request
+  dict) and published by the child just before ``started``: one process, one order. A
+  task with an ETA or countdown waits in the main process, which publishes its
+  ``received`` at once and waits for the round trip (rare: retries and scheduled tasks).
+- ``retried`` is published when the retry message is *published*, and the child waits for
+  that round trip: the retry's own ``received`` (main process) comes after it. Not on
+  ``task_retry``, which fires after the message is on the broker, so the retry's
+  ``received`` could overtake it.
+- The child's other events go through its buffer, in order. A breaker deferral is a
+  ``retried`` with ``deferred: true``. ``dead`` comes from ``K1Task.on_failure``
+  (:mod:`k1.recovery`) through the same buffer; Celery runs it before ``task_failure``,
+  so a dead task's ``dead`` precedes its ``failed``.
+
+A pool process sends its buffer when it shuts down (``worker_process_shutdown``); one
+killed outright loses what it had not sent yet (a few milliseconds of events).
 """
 
 from __future__ import annotations
@@ -31,16 +43,18 @@ import sys
 import time
 from typing import Any
 
-from celery import Task, signals
-from celery._state import get_current_task
+from celery import Task, current_task, signals
 
 from k1 import headers as k1_headers
-from k1.events import make_event, publish
+from k1.events import flush, make_event, publish
 from k1.history import capture as history
 from k1.settings import get_settings
 from k1.tasks.base import project_of
 
 MAX_TEXT = 500  # characters of an exception message or result kept in an event
+# Request-dict key carrying a task's unpublished ``received`` event from the worker's main
+# process to the pool child that runs it (not a message header: it never leaves the worker).
+RECEIVED_EVENT = "k1_received_event"
 
 _started_at: dict[str, float] = {}  # task id -> monotonic start, in this pool process
 
@@ -84,9 +98,14 @@ def _runtime_ms(task_id: str | None) -> float | None:
 
 
 def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    event = make_event("received", state="RECEIVED", eta=request.eta, **_request_fields(request))
-    publish([("task_event", event)])
+    event = make_event("received", state="RECEIVED", eta=request.eta,
+                       **_request_fields(request))
     history.capture(history.received(event, request))
+    if request.eta:
+        request.request_dict.pop(RECEIVED_EVENT, None)
+        publish([("task_event", event)], wait=True)  # before its start, in another process
+    else:
+        request.request_dict[RECEIVED_EVENT] = event  # published by the child, before started
 
 
 def on_prerun(sender: Task | None = None, task_id: str | None = None,
@@ -94,9 +113,20 @@ def on_prerun(sender: Task | None = None, task_id: str | None = None,
     if task is None:
         return
     _started_at[task_id or ""] = time.monotonic()
-    event = make_event("started", state="STARTED", **_task_fields(task))
-    publish([("task_event", event)])
-    history.capture(history.record(event))
+    received = _take_received(task)
+    events = [("task_event", received)] if isinstance(received, dict) else []
+    started = make_event("started", state="STARTED", **_task_fields(task))
+    publish([*events, ("task_event", started)])
+    history.capture(history.record(started))
+
+
+def _take_received(task: Task) -> Any:
+    """The ``received`` event the main process handed over, removed from the request: Celery
+    counts unknown request keys as custom headers, which a retry would carry along."""
+    request = task.request
+    if isinstance(request.headers, dict):
+        request.headers.pop(RECEIVED_EVENT, None)
+    return vars(request).pop(RECEIVED_EVENT, None)
 
 
 def on_postrun(task_id: str | None = None, **_: Any) -> None:
@@ -129,9 +159,9 @@ def on_failure(sender: Task | None = None, exception: BaseException | None = Non
 def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None = None,
                        **_: Any) -> None:
     """A running task re-publishing itself with more retries is retrying."""
-    task = get_current_task()
+    task = current_task  # a proxy: false outside a running task
     headers = headers or {}
-    if task is None or headers.get("id") != task.request.id:
+    if not task or headers.get("id") != task.request.id:
         return
     if (headers.get("retries") or 0) <= (task.request.retries or 0):
         return
@@ -144,7 +174,8 @@ def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None
         message=_short(str(exc)) if exc else None, eta=headers.get("eta"),
         deferred=deferred, **_task_fields(task),
     )
-    publish([("task_event", event)])
+    # Before the retry's own received (worker main process).
+    publish([("task_event", event)], wait=True)
     history.capture(history.record(event))
 
 
@@ -153,10 +184,17 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
     if request is None:
         return
     reason = "expired" if expired else "terminated" if terminated else "revoked"
+    # Revoked before a pool child took it: its received was never published.
+    received = None if request.time_start else request.request_dict.pop(RECEIVED_EVENT, None)
+    events = [("task_event", received)] if isinstance(received, dict) else []
     event = make_event("failed", state="REVOKED", exception="Revoked", message=reason,
                        **_request_fields(request))
-    publish([("task_event", event)])
+    publish([*events, ("task_event", event)])
     history.capture(history.record(event))
+
+
+def on_process_shutdown(**_: Any) -> None:
+    flush()  # a pool process ends with os._exit: atexit would not run
 
 
 def connect() -> bool:
@@ -170,6 +208,7 @@ def connect() -> bool:
     signals.task_failure.connect(on_failure, weak=False)
     signals.before_task_publish.connect(on_retry_published, weak=False)
     signals.task_revoked.connect(on_revoked, weak=False)
+    signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
     return True
 
 

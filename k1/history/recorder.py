@@ -131,7 +131,7 @@ class Recorder:
 def _parse(fields: dict[Any, Any]) -> dict[str, Any] | None:
     raw = fields.get(RECORD_FIELD) or fields.get(RECORD_FIELD.encode())
     try:
-        record = json.loads(raw)
+        record = json.loads(raw if raw is not None else "")
     except (TypeError, ValueError):
         log.error("history stream entry is not a record, skipped: %r", fields)
         return None

@@ -19,9 +19,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, delete, func, insert, select, update
+from sqlalchemy import CursorResult, String, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from k1.db import insert_or_skip, session_scope
@@ -206,7 +206,8 @@ def enforce_retention(*, max_age: timedelta, max_rows: int) -> dict[str, int]:
 def _delete(ids: Any) -> int:
     """Delete the tasks ``ids`` selects, in a transaction of its own."""
     with session_scope() as session:
-        return session.execute(delete(TaskRun).where(TaskRun.task_id.in_(ids))).rowcount or 0
+        result = session.execute(delete(TaskRun).where(TaskRun.task_id.in_(ids)))
+        return cast("CursorResult[Any]", result).rowcount or 0
 
 
 def _time(ts: float) -> datetime:

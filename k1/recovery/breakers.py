@@ -72,13 +72,13 @@ class K1Breaker(pybreaker.CircuitBreaker):
         super().__init__(state_storage=state_storage, **options)
         self.storage = state_storage
 
-    def call(self, func, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+    def call(self, func, *args, **kwargs):
         try:
             return super().call(func, *args, **kwargs)
         except BreakerOpen:
             raise
         except pybreaker.CircuitBreakerError:
-            raise BreakerOpen(self.name, self.seconds_until_half_open()) from None
+            raise BreakerOpen(str(self.name), self.seconds_until_half_open()) from None
 
     def seconds_until_half_open(self) -> float:
         opened_at = self.storage.opened_at
@@ -159,7 +159,7 @@ class _Unguarded:
     """What :func:`breaker` returns while Redis is unreachable: calls pass straight on."""
 
     @staticmethod
-    def call(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def call(func, *args, **kwargs):
         return func(*args, **kwargs)
 
 

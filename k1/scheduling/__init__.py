@@ -17,6 +17,7 @@ schedules), :mod:`~k1.scheduling.supervisor` (``k1 beat``). See docs/scheduling.
 
 from k1.scheduling.spec import InvalidSchedule, ScheduleSpec
 from k1.scheduling.store import (
+    AmbiguousSchedule,
     Schedule,
     ScheduleConflict,
     ScheduleExists,
@@ -24,5 +25,5 @@ from k1.scheduling.store import (
     ScheduleStore,
 )
 
-__all__ = ["InvalidSchedule", "Schedule", "ScheduleConflict", "ScheduleExists",
+__all__ = ["AmbiguousSchedule", "InvalidSchedule", "Schedule", "ScheduleConflict", "ScheduleExists",
            "ScheduleNotFound", "ScheduleSpec", "ScheduleStore"]

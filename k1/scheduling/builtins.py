@@ -9,13 +9,10 @@ one lasts until the next beat start; pause it to stop it for good.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from k1.celery import load_task_modules
 from k1.scheduling.spec import InvalidSchedule, ScheduleSpec
-
-if TYPE_CHECKING:
-    from k1.scheduling.store import ScheduleStore
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +34,23 @@ BUILTINS: tuple[ScheduleSpec, ...] = (
 )
 
 
+class Store(Protocol):
+    """What creating built-ins needs of :class:`k1.scheduling.store.ScheduleStore` (which
+    reads :func:`registered_builtin_tasks`: this module does not import it back)."""
+
+    app: Any
+
+    def known_tasks(self) -> Any: ...
+
+    def create(self, spec: ScheduleSpec, *, exist_ok: bool = False) -> Any: ...
+
+
 def registered_builtin_tasks(app: Any, specs: tuple[ScheduleSpec, ...] = BUILTINS) -> set[str]:
     load_task_modules()
     return {spec.task for spec in specs if spec.task in app.tasks}
 
 
-def ensure_builtins(store: ScheduleStore, specs: tuple[ScheduleSpec, ...] = BUILTINS
+def ensure_builtins(store: Store, specs: tuple[ScheduleSpec, ...] = BUILTINS
                     ) -> list[str]:
     """Create the missing built-ins whose task is registered; returns the names created."""
     registered = registered_builtin_tasks(store.app, specs)
@@ -53,7 +61,7 @@ def ensure_builtins(store: ScheduleStore, specs: tuple[ScheduleSpec, ...] = BUIL
                      spec.name, spec.task)
             continue
         try:
-            checked = spec.checked(registered)
+            checked = spec.checked(store.known_tasks())
         except InvalidSchedule as exc:
             log.warning("built-in schedule %s skipped: %s", spec.name, exc)
             continue

@@ -1,7 +1,10 @@
 """``K1Entry``: a RedBeat entry that carries a K1 schedule, and its Redis form.
 
-One Redis hash per schedule, ``k1:redbeat:<name>``, in RedBeat's own layout, so that
-RedBeat's scheduler loads and advances it:
+One Redis hash per schedule, ``k1:redbeat:<id>``, in RedBeat's own layout, so that
+RedBeat's scheduler loads and advances it. Names are scoped per project: the id (RedBeat's
+entry name) is ``<project_id>:<name>``, or the bare name for a project-less schedule
+(built-ins), so two projects may each have a ``nightly`` and neither learns of the
+other's (a name has no ``:``, so the last one splits an id). The hash holds:
 
 - ``definition``: RedBeat's JSON (name, task, args, kwargs, options, schedule, enabled)
   plus K1's fields (project_id, timezone, catch_up, builtin, kwargs as given);
@@ -40,7 +43,7 @@ class K1Encoder(RedBeatJSONEncoder):
 class K1Entry(RedBeatSchedulerEntry):
     """A RedBeat entry with K1's fields: ``K1Entry.from_spec(spec, app=app)``."""
 
-    def __init__(self, name=None, task=None, schedule=None, args=None, kwargs=None,  # type: ignore[no-untyped-def]
+    def __init__(self, name=None, task=None, schedule=None, args=None, kwargs=None,
                  enabled=True, options=None, *, project_id=None, timezone="UTC",
                  catch_up="once", builtin=False, spec_kwargs=None, **clsargs):
         super().__init__(name=name, task=task, schedule=schedule, args=args, kwargs=kwargs,
@@ -50,15 +53,22 @@ class K1Entry(RedBeatSchedulerEntry):
         self.spec_kwargs = spec_kwargs if spec_kwargs is not None else dict(self.kwargs)
 
     @classmethod
-    def from_spec(cls, spec: ScheduleSpec, app: Any, last_run_at: datetime | None = None
-                  ) -> K1Entry:
-        options = {"headers": {headers.SCHEDULE: spec.name}}
-        entry = cls(spec.name, spec.task, spec.timing(), list(spec.args), spec.call_kwargs(),
+    def from_spec(cls, spec: ScheduleSpec, app: Any, last_run_at: datetime | None = None,
+                  sid: str | None = None) -> K1Entry:
+        """The entry for ``spec``, stored under ``sid`` (default: its per-project id)."""
+        sid = sid or schedule_id(spec.project_id, spec.name)
+        options = {"headers": {headers.SCHEDULE: sid}}
+        entry = cls(sid, spec.task, spec.timing(), list(spec.args), spec.call_kwargs(),
                     spec.enabled, options, project_id=spec.project_id, timezone=spec.timezone,
                     catch_up=spec.catch_up, builtin=spec.builtin, spec_kwargs=dict(spec.kwargs),
                     app=app)
         entry.last_run_at = last_run_at
         return entry
+
+    @property
+    def spec_name(self) -> str:
+        """The schedule's name within its project (``name`` is RedBeat's, the id)."""
+        return name_of(self.name)
 
     def spec(self) -> ScheduleSpec:
         cron = self.schedule.expr if isinstance(self.schedule, Cron) else None
@@ -66,7 +76,7 @@ class K1Entry(RedBeatSchedulerEntry):
         if every is not None and every.is_integer():
             every = int(every)
         return ScheduleSpec(
-            name=self.name, task=self.task, cron=cron, every=every, args=list(self.args or []),
+            name=self.spec_name, task=self.task, cron=cron, every=every, args=list(self.args or []),
             kwargs=dict(self.spec_kwargs), enabled=self.enabled, timezone=self.timezone,
             project_id=self.project_id, catch_up=self.catch_up, builtin=self.builtin)
 
@@ -127,6 +137,15 @@ def entry_from_fields(fields: dict[str, str], app: Any) -> K1Entry:
     return entry
 
 
-def entry_key(name: str) -> str:
-    """RedBeat's key for schedule ``name`` (``redbeat_key_prefix`` + name)."""
-    return app.conf.redbeat_key_prefix + name
+def schedule_id(project_id: str | None, name: str) -> str:
+    """The id of schedule ``name`` of ``project_id``: its RedBeat entry name and key."""
+    return name if project_id is None else f"{project_id}:{name}"
+
+
+def name_of(sid: str) -> str:
+    return sid.rpartition(":")[2]
+
+
+def entry_key(sid: str) -> str:
+    """RedBeat's key for schedule id ``sid`` (``redbeat_key_prefix`` + id)."""
+    return app.conf.redbeat_key_prefix + sid

@@ -2,7 +2,8 @@
 
 Beat calls :func:`record_fire` for every due fire (sent, or skipped by ``catch_up:
 skip``); the worker's signal handlers below record each scheduled task's outcome. All
-of it lands in Redis:
+of it lands in Redis, keyed by the schedule's id (``<project>:<name>``, or the bare name of
+a project-less schedule; :func:`k1.scheduling.entry.schedule_id`):
 
 - the schedule's hash (:mod:`k1.scheduling.entry`): ``last_run_at``, ``last_due_at``,
   ``last_task_id``, then ``last_status`` and ``last_finished_at`` from the worker;
@@ -18,10 +19,12 @@ of it lands in Redis:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
 
+import redis
 from celery import Task, signals
 
 from k1 import headers
@@ -62,16 +65,23 @@ return 1
 
 
 def record_fire(name: str, *, due_count: int, on_time: bool, due_at: float, fired_at: float,
-                task_id: str | None) -> None:
-    """Count a fire (``task_id`` None: skipped) and the ``due_count`` due times it serves."""
+                task_id: str | None, pipe: redis.client.Pipeline | None = None) -> None:
+    """Count a fire (``task_id`` None: skipped) and the ``due_count`` due times it serves;
+    on ``pipe`` when given (the caller executes it, with the other fires of its loop)."""
     log = json.dumps({"due_at": due_at, "fired_at": fired_at, "task_id": task_id,
                       "due_count": due_count, "on_time": on_time})
-    client = get_redis()
-    client.eval(
-        _RECORD_FIRE, 6, entry_key(name), metrics.SCHEDULE_DUE, metrics.SCHEDULE_ON_TIME,
-        DUE_BY_SCHEDULE, ON_TIME_BY_SCHEDULE, FIRE_LOG_KEY.format(name),
-        name, due_count, int(on_time), fired_at, due_at, task_id or "", log, FIRE_LOG_LENGTH,
-    )
+    _script(_RECORD_FIRE)(
+        keys=[entry_key(name), metrics.SCHEDULE_DUE, metrics.SCHEDULE_ON_TIME,
+              DUE_BY_SCHEDULE, ON_TIME_BY_SCHEDULE, FIRE_LOG_KEY.format(name)],
+        args=[name, due_count, int(on_time), fired_at, due_at, task_id or "", log,
+              FIRE_LOG_LENGTH],
+        client=pipe if pipe is not None else get_redis())
+
+
+@functools.cache
+def _script(source: str) -> redis.commands.core.Script:
+    """``source`` as a Script (EVALSHA, loaded once), usable on any client or pipeline."""
+    return get_redis().register_script(source)
 
 
 def record_run(name: str, task_id: str) -> None:

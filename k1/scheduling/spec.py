@@ -1,33 +1,60 @@
 """What a schedule is, checked: :class:`ScheduleSpec` and :class:`InvalidSchedule`.
 
+    tasks = TaskLookup(names, check_arguments)          # ScheduleStore.known_tasks()
     spec = ScheduleSpec.from_json({"name": "nightly", "task": "k1.tasks.demo.flaky",
-                                   "cron": "0 2 * * *", "project_id": "acme"}, known_tasks)
-    spec = spec.patched({"every": 30}, known_tasks)    # cron is dropped, all re-checked
+                                   "cron": "0 2 * * *", "project_id": "acme"}, tasks)
+    spec = spec.patched({"every": 30}, tasks)    # cron is dropped, all re-checked
 
 Every field is checked before anything is written; the first problem found is raised
-as an :class:`InvalidSchedule` that names the field.
+as an :class:`InvalidSchedule` that names the field. The validator is handed the tasks a
+schedule may run and the check of their arguments (:class:`TaskLookup`); it does not
+reach into the Celery app.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import schedule as Interval
 
-from k1.celery import app
 from k1.scheduling.timing import Cron, interval, parse_cron
+from k1.tasks.submissions import SubmissionError, validate_project_id
 
 FIELDS = ("name", "task", "cron", "every", "args", "kwargs", "enabled", "timezone",
           "project_id", "catch_up")
 CATCH_UP = ("once", "skip")  # after downtime: fire once on return, or skip what was missed
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # no ':' - names become Redis keys
 MIN_EVERY = 1  # s; beat looks at the schedule about once a second, finer would not hold
+# s (366 days): rarer than yearly is a cron expression's job, and five fire times past
+# this still fit a datetime, where an unbounded interval overflowed the schedule list.
+MAX_EVERY = 366 * 86400
+
+
+# check(task_name, args, kwargs): raises a ValueError saying what does not match
+# (k1.tasks.submissions.check_arguments).
+ArgumentCheck = Callable[[str, Sequence[Any], Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TaskLookup(Collection[str]):
+    """The tasks a schedule may run (``in``, iteration) and the check of their arguments."""
+
+    names: frozenset[str]
+    check_arguments: ArgumentCheck
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 class InvalidSchedule(ValueError):
@@ -53,7 +80,7 @@ class ScheduleSpec:
     builtin: bool = False  # defined in code (k1.scheduling.builtins); operators only
 
     @classmethod
-    def from_json(cls, body: Mapping[str, Any], known_tasks: Collection[str]) -> ScheduleSpec:
+    def from_json(cls, body: Mapping[str, Any], known_tasks: TaskLookup) -> ScheduleSpec:
         """A spec from an API/CLI body; InvalidSchedule on the first problem."""
         _no_unknown_fields(body)
         if "name" not in body:
@@ -61,10 +88,11 @@ class ScheduleSpec:
         spec = cls(**{k: v for k, v in body.items() if v is not None or k in ("cron", "every")})
         return spec.checked(known_tasks)
 
-    def patched(self, changes: Mapping[str, Any], known_tasks: Collection[str]) -> ScheduleSpec:
+    def patched(self, changes: Mapping[str, Any], known_tasks: TaskLookup) -> ScheduleSpec:
         """This spec with ``changes`` applied and everything checked again.
 
-        Giving ``cron`` drops ``every`` and the other way round.
+        Giving ``cron`` drops ``every`` and the other way round; the name and the project
+        address the schedule and do not change.
         """
         _no_unknown_fields(changes)
         if "name" in changes and changes["name"] != self.name:
@@ -74,9 +102,12 @@ class ScheduleSpec:
             merged["every"] = None
         if merged.get("every") is not None and "cron" not in merged:
             merged["cron"] = None
-        return replace(self, **merged).checked(known_tasks)
+        patched = replace(self, **merged).checked(known_tasks)
+        if patched.project_id != self.project_id:  # names are scoped per project
+            raise InvalidSchedule("project_id", "cannot be changed; delete and create instead")
+        return patched
 
-    def checked(self, known_tasks: Collection[str]) -> ScheduleSpec:
+    def checked(self, known_tasks: TaskLookup) -> ScheduleSpec:
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
             raise InvalidSchedule(
                 "name", f"{self.name!r} must be 1-100 letters, digits, '_', '.' or '-', "
@@ -111,7 +142,7 @@ class ScheduleSpec:
         spec._check_task(known_tasks)
         return spec
 
-    def _check_task(self, known_tasks: Collection[str]) -> None:
+    def _check_task(self, known_tasks: TaskLookup) -> None:
         if not isinstance(self.task, str) or not self.task:
             raise InvalidSchedule("task", "required, the name of a registered task")
         if self.task not in known_tasks:
@@ -121,16 +152,14 @@ class ScheduleSpec:
         if self.project_id is not None and kwargs["project_id"] != self.project_id:
             raise InvalidSchedule("kwargs", f"kwargs.project_id {kwargs['project_id']!r} "
                                             f"differs from project_id {self.project_id!r}")
-        run = app.tasks[self.task].run
-        param = inspect.signature(run).parameters.get("project_id")
-        needs_project = param is not None and param.default is inspect.Parameter.empty
-        if self.project_id is None and needs_project and "project_id" not in kwargs:
-            raise InvalidSchedule("project_id", f"required: {self.task} runs for a project")
         try:
-            inspect.signature(run).bind(*self.args, **kwargs)
-        except TypeError as exc:
-            raise InvalidSchedule("args, kwargs", f"do not match {self.task}"
-                                                  f"{inspect.signature(run)}: {exc}") from None
+            known_tasks.check_arguments(self.task, self.args, kwargs)
+        except ValueError as exc:
+            if "project_id" not in kwargs and _binds(known_tasks, self.task, self.args,
+                                                      {**kwargs, "project_id": "p"}):
+                raise InvalidSchedule("project_id",
+                                      f"required: {self.task} runs for a project") from None
+            raise InvalidSchedule("args, kwargs", str(exc)) from None
 
     def call_kwargs(self) -> dict[str, Any]:
         """The kwargs the task is called with: ``project_id`` is passed as a keyword."""
@@ -146,6 +175,15 @@ class ScheduleSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _binds(tasks: TaskLookup, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+           ) -> bool:
+    try:
+        tasks.check_arguments(task, args, kwargs)
+    except ValueError:
+        return False
+    return True
 
 
 def _no_unknown_fields(body: Mapping[str, Any]) -> None:
@@ -167,21 +205,33 @@ def _timezone(value: Any) -> str:
 
 
 def _every(value: Any) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidSchedule("every", f"must be a number of seconds, got {value!r}")
+    # Compared as numbers before any float(): an integer of 400 digits has no float.
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and math.isnan(value)):
+        raise InvalidSchedule("every", f"must be a number of seconds, got {_short(value)}")
     if value <= 0:
-        raise InvalidSchedule("every", f"must be positive, got {value}")
+        raise InvalidSchedule("every", f"must be positive, got {_short(value)}")
     if value < MIN_EVERY:
         raise InvalidSchedule("every", f"must be at least {MIN_EVERY} second, got {value}")
+    if value > MAX_EVERY:
+        raise InvalidSchedule("every", f"must be at most {MAX_EVERY} seconds (366 days; use "
+                                       f"cron for rarer schedules), got {_short(value)}")
     return int(value) if float(value).is_integer() else value
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a readable length (a 400-digit integer is not an answer)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _project_id(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-        raise InvalidSchedule("project_id", f"must be a non-empty string, got {value!r}")
-    return str(value)
+    try:
+        return validate_project_id(value)
+    except SubmissionError as exc:
+        raise InvalidSchedule("project_id", str(exc).removeprefix("project_id: ")) from None
 
 
 def _json_type(value: Any) -> str:

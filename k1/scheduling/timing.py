@@ -32,14 +32,14 @@ _MAX_REPEATED_WALL_TIMES = 1_000  # candidates skipped in a repeated hour (minut
 class Cron(BaseSchedule):
     """A Celery schedule firing on the cron expression ``expr`` in ``timezone``."""
 
-    def __init__(self, expr: str, timezone: str = "UTC", nowfun=None, app=None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, expr: str, timezone: str = "UTC", nowfun=None, app=None) -> None:
         super().__init__(nowfun=nowfun, app=app)
         self.expr = " ".join(expr.split())
         self.timezone = timezone
         self.zone = ZoneInfo(timezone)
 
     @property
-    def tz(self) -> tzinfo:  # type: ignore[override]
+    def tz(self) -> tzinfo:
         return self.zone
 
     def next_after(self, moment: datetime) -> datetime:
@@ -74,7 +74,7 @@ class Cron(BaseSchedule):
     def __repr__(self) -> str:
         return f"<Cron {self.expr!r} {self.timezone}>"
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self):
         return self.__class__, (self.expr, self.timezone)
 
 
@@ -163,5 +163,5 @@ def _seconds_text(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             n = int(seconds // size)
             return unit if n == 1 else f"{n} {unit}s"
-    n = int(seconds) if seconds == int(seconds) else seconds
-    return "second" if n == 1 else f"{n} seconds"
+    count: float = int(seconds) if seconds == int(seconds) else seconds
+    return "second" if count == 1 else f"{count} seconds"

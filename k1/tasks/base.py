@@ -6,6 +6,8 @@ A failure is classified (:mod:`k1.recovery.errors`):
   attempts run out;
 - an open breaker: deferred until the breaker may half-open, without spending an
   attempt (bounded by ``max_deferrals``);
+- over a limit of :mod:`k1.flow` (``limits=[...]``, or a ``limiter`` in its body): waits,
+  re-enqueued without spending an attempt (counted apart, bounded by ``MAX_LIMIT_WAITS``);
 - non-transient, or out of attempts: the task fails for good and its dead letter is
   written (:class:`~k1.recovery.dlq.store.DeadLetterStore`).
 
@@ -35,7 +37,7 @@ from typing import Any, ClassVar
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from k1 import headers
+from k1 import flow, headers
 from k1.recovery.errors import ErrorTable, Kind, classify
 from k1.recovery.policy import DEFAULT_MAX_DEFER_WAIT, DEFAULT_POLICY, RetryPolicy
 from k1.tasks.effects import Effects
@@ -62,6 +64,7 @@ class K1Task(Task):
     :cvar argument_limits: ``{argument: (low, high)}`` integer bounds, checked when the
         task is submitted (a 400) and again when it runs (a dead letter); None passes, as
         an argument not given.
+    :cvar limits: :class:`k1.flow.Limit` s on this task's runs, checked when it is defined.
     """
 
     public: ClassVar[bool] = False
@@ -69,17 +72,29 @@ class K1Task(Task):
     argument_limits: ClassVar[Mapping[str, tuple[int, int]]] = {}
     retry_policy: RetryPolicy = DEFAULT_POLICY
     error_classes: ErrorTable = ()
+    limits: tuple[flow.Limit, ...] = ()
     # The policy bounds attempts and deferrals; Celery's own cap (3) would cut them short.
     max_retries = None
     # Records a run whose pool process died as lost (task history), which no signal does.
     Request = "k1.history.worker:LostRequest"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "limits" in cls.__dict__:  # @app.task(limits=[...]) makes a subclass
+            cls.limits = flow.limits.check_declared(cls.limits, cls.name or cls.__name__)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flow.queues.check_not_paused(self.request)
         try:
             if self.argument_limits:  # a message sent around submit() is held to them too
                 self.check_arguments(inspect.signature(self.run).bind(*args, **kwargs).arguments)
-            return self.run(*args, **kwargs)
+            reserved = frozenset(self.request.get(headers.LIMIT_RESERVED) or ())
+            with flow.admitted(self, args, kwargs, project_of(self, kwargs), reserved):
+                return self.run(*args, **kwargs)
         except Retry:
+            raise
+        except flow.LimitExceeded as exc:
+            self._wait_for_limit(exc)
             raise
         except Exception as exc:
             self._retry_if_transient(exc)
@@ -107,13 +122,31 @@ class K1Task(Task):
     def deferrals(self) -> int:
         return int(self.request.get(headers.DEFERRALS) or 0)
 
+    def limit_waits(self) -> int:
+        return int(self.request.get(headers.LIMIT_WAITS) or 0)
+
     def attempt(self) -> int:
-        """1 for the first run, 2 for the first retry, ... (deferrals do not count)."""
-        return self.request.retries - self.deferrals() + 1
+        """1 for the first run, 2 for the first retry, ... (deferrals and waits for a
+        limit do not count)."""
+        return self.request.retries - self.deferrals() - self.limit_waits() + 1
 
     def idempotency_key(self) -> str:
         """Stable across retries and replays: side effects should be keyed by it."""
         return str(self.request.get(headers.IDEMPOTENCY_KEY) or self.request.id)
+
+    def _wait_for_limit(self, exc: flow.LimitExceeded) -> None:
+        """Re-enqueue the task until the limit lets it run (no attempt spent); past
+        ``MAX_LIMIT_WAITS``, return and let it fail."""
+        waits = self.limit_waits()
+        if waits >= flow.MAX_LIMIT_WAITS:
+            return
+        countdown = flow.wait_countdown(exc, waits)
+        carried = {**(self.request.headers or {}), headers.LIMIT_WAITS: waits + 1}
+        if isinstance(exc, flow.RateWait):
+            carried[headers.LIMIT_RESERVED] = sorted(
+                {*(self.request.get(headers.LIMIT_RESERVED) or ()), exc.name})
+        log.info("task %s[%s] waits %.2fs: %s", self.name, self.request.id, countdown, exc)
+        self._publish_retry(exc, countdown, carried)
 
     def _retry_if_transient(self, exc: Exception) -> None:
         verdict = classify(exc, self.error_classes)
@@ -137,6 +170,9 @@ class K1Task(Task):
                         countdown)
         first_failure = self.request.get(headers.FIRST_FAILURE) or datetime.now(UTC).isoformat()
         carried = {**(self.request.headers or {}), headers.FIRST_FAILURE: first_failure, **extra}
+        self._publish_retry(exc, countdown, carried)
+
+    def _publish_retry(self, exc: Exception, countdown: float, carried: dict[str, Any]) -> None:
         try:
             raise self.retry(exc=exc, countdown=countdown, headers=carried,
                              retry_policy=RETRY_PUBLISH_POLICY)

@@ -64,11 +64,20 @@ def validate_project_id(value: Any, field: str = "project_id") -> str:
         value = str(value)
     if not isinstance(value, str) or not value:
         raise SubmissionError(f"{field}: required, a string")
-    if len(value) > MAX_PROJECT_ID:
-        raise SubmissionError(f"{field}: at most {MAX_PROJECT_ID} characters")
-    if not value.isprintable() or value != value.strip():
-        raise SubmissionError(f"{field}: printable characters only, no surrounding spaces")
+    problem = project_id_problem(value)
+    if problem:
+        raise SubmissionError(f"{field}: {problem}")
     return value
+
+
+def project_id_problem(value: str) -> str | None:
+    """What is wrong with the string ``value`` as a project id, or None (the one rule,
+    also applied by the web contract's ``ProjectId``)."""
+    if len(value) > MAX_PROJECT_ID:
+        return f"at most {MAX_PROJECT_ID} characters"
+    if not value.isprintable() or value != value.strip():
+        return "printable characters only, no surrounding spaces"
+    return None
 
 
 def check_arguments(task_name: str, args: Sequence[Any] = (),

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from k1.auth import InvalidToken, Principal, exchange_signin_token, verify_token
 from k1.settings import DEFAULT_TOKEN_TTL
 from k1.web.contract import Error, Response, validate
-from k1.web.errors import APIError
+from k1.web.errors import Answer, APIError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,7 +46,7 @@ def require_auth(view: F) -> F:
             raise APIError(401, "authentication required", detail=str(exc)) from None
         return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps F
 
 
 def current_principal() -> Principal:
@@ -76,7 +76,7 @@ class SessionToken(BaseModel):
 @bp.post("/api/auth/exchange")
 @validate(public=True, tags=("auth",), resp=Response(HTTP_200=SessionToken, HTTP_401=Error,
                                                      HTTP_429=Error, HTTP_503=Error))
-def exchange():  # type: ignore[no-untyped-def]
+def exchange() -> Answer:
     """Trade the sign-in token in ``Authorization: Bearer`` for a session token (once)."""
     try:
         token, expires_at = exchange_signin_token(

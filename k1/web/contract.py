@@ -29,11 +29,20 @@ from typing import Annotated, Any, TypeVar
 
 from flask import Blueprint, Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
+from spectree.models import SecureType
 from spectree.plugins.flask_plugin import FlaskPlugin
 
-from k1.web.errors import APIError, json_object
+from k1.tasks.submissions import project_id_problem
+from k1.web.errors import Answer, APIError, json_object
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,7 +54,17 @@ MAX_INT32 = 2**31 - 1  # Conductor's int fields (workflow versions)
 MAX_NAME = 255  # task names, project ids, filters: the widest column they are compared with
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
-ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+
+
+def _project_id(value: str) -> str:
+    problem = project_id_problem(value)
+    if problem:  # a custom error: pydantic's message is the problem, without "Value error"
+        raise PydanticCustomError("project_id", problem)
+    return value
+
+
+ProjectId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME),
+                      AfterValidator(_project_id)]
 
 
 class Body(BaseModel):
@@ -159,8 +178,8 @@ api = SpecTree(
     validation_error_status=400,
     validation_error_model=Error,
     before=_refuse_invalid,
-    security_schemes=[SecurityScheme(name="bearer",
-                                     data=SecuritySchemeData(type="http", scheme="bearer"))],
+    security_schemes=[SecurityScheme(
+        name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer"))],
     security={"bearer": []},
 )
 
@@ -183,7 +202,7 @@ def validate(*, json: type[Body] | None = None, query: type[Query] | None = None
     def decorate(view: F) -> F:
         validated = checked(view)
         if json is None:
-            return validated  # type: ignore[return-value]
+            return validated
 
         @functools.wraps(validated)
         def with_body(*args: Any, **kwargs: Any) -> Any:
@@ -191,7 +210,7 @@ def validate(*, json: type[Body] | None = None, query: type[Query] | None = None
                 json_object()  # empty, not JSON, malformed, not an object: say which
             return validated(*args, **kwargs)
 
-        return with_body  # type: ignore[return-value]
+        return with_body  # type: ignore[return-value]  # same signature as the view
 
     return decorate
 
@@ -256,7 +275,7 @@ bp = Blueprint("contract", __name__)
 
 @bp.get("/api/openapi.json")
 @validate(public=True, resp=Response(HTTP_200=None), tags=("contract",))
-def openapi():  # type: ignore[no-untyped-def]
+def openapi() -> Answer:
     """The OpenAPI 3.1 description of this API (no token needed)."""
     return jsonify(api.spec)
 

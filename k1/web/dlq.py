@@ -30,14 +30,14 @@ from k1.recovery.dlq.store import (
 )
 from k1.web.auth import authorize_project, current_principal, require_auth
 from k1.web.contract import Body, Error, Query, responses, validate
-from k1.web.errors import APIError, error_response
+from k1.web.errors import Answer, APIError, error_response
 from k1.web.offload import blocking
 
 bp = Blueprint("dlq", __name__)
 store = DeadLetterStore()
 
 LETTER = "/api/dlq/<int:letter_id>"
-Status = Literal[(*STATUSES, ANY_STATUS)]  # type: ignore[valid-type]
+Status = Literal[(*STATUSES, ANY_STATUS)]  # type: ignore[valid-type]  # built from STATUSES
 
 
 class Filters(BaseModel):
@@ -125,18 +125,18 @@ class Discarded(BaseModel):
 
 
 @bp.errorhandler(LetterNotFound)
-def _not_found(exc: LetterNotFound):  # type: ignore[no-untyped-def]
+def _not_found(exc: LetterNotFound) -> Answer:
     return error_response(APIError(404, "dead letter not found",
                                    detail=exc.args[0] if exc.args else None))
 
 
 @bp.errorhandler(ReplayRefused)
-def _refused(exc: ReplayRefused):  # type: ignore[no-untyped-def]
+def _refused(exc: ReplayRefused) -> Answer:
     return error_response(APIError(409, str(exc)))
 
 
 @bp.errorhandler(FilterError)
-def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
+def _bad_filter(exc: FilterError) -> Answer:
     return error_response(APIError(400, str(exc)))
 
 
@@ -162,14 +162,14 @@ def _filters(params: dict[str, Any], extra: tuple[str, ...] = ()) -> LetterFilte
 @bp.get("/api/dlq/stats")
 @require_auth
 @validate(tags=("dlq",), resp=responses(HTTP_200=Stats))
-def stats():  # type: ignore[no-untyped-def]
+def stats() -> Answer:
     return jsonify(blocking(store.stats, _scope()))
 
 
 @bp.get("/api/dlq/quarantine")
 @require_auth
 @validate(query=QuarantineQuery, tags=("dlq",), resp=responses(HTTP_200=QuarantinePage))
-def quarantined(query: QuarantineQuery):  # type: ignore[no-untyped-def]
+def quarantined(query: QuarantineQuery) -> Answer:
     """Letters the database refused even once made storable, with the reason."""
     items = blocking(store.quarantined, _scope(), limit=parse_limit(query.limit))
     return jsonify(items=items)
@@ -178,7 +178,7 @@ def quarantined(query: QuarantineQuery):  # type: ignore[no-untyped-def]
 @bp.get("/api/dlq")
 @require_auth
 @validate(query=LetterQuery, tags=("dlq",), resp=responses(HTTP_200=LetterPage, HTTP_403=Error))
-def list_letters(query: LetterQuery):  # type: ignore[no-untyped-def]
+def list_letters(query: LetterQuery) -> Answer:
     filters = _filters(query.model_dump(exclude_none=True, exclude={"limit", "cursor"}),
                        extra=("limit", "cursor"))
     page, next_cursor = blocking(store.query, filters, limit=parse_limit(query.limit),
@@ -190,7 +190,7 @@ def list_letters(query: LetterQuery):  # type: ignore[no-untyped-def]
 @bp.get(LETTER)
 @require_auth
 @validate(tags=("dlq",), resp=responses(HTTP_200=Letter, HTTP_404=Error))
-def show(letter_id: int):  # type: ignore[no-untyped-def]
+def show(letter_id: int) -> Answer:
     return jsonify(letter_as_dict(blocking(store.get, letter_id, _scope())))
 
 
@@ -198,7 +198,7 @@ def show(letter_id: int):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=ReplayOne, body_required=False, tags=("dlq",),
           resp=responses(HTTP_200=Replayed, HTTP_404=Error, HTTP_409=Error))
-def replay(letter_id: int, json: ReplayOne):  # type: ignore[no-untyped-def]
+def replay(letter_id: int, json: ReplayOne) -> Answer:
     letter = blocking(store.replay, letter_id, force=json.force, scope=_scope())
     return jsonify(id=letter.id, status=letter.status, replay_task_id=letter.replay_task_id,
                    replay_count=letter.replay_count)
@@ -208,7 +208,7 @@ def replay(letter_id: int, json: ReplayOne):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=ReplayMatching, tags=("dlq",),
           resp=responses(HTTP_200=ReplayedMatching, HTTP_403=Error))
-def replay_matching(json: ReplayMatching):  # type: ignore[no-untyped-def]
+def replay_matching(json: ReplayMatching) -> Answer:
     criteria = json.model_dump(exclude_none=True, exclude={"force", "all"})
     if not criteria and not json.all:
         raise APIError(400, "give at least one filter, or \"all\": true to replay every "
@@ -220,6 +220,6 @@ def replay_matching(json: ReplayMatching):  # type: ignore[no-untyped-def]
 @bp.delete(LETTER)
 @require_auth
 @validate(tags=("dlq",), resp=responses(HTTP_200=Discarded, HTTP_404=Error))
-def discard(letter_id: int):  # type: ignore[no-untyped-def]
+def discard(letter_id: int) -> Answer:
     letter = blocking(store.discard, letter_id, scope=_scope())
     return jsonify(id=letter.id, status=letter.status)

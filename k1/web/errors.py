@@ -6,11 +6,12 @@ A dependency that cannot be reached while a request is served (PostgreSQL, Redis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
 import sqlalchemy.exc
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 # Connection-level failures only: a query the database refuses (DataError,
@@ -19,6 +20,12 @@ UNAVAILABLE = {
     "database unavailable": (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError),
     "redis unavailable": (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
 }
+
+
+# What a view or an error handler returns: a response, or one with its status code. Not
+# Flask's ResponseReturnValue: spectree evaluates the annotations of the views it
+# validates, and that alias names classes Flask imports for type checkers only.
+Answer = Response | tuple[Response, int] | tuple[str, int]
 
 
 class APIError(Exception):
@@ -55,7 +62,7 @@ def _reason(exc: BadRequest) -> str:
     return str(cause) if cause else str(exc.description)
 
 
-def error_response(exc: APIError):  # type: ignore[no-untyped-def]
+def error_response(exc: APIError) -> Answer:
     """The JSON answer for ``exc``; blueprints use it to map their own exceptions."""
     return jsonify(error=exc.error, detail=exc.detail), exc.status
 
@@ -64,7 +71,7 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(APIError, error_response)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(exc: HTTPException) -> Answer | HTTPException:
         if not request.path.startswith("/api/"):
             return exc
         response = jsonify(error=exc.name.lower(), detail=exc.description)
@@ -79,13 +86,13 @@ def register_error_handlers(app: Flask) -> None:
             app.register_error_handler(cls, _unavailable(app, error))
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(exc: Exception) -> Answer:
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(error="internal server error", detail=type(exc).__name__), 500
 
 
-def _unavailable(app: Flask, error: str):  # type: ignore[no-untyped-def]
-    def handler(exc: Exception):  # type: ignore[no-untyped-def]
+def _unavailable(app: Flask, error: str) -> Callable[[Exception], Answer]:
+    def handler(exc: Exception) -> Answer:
         app.logger.warning("%s on %s %s: %s", error, request.method, request.path, exc)
         return jsonify(error=error, detail=type(exc).__name__), 503
 

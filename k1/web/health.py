@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from k1.health import check_all
 from k1.web.contract import Response, validate
+from k1.web.errors import Answer
 from k1.web.offload import blocking
 
 bp = Blueprint("health", __name__)
@@ -21,6 +22,6 @@ class Health(BaseModel):
 
 @bp.get("/api/health")
 @validate(public=True, tags=("health",), resp=Response(HTTP_200=Health, HTTP_503=Health))
-def health():  # type: ignore[no-untyped-def]
+def health() -> Answer:
     report = blocking(check_all)
     return jsonify(report), 200 if report["ok"] else 503

@@ -2,18 +2,23 @@
 
 Reads list what the token may see; writes need a token that reaches the schedule's
 project, and an operator token for built-in and project-less schedules.
+
+Names are scoped per project: two projects may each have a ``nightly``, and neither
+learns of the other's. A schedule the token may not see answers 404 exactly as a missing
+one; a create answers 409 only for a name taken in the same project. A name used in
+several projects the token reaches is addressed with ``?project_id=`` (else 409).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any, Literal
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 from pydantic import BaseModel, Field
 
 from k1.scheduling import (
+    AmbiguousSchedule,
     InvalidSchedule,
     Schedule,
     ScheduleConflict,
@@ -25,10 +30,51 @@ from k1.scheduling import (
 from k1.scheduling.history import recent_fires
 from k1.tasks.submissions import SubmissionError
 from k1.web.auth import authorize_project, current_principal, require_auth, require_operator
-from k1.web.contract import Accepted, Body, Error, Name, ProjectId, responses, validate
-from k1.web.errors import APIError
+from k1.web.contract import (
+    Accepted,
+    Body,
+    Error,
+    Name,
+    ProjectId,
+    Query,
+    responses,
+    validate,
+)
+from k1.web.errors import Answer, APIError, error_response
 
 bp = Blueprint("scheduler", __name__)
+
+
+@bp.errorhandler(InvalidSchedule)
+def _invalid(exc: InvalidSchedule) -> Answer:
+    return error_response(APIError(400, str(exc), detail={"field": exc.field,
+                                                          "problem": exc.problem}))
+
+
+@bp.errorhandler(ScheduleNotFound)
+def _not_found(exc: ScheduleNotFound) -> Answer:
+    return error_response(APIError(404, "schedule not found", detail=str(exc)))
+
+
+@bp.errorhandler(ScheduleExists)
+def _exists(exc: ScheduleExists) -> Answer:
+    return error_response(APIError(409, str(exc), detail={"field": "name", "value": exc.name}))
+
+
+@bp.errorhandler(AmbiguousSchedule)
+def _ambiguous(exc: AmbiguousSchedule) -> Answer:
+    return error_response(APIError(409, str(exc), detail={"field": "project_id",
+                                                          "projects": exc.projects}))
+
+
+@bp.errorhandler(ScheduleConflict)
+def _conflict(exc: ScheduleConflict) -> Answer:
+    return error_response(APIError(409, str(exc), detail=dict(request.view_args or {})))
+
+
+@bp.errorhandler(SubmissionError)  # run now: the task's signature changed since scheduled
+def _refused(exc: SubmissionError) -> Answer:
+    return error_response(APIError(400, str(exc), detail=dict(request.view_args or {})))
 
 
 class ScheduleChanges(Body):
@@ -66,10 +112,16 @@ def _given(body: Body) -> dict[str, Any]:
     return body.model_dump(exclude_unset=True)
 
 
+class Address(Query):
+    """Which project's schedule of that name, where several the token reaches use it."""
+
+    project_id: ProjectId | None = None
+
+
 @bp.get("/api/scheduler/jobs")
 @require_auth
 @validate(tags=("scheduler",), resp=responses(HTTP_200=Jobs))
-def list_jobs():  # type: ignore[no-untyped-def]
+def list_jobs() -> Answer:
     principal = current_principal()
     jobs = [s.to_json() for s in ScheduleStore().list() if principal.can_see(s.spec.project_id)]
     return jsonify(jobs=jobs)
@@ -79,82 +131,73 @@ def list_jobs():  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=NewSchedule, tags=("scheduler",),
           resp=responses(HTTP_201=Job, HTTP_403=Error, HTTP_409=Error))
-def create_job(json: NewSchedule):  # type: ignore[no-untyped-def]
+def create_job(json: NewSchedule) -> Answer:
     store = ScheduleStore()
-    spec = _checked(lambda: store.validate(_given(json)))
+    spec = store.validate(_given(json))
     _authorize_write(spec)
-    try:
-        schedule = store.create(spec)
-    except ScheduleExists as exc:
-        raise APIError(409, str(exc), detail={"field": "name", "value": spec.name}) from None
+    schedule = store.create(spec)
     assert schedule is not None
     return jsonify(schedule.to_json()), 201
 
 
 @bp.get("/api/scheduler/jobs/<name>")
 @require_auth
-@validate(tags=("scheduler",), resp=responses(HTTP_200=Job, HTTP_403=Error, HTTP_404=Error))
-def get_job(name: str):  # type: ignore[no-untyped-def]
-    schedule = _find(ScheduleStore(), name)
-    authorize_project(schedule.spec.project_id)
-    return jsonify({**schedule.to_json(), "recent_fires": recent_fires(name)})
+@validate(query=Address, tags=("scheduler",),
+          resp=responses(HTTP_200=Job, HTTP_404=Error, HTTP_409=Error))
+def get_job(name: str, query: Address) -> Answer:
+    schedule = _find(ScheduleStore(), name, query)
+    return jsonify({**schedule.to_json(), "recent_fires": recent_fires(schedule.id)})
 
 
 @bp.patch("/api/scheduler/jobs/<name>")
 @require_auth
-@validate(json=ScheduleChanges, tags=("scheduler",),
+@validate(json=ScheduleChanges, query=Address, tags=("scheduler",),
           resp=responses(HTTP_200=Job, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
-def update_job(name: str, json: ScheduleChanges):  # type: ignore[no-untyped-def]
+def update_job(name: str, json: ScheduleChanges, query: Address) -> Answer:
     store = ScheduleStore()
     changes = _given(json)
-    current = _find(store, name)
+    current = _find(store, name, query)
     _authorize_write(current.spec)
-    spec = _checked(lambda: current.spec.patched(changes, store.known_tasks()))
+    spec = current.spec.patched(changes, store.known_tasks())
     _authorize_write(spec)
-    try:
-        return jsonify(store.replace(current, spec).to_json())
-    except ScheduleConflict as exc:
-        raise APIError(409, str(exc), detail={"name": name}) from None
+    return jsonify(store.replace(current, spec).to_json())
 
 
 @bp.delete("/api/scheduler/jobs/<name>")
 @require_auth
-@validate(tags=("scheduler",), resp=responses(HTTP_204=None, HTTP_403=Error, HTTP_404=Error))
-def delete_job(name: str):  # type: ignore[no-untyped-def]
+@validate(query=Address, tags=("scheduler",),
+          resp=responses(HTTP_204=None, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
+def delete_job(name: str, query: Address) -> Answer:
     store = ScheduleStore()
-    _authorize_write(_find(store, name).spec)
+    schedule = _find(store, name, query)
+    _authorize_write(schedule.spec)
     with contextlib.suppress(ScheduleNotFound):  # deleted meanwhile: as the client asked
-        store.delete(name)
+        store.delete(name, schedule.spec.project_id)
     return "", 204
 
 
 @bp.post("/api/scheduler/jobs/<name>/run")
 @require_auth
-@validate(tags=("scheduler",), resp=responses(HTTP_202=Accepted, HTTP_403=Error, HTTP_404=Error))
-def run_job(name: str):  # type: ignore[no-untyped-def]
+@validate(query=Address, tags=("scheduler",),
+          resp=responses(HTTP_202=Accepted, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
+def run_job(name: str, query: Address) -> Answer:
     store = ScheduleStore()
-    schedule = _find(store, name)
+    schedule = _find(store, name, query)
     _authorize_write(schedule.spec)
-    try:
-        task_id = store.run_now(schedule, user_id=current_principal().user_id)
-    except SubmissionError as exc:  # the task's signature changed since it was scheduled
-        raise APIError(400, str(exc), detail={"name": name}) from None
+    task_id = store.run_now(schedule, user_id=current_principal().user_id)
     return jsonify(task_id=task_id), 202
 
 
-def _checked(build: Callable[[], ScheduleSpec]) -> ScheduleSpec:
-    try:
-        return build()
-    except InvalidSchedule as exc:
-        raise APIError(400, str(exc), detail={"field": exc.field, "problem": exc.problem}
-                       ) from None
-
-
-def _find(store: ScheduleStore, name: str) -> Schedule:
-    try:
-        return store.get(name)
-    except ScheduleNotFound as exc:
-        raise APIError(404, "schedule not found", detail=str(exc)) from None
+def _find(store: ScheduleStore, name: str, query: Address) -> Schedule:
+    """Schedule ``name`` among those the token may see (of ``?project_id=`` if given);
+    ScheduleNotFound alike for missing and hidden ones."""
+    principal = current_principal()
+    project_id = query.project_id
+    if project_id is not None:
+        if not principal.can_see(project_id):
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        return store.find(name, [project_id])
+    return store.find(name, None if principal.is_operator else sorted(principal.projects))
 
 
 def _authorize_write(spec: ScheduleSpec) -> None:

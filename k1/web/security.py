@@ -55,13 +55,14 @@ def init_app(app: Flask) -> None:
         default_limits_exempt_when=_not_a_write,
         storage_uri=app.config["K1_SETTINGS"].redis_url,
         # A Redis that hangs must not hang every write: fail fast, then let it through.
-        storage_options={"socket_timeout": REDIS_SOCKET_TIMEOUT,
-                         "socket_connect_timeout": REDIS_SOCKET_TIMEOUT},
+        storage_options={"socket_timeout": int(REDIS_SOCKET_TIMEOUT),
+                         "socket_connect_timeout": int(REDIS_SOCKET_TIMEOUT)},
         strategy="sliding-window-counter",  # no double burst at a window's edge
         key_prefix=RATE_LIMIT_PREFIX,
         headers_enabled=True,  # Retry-After (and X-RateLimit-*) on the answers
         swallow_errors=True,
     )
+    # Flask's documented way to wrap its WSGI app in middleware.
     app.wsgi_app = SecurityHeaders(app.wsgi_app)  # type: ignore[method-assign]
 
 

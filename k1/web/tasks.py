@@ -34,7 +34,7 @@ from k1.web.contract import (
     responses,
     validate,
 )
-from k1.web.errors import APIError, error_response
+from k1.web.errors import Answer, APIError, error_response
 from k1.web.offload import blocking
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class TaskStatus(BaseModel):
 @bp.post("/api/tasks")
 @require_auth
 @validate(json=NewTask, tags=("tasks",), resp=responses(HTTP_202=Accepted, HTTP_403=Error))
-def create_task(json: NewTask):  # type: ignore[no-untyped-def]
+def create_task(json: NewTask) -> Answer:
     """Start a public task for a project the token grants (an operator-only task: for an
     operator's token only, else 403)."""
     try:
@@ -82,7 +82,7 @@ def create_task(json: NewTask):  # type: ignore[no-untyped-def]
 @bp.get("/api/tasks/<task_id>")
 @require_auth
 @validate(tags=("tasks",), resp=responses(HTTP_200=TaskStatus, HTTP_404=Error))
-def get_task(task_id: str):  # type: ignore[no-untyped-def]
+def get_task(task_id: str) -> Answer:
     """A task's state and outcome; 404 for ids K1 never issued and other projects' tasks
     (a 403 would tell that the id exists)."""
     submission = lookup(task_id)
@@ -119,14 +119,14 @@ class TaskPage(BaseModel):
 
 
 @bp.errorhandler(FilterError)
-def _bad_filter(exc: FilterError):  # type: ignore[no-untyped-def]
+def _bad_filter(exc: FilterError) -> Answer:
     return error_response(APIError(400, str(exc)))
 
 
 @bp.get("/api/tasks")
 @require_auth
 @validate(query=TaskQuery, tags=("tasks",), resp=responses(HTTP_200=TaskPage, HTTP_403=Error))
-def list_tasks(query: TaskQuery):  # type: ignore[no-untyped-def]
+def list_tasks(query: TaskQuery) -> Answer:
     """Task history, newest first: filters, ``q`` (a task id prefix or text in arguments
     and errors), keyset pages. A project token sees its projects' tasks."""
     filters = TaskFilter.parse(query.model_dump(exclude_none=True, exclude={"limit", "cursor"}))
@@ -150,7 +150,7 @@ def _history(task_id: str) -> tuple[TaskRun, list[TaskAttempt]] | None:
         return None
 
 
-def _from_history(task_id: str):  # type: ignore[no-untyped-def]
+def _from_history(task_id: str) -> Answer:
     """A task the result backend no longer knows (or never did: beat's), from history;
     another project's task is a 404 like one that does not exist.
     """

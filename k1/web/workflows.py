@@ -32,7 +32,7 @@ from k1.settings import get_settings
 from k1.tasks.submissions import send
 from k1.web.auth import authorize_project, current_principal, require_auth, require_operator
 from k1.web.contract import MAX_INT32, Body, Error, ProjectId, Query, responses, validate
-from k1.web.errors import APIError, error_response
+from k1.web.errors import Answer, APIError, error_response
 
 bp = Blueprint("workflows", __name__)
 
@@ -66,32 +66,32 @@ class Deferred(BaseModel):
 
 # The client's exceptions, mapped once for every route (most specific class wins).
 @bp.errorhandler(ConductorNotConfigured)
-def _not_configured(exc: ConductorNotConfigured):  # type: ignore[no-untyped-def]
+def _not_configured(exc: ConductorNotConfigured) -> Answer:
     return error_response(APIError(503, "conductor not configured", detail=str(exc)))
 
 
 @bp.errorhandler(ConductorNotFound)
-def _not_found(exc: ConductorNotFound):  # type: ignore[no-untyped-def]
+def _not_found(exc: ConductorNotFound) -> Answer:
     return error_response(APIError(404, "workflow not found", detail=str(exc)))
 
 
 @bp.errorhandler(ConductorInvalidInput)
-def _invalid(exc: ConductorInvalidInput):  # type: ignore[no-untyped-def]
+def _invalid(exc: ConductorInvalidInput) -> Answer:
     return error_response(APIError(400, str(exc), detail={"field": exc.field}))
 
 
 @bp.errorhandler(ConductorRejected)
-def _rejected(exc: ConductorRejected):  # type: ignore[no-untyped-def]
+def _rejected(exc: ConductorRejected) -> Answer:
     return error_response(APIError(400, "conductor refused the request", detail=str(exc)))
 
 
 @bp.errorhandler(ConductorUnreachable)
-def _unreachable(exc: ConductorUnreachable):  # type: ignore[no-untyped-def]
+def _unreachable(exc: ConductorUnreachable) -> Answer:
     return error_response(APIError(503, "conductor unavailable", detail=str(exc)))
 
 
 @bp.errorhandler(ValidationFailed)
-def _bad_files(exc: ValidationFailed):  # type: ignore[no-untyped-def]
+def _bad_files(exc: ValidationFailed) -> Answer:
     # Which workflows are operator only cannot be told: refuse rather than guess.
     return error_response(APIError(503, "workflow files invalid", detail=str(exc)))
 
@@ -99,7 +99,7 @@ def _bad_files(exc: ValidationFailed):  # type: ignore[no-untyped-def]
 @bp.get("/api/workflows")
 @require_auth
 @validate(query=Recent, tags=("workflows",), resp=responses(HTTP_200=Workflows))
-def list_workflows(query: Recent):  # type: ignore[no-untyped-def]
+def list_workflows(query: Recent) -> Answer:
     limit = query.limit
     principal = current_principal()
     projects = None if principal.is_operator else principal.projects
@@ -112,7 +112,7 @@ def list_workflows(query: Recent):  # type: ignore[no-untyped-def]
 @require_auth
 @validate(json=Start, tags=("workflows",),
           resp=responses(HTTP_201=Started, HTTP_202=Deferred, HTTP_403=Error, HTTP_404=Error))
-def start_workflow(name: str, json: Start):  # type: ignore[no-untyped-def]
+def start_workflow(name: str, json: Start) -> Answer:
     """Start ``name`` for ``project_id``; an operator-only workflow (its file says so) is
     platform-wide: operator tokens only, and started for no project.
     """
@@ -121,9 +121,11 @@ def start_workflow(name: str, json: Start):  # type: ignore[no-untyped-def]
         require_operator()
         if project_id is not None:
             raise APIError(400, f"project_id: {name} is platform-wide (operator only); "
-                                "leave project_id out")
+                                "leave project_id out",
+                           detail={"field": "project_id", "problem": "not allowed"})
     elif project_id is None:
-        raise APIError(400, "project_id: required, a string")
+        raise APIError(400, "project_id: required, a string",
+                       detail={"field": "project_id", "problem": "required"})
     else:
         authorize_project(project_id)
     user_id = current_principal().user_id
@@ -137,7 +139,7 @@ def start_workflow(name: str, json: Start):  # type: ignore[no-untyped-def]
 
 
 def _defer(name: str, version: int | None, workflow_input: dict[str, Any],
-           project_id: str | None, user_id: str | None):  # type: ignore[no-untyped-def]
+           project_id: str | None, user_id: str | None):
     # The route checked the caller (project, or operator for a platform-wide workflow),
     # so K1 vouches for the deferred start.
     task_id = send("k1.conductor.start_workflow",

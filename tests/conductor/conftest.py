@@ -24,7 +24,7 @@ from celery import Celery
 from k1.conductor.client import ConductorClient
 from k1.conductor.server import health_url, start_server, stop_server, wait_healthy
 from tests.conftest import BASE, LOGS, k1_process
-from tests.support import ROOT, VENV_BIN, Process, free_port, wait_for
+from tests.support import ROOT, VENV_BIN, Process, free_port, run_k1, wait_for
 
 JAR_CACHE = ROOT / ".k1" / "cache" / "conductor"  # scripts/setup.sh test fetches it here
 WORKFLOWS = ROOT / "workflows"
@@ -95,12 +95,6 @@ def bridge_celery(conductor_env: dict[str, str]) -> Celery:
     url = conductor_env["REDIS_URL"]
     return Celery("k1-bridge-test", broker=url, backend=url)
 
-
-def run_k1(*argv: str, env: dict[str, str], timeout: float = 60) -> Any:
-    import subprocess
-
-    return subprocess.run([str(VENV_BIN / "k1"), *argv], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=ROOT, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -183,4 +177,4 @@ def write_json(path: Path, document: Any) -> Path:
     return path
 
 
-__all__ = ["copy_workflows", "run_k1", "wait_for_workflow", "write_json"]
+__all__ = ["copy_workflows", "wait_for_workflow", "write_json"]

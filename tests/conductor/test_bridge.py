@@ -19,14 +19,11 @@ from k1.conductor.bridge import CLAIM_KEY
 from k1.conductor.client import ConductorClient
 from k1.conductor.tasks import COMPENSATIONS_KEY
 from k1.events import SOCKETIO_CHANNEL
-from tests.conductor.conftest import run_k1, wait_for_workflow
-from tests.support import wait_for
+from tests.conductor.conftest import wait_for_workflow
+from tests.support import control, run_k1, wait_for
 
 pytestmark = pytest.mark.slow
 
-
-def control(external_service: str, **behaviour: Any) -> None:
-    requests.post(f"{external_service}/_control", json=behaviour, timeout=5).raise_for_status()
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from k1.conductor.registry import (
     register,
     validate,
 )
-from tests.conductor.conftest import WORKFLOWS, run_k1, wait_for_workflow, write_json
+from tests.conductor.conftest import WORKFLOWS, wait_for_workflow, write_json
+from tests.support import run_k1
 
 
 def probe_workflow(name: str, version: int = 1, **changes: object) -> dict:
@@ -83,7 +84,8 @@ def test_structural_problems_are_all_reported(tmp_path: Path) -> None:
     for expected in (
         "workflow.version: required, an integer >= 1",
         "refers to task 'nowhere', which this workflow does not have",
-        "inputParameters colour are not arguments of k1.conductor.render_report",
+        "inputParameters: arguments do not match k1.conductor.render_report",
+        "unexpected keyword argument 'colour'",
         "SIMPLE task 'k1.tasks.nope' is not a K1 Celery task",
         "SIMPLE task 'k1.tasks.nope' has no definition in this file's \"tasks\"",
         "type 'HTTP' is not served by K1",

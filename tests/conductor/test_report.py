@@ -31,7 +31,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     def no_conductor(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the worker slot called Conductor")
 
-    monkeypatch.setattr(bridge, "send_task", record)
+    monkeypatch.setattr(bridge.submissions, "send", record)
     monkeypatch.setattr(bridge, "settle", no_conductor)
     monkeypatch.setattr(bridge.ConductorClient, "_call", no_conductor)
     return calls

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import socketio
 
+from k1.events import emit
 from tests.support import wait_for
 
 
@@ -76,3 +78,16 @@ class Listener:
     def summary(self) -> list[tuple[str, Any]]:
         return [(r.name, r.data.get("type") if isinstance(r.data, dict) else r.data)
                 for r in self.events()][-30:]
+
+
+def drain(*listeners: Listener) -> None:
+    """Return once everything this process published before the call has reached these
+    listeners: a platform marker (every connection gets it) sent now arrives after it,
+    because the web process relays the channel in order. So "nothing arrived" is proven by
+    the marker, not by a sleep. (For events of another process, call it once one of them
+    has been seen arriving: the web process has then relayed everything before it.)"""
+    marker = f"marker-{uuid.uuid4().hex}"
+    emit("breaker_state", type="marker", name=marker)
+    for listener in listeners:
+        listener.wait_for(lambda r: r.name == "breaker_state" and isinstance(r.data, dict)
+                          and r.data.get("name") == marker, what=f"the marker {marker}")

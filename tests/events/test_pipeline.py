@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
 import time
+import uuid
 
 import pytest
+import socketio
 
-from k1.events import PUBLISH_TIMEOUT, _Publisher, emit, make_event
+from k1.events import PUBLISH_TIMEOUT, Publisher, emit, make_event, rooms_for
 from k1.settings import Settings
 from tests.conftest import API
-from tests.events.sockets import Listener
-from tests.support import free_port
+from tests.events.sockets import Listener, drain
+from tests.support import wait_for
 
 FLAKY = "k1.tasks.demo.flaky"
 
@@ -34,9 +40,30 @@ def test_a_task_reaches_its_project_room_and_no_other(web, worker, make_token, u
                        what="task_completed for A's task")
         completed = alice.events(lambda r: r.name == "task_completed")[0].data
         assert completed["project_id"] == project_a and completed["state"] == "SUCCESS"
-        time.sleep(0.5)  # a stray event to B would have arrived with A's
+        drain(bob, cy)  # a stray event of A's would have arrived before the marker
         assert bob.task_events(task_id) == [] and cy.task_events(task_id) == []
         assert bob.events(lambda r: r.name.startswith("task")) == []
+
+
+def test_a_user_room_carries_only_the_projects_the_token_may_see(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+    """bob@p1 and bob@p2 are two tokens of one user: both connections are in ``user_bob``,
+    and each receives bob's events of its own project only."""
+    bob, p1, p2 = f"bob-{unique}", f"p1-{unique}", f"p2-{unique}"
+    with Listener(web, make_token(bob, p1)) as bob_p1, Listener(web, make_token(bob, p2)) as bob_p2:
+        ids = {}
+        for project in (p1, p2):
+            ids[project] = API(web, make_token(bob, project)).post("/api/tasks", json={
+                "task": FLAKY, "project_id": project, "kwargs": {"permanent": project == p2},
+            }).json()["task_id"]
+        bob_p1.wait_for(lambda r: r.name == "task_completed" and r.data["task_id"] == ids[p1],
+                        what="p1's task_completed")
+        bob_p2.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == ids[p2]
+                        and r.data["type"] == "failed", what="p2's failed event")
+        drain(bob_p1)  # anything of p2's on its way to bob@p1 would arrive before the marker
+        assert _types(bob_p1.task_events(ids[p1])) == ["received", "started", "succeeded"]
+        assert bob_p1.events(lambda r: isinstance(r.data, dict)
+                             and r.data.get("project_id") == p2) == []
+        assert bob_p2.task_events(ids[p1]) == [] and bob_p2.task_events(ids[p2])
 
 
 def test_events_of_a_task_arrive_in_order(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
@@ -50,7 +77,7 @@ def test_events_of_a_task_arrive_in_order(web, worker, make_token, unique):  # t
             alice.wait_for(lambda r, t=task_id: r.name == "task_event"
                            and r.data["task_id"] == t and r.data["type"] == "succeeded",
                            what=f"succeeded for {task_id}")
-        time.sleep(0.3)
+        drain(alice)  # a duplicate or late event would have arrived before the marker
         for task_id in ids:
             events = alice.task_events(task_id)
             # user_ada and project_acme both match: one delivery per event all the same
@@ -101,17 +128,77 @@ def test_platform_events_reach_every_connection(web, make_token, unique):  # typ
             assert event["type"] == "opened" and event["project_id"] is None
 
 
-def test_publishing_to_an_absent_redis_neither_raises_nor_lingers() -> None:
-    publisher = _Publisher(f"redis://127.0.0.1:{free_port()}/0", "k1-socketio")
-    event = make_event("started", task_id="t1", project_id="acme")
-    started = time.monotonic()
-    assert publisher.publish([("task_event", event)]) is False
-    first = time.monotonic() - started
-    started = time.monotonic()
-    assert publisher.publish([("task_event", event)]) is False  # paused: no new attempt
-    second = time.monotonic() - started
-    assert first < PUBLISH_TIMEOUT * 4 + 1  # generous: a loaded 2-core machine
-    assert second < first + 0.05
+def test_a_failed_publish_pauses_publishing() -> None:
+    """A Redis that accepts connections and never answers costs one PUBLISH_TIMEOUT, then
+    nothing until the pause is over; then publishing is tried again."""
+    with socket.socket() as silent:  # the kernel accepts connections; nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        publisher = Publisher(url, pause_after_failure=3.0)
+        event = [("task_event", make_event("started", task_id="t1", project_id="acme"))]
+
+        def timed() -> float:
+            started = time.monotonic()
+            assert publisher.publish(event, wait=True) is False
+            return time.monotonic() - started
+
+        assert timed() >= PUBLISH_TIMEOUT * 0.9  # waited for the silent server, once
+        assert publisher.paused_until > time.monotonic()
+        assert timed() < PUBLISH_TIMEOUT / 2  # paused: no second wait
+        wait_for(lambda: time.monotonic() >= publisher.paused_until, timeout=10,
+                 message="the pause never ended")
+        assert timed() >= PUBLISH_TIMEOUT * 0.9  # after the pause it tries again
+
+
+def test_publishing_never_waits_for_redis_and_the_buffer_is_bounded() -> None:
+    """The caller only buffers: with the flusher stuck on a silent Redis, publish returns
+    at once; beyond ``max_buffered`` waiting events, new ones are dropped."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        publisher = Publisher(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", max_buffered=2)
+        event = ("task_event", make_event("started", task_id="t1", project_id="acme"))
+        started = time.monotonic()
+        assert publisher.publish([event]) is True
+        wait_for(lambda: not publisher.buffer, timeout=10, message="the flusher never took it")
+        assert publisher.publish([event, event]) is True  # waiting: 2
+        assert publisher.publish([event]) is False  # a third would exceed max_buffered
+        assert time.monotonic() - started < PUBLISH_TIMEOUT  # nobody waited for Redis
+        assert list(publisher.buffer) == [event, event]
+
+
+def test_a_process_sends_its_buffer_when_it_exits(web, make_token, unique):  # type: ignore[no-untyped-def]
+    with Listener(web, make_token(f"ada-{unique}", "acme")) as alice:
+        assert alice.subscribe("acme")["ok"] is True
+        subprocess.run([sys.executable, "-c", "from k1.events import emit; "
+                        f"emit('task_event', type='started', task_id='exit-{unique}', "
+                        "project_id='acme')"], check=True, timeout=60)
+        alice.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == f"exit-{unique}",
+                       what="the event the process published as it exited")
+
+
+def test_the_message_is_the_one_python_socketio_builds(redis_server) -> None:  # type: ignore[no-untyped-def]
+    """K1's publisher and python-socketio's own write-only manager put the same message on
+    the channel (but for the sender's host id)."""
+    channel = f"wire-{uuid.uuid4().hex}"
+    listener = redis_server.client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    event = make_event("started", task_id="t1", project_id="acme", user_id="ada")
+    assert Publisher(redis_server.url, channel).publish([("task_event", event)], wait=True)
+    socketio.RedisManager(redis_server.url, channel=channel, write_only=True).emit(
+        "task_event", event, namespace="/", room=rooms_for(event))
+
+    def next_message() -> dict:
+        message = wait_for(lambda: listener.get_message(timeout=0.5), timeout=10,
+                           message="nothing published")
+        return json.loads(message["data"])
+
+    ours, theirs = next_message(), next_message()
+    listener.close()
+    assert ours.pop("host_id") != theirs.pop("host_id")
+    assert ours == theirs
+    assert ours["room"] == ["project_acme", "user_ada"] and ours["data"] == [event]
 
 
 def test_task_events_can_be_switched_off() -> None:

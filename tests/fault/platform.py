@@ -142,10 +142,10 @@ class Load:
     """``count`` flaky tasks for ``project``, each with its own key; counted by key."""
 
     def __init__(self, platform: Platform, project: str, count: int, *, fail_times: int = 0,
-                 sleep_ms: int = 0, permanent: bool = False) -> None:
+                 sleep_ms: int = 0, permanent: bool = False, tag: str | None = None) -> None:
         self.platform, self.project, self.count = platform, project, count
         self.kwargs = {"fail_times": fail_times, "sleep_ms": sleep_ms, "permanent": permanent}
-        self.tag = uuid.uuid4().hex[:8]
+        self.tag = tag or uuid.uuid4().hex[:8]  # every key starts with it
         self.task_ids: dict[str, str] = {}  # key -> task id
 
     def keys(self) -> Iterator[str]:

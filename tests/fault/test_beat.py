@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from k1.scheduling.entry import schedule_id
+from k1.scheduling.history import FIRE_LOG_KEY
 from tests.conftest import API
 from tests.fault.platform import Outcome, Platform, report
 from tests.support import VENV_BIN, Process, wait_for
@@ -50,7 +52,7 @@ def test_killing_the_active_beat_fires_each_due_time_once(services, tmp_path, ma
         def fires() -> dict[str, list[dict]]:
             pipe = client.pipeline(transaction=False)
             for name in names:
-                pipe.lrange(f"k1:scheduling:fires:{name}", 0, -1)
+                pipe.lrange(FIRE_LOG_KEY.format(schedule_id("fault", name)), 0, -1)
             return {name: [json.loads(f) for f in raw]
                     for name, raw in zip(names, pipe.execute(), strict=True)}
 

@@ -8,23 +8,30 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 
 import pytest
 import requests
 from sqlalchemy import create_engine, func, select
 
-from tests.conftest import API, LOGS
+from tests.conftest import API, BASE, LOGS
 from tests.fault.platform import Load, Outcome, Platform, report
 from tests.support import VENV_BIN, PostgresServer, free_port, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(900)]
 
 LETTERS = 300  # tasks that die for good while the database is down
+# Of them, letters PostgreSQL refuses as they are (a NUL byte, a lone surrogate in their
+# arguments): they must be stored repaired or quarantined, never block the others.
+HOSTILE = 50
+HOSTILE_TAG = "bad\u0000\ud800"
 DOWNTIME = 60.0  # s the database stays down, at least (the fault itself)
 
 
 def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, make_token) -> None:  # type: ignore[no-untyped-def]
-    database = PostgresServer(free_port(), tmp_path / "pg", LOGS).start()
+    # Under the session's folder: PostgreSQL runs as its own user and must reach it.
+    database = PostgresServer(free_port(), BASE / f"pg-{uuid.uuid4().hex[:8]}" / "data",
+                              LOGS).start()
     url = database.url.replace("postgresql://", "postgresql+psycopg://")
     env = {"DATABASE_URL": database.url}
     try:
@@ -38,10 +45,18 @@ def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, mak
 
             database.stop()
             stopped = time.monotonic()
-            load = Load(platform, "fault", LETTERS, permanent=True)
-            load.send()
+            load = Load(platform, "fault", LETTERS - HOSTILE, permanent=True)
+            hostile = Load(platform, "fault", HOSTILE, permanent=True, tag=HOSTILE_TAG)
+            for _ in range(HOSTILE):  # hostile letters spread among the good ones
+                load.send((LETTERS - HOSTILE) // HOSTILE)
+                hostile.send(1)
+            load.task_ids.update(hostile.task_ids)
             load.wait_done(timeout=300, states=("FAILURE",))
-            spooled = platform.redis_client().llen("k1:dlq:spool")
+            # A task's FAILURE is stored before its on_failure spools the letter: wait for it.
+            spool = platform.redis_client()
+            spooled = wait_for(lambda: spool.llen("k1:dlq:spool") >= LETTERS and
+                               spool.llen("k1:dlq:spool"), timeout=60,
+                               message=lambda: f"{spool.llen('k1:dlq:spool')} letters spooled")
             # While it is down: 503 where the database is needed, the rest still served.
             assert api.get("/api/dlq").status_code == 503
             assert requests.get(f"{web}/api/health", timeout=10).status_code == 503
@@ -55,12 +70,14 @@ def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, mak
             engine = create_engine(url)
 
             def written() -> int:
-                from k1.recovery.dlq.models import DeadLetter
+                """Letters of the load stored: written (repaired if need be) or quarantined."""
+                from k1.recovery.dlq.models import DeadLetter, QuarantinedLetter
 
+                ids = list(load.task_ids.values())
                 with engine.connect() as connection:
-                    return connection.scalar(select(func.count()).select_from(DeadLetter)
-                                             .where(DeadLetter.task_id.in_(
-                                                 list(load.task_ids.values()))))
+                    return sum(connection.scalar(
+                        select(func.count()).select_from(model).where(model.task_id.in_(ids)))
+                        for model in (DeadLetter, QuarantinedLetter))
 
             def drained() -> bool:
                 platform.client.send_task("k1.dlq.drain_spool").get(timeout=60)
@@ -72,7 +89,8 @@ def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, mak
             assert operator.get("/api/dlq/stats").status_code == 200
             outcome = report(Outcome(
                 scenario="postgres-down", load=f"{LETTERS} tasks dying for good (non-"
-                "retryable), prefork 2", fault=f"PostgreSQL stopped (fast) for "
+                f"retryable), {HOSTILE} of them with a NUL and a lone surrogate in their "
+                "arguments, prefork 2", fault=f"PostgreSQL stopped (fast) for "
                 f"{restarted - stopped:.0f}s while they died",
                 sent=LETTERS, completed=written(), lost=LETTERS - written(), dead=written(),
                 duplicated_effects=written() - LETTERS if written() > LETTERS else 0,

@@ -29,7 +29,10 @@ BEAT_ENV = {"K1_BEAT_MAX_LOOP_INTERVAL": "1", "K1_BEAT_LOCK_TIMEOUT": "5"}
 def fires_after(platform: Platform, name: str, after: float) -> list[dict]:
     import json
 
-    raw = platform.redis_client().lrange(f"k1:scheduling:fires:{name}", 0, -1)
+    from k1.scheduling.entry import schedule_id
+    from k1.scheduling.history import FIRE_LOG_KEY
+
+    raw = platform.redis_client().lrange(FIRE_LOG_KEY.format(schedule_id("fault", name)), 0, -1)
     return [fire for fire in map(json.loads, raw) if fire["fired_at"] > after]
 
 

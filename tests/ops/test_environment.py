@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,11 @@ import requests
 from k1.auth import create_token
 from tests.conftest import LOGS
 from tests.ops.support import mirror_repo
-from tests.support import VENV_BIN, Process, free_port
+from tests.support import Process, free_port, run_k1
 
 ENV_KEY = "exported-secret-" + "e" * 40
 DOTENV_KEY = "dotenv-secret-" + "d" * 40
 
-
-def run_k1(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "k1"), *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=60)
 
 
 def test_k1_takes_from_dotenv_only_what_the_environment_leaves_unset(tmp_path: Path) -> None:
@@ -28,12 +23,13 @@ def test_k1_takes_from_dotenv_only_what_the_environment_leaves_unset(tmp_path: P
                                    "FLOWER_BASIC_AUTH='admin:it s quoted'\n")
     env = {**os.environ, "K1_SECRET_KEY": ENV_KEY}
     env.pop("FLOWER_BASIC_AUTH", None)
-    done = run_k1(tmp_path, "env", "--export", env=env)
+    done = run_k1("env", "--export", cwd=tmp_path, env=env, inherit=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "export K1_DLQ_MAX_ROWS=77", "export FLOWER_BASIC_AUTH='admin:it s quoted'",
     ]
-    token = run_k1(tmp_path, "token", "create", "--user", "ada", "--project", "p", env=env)
+    token = run_k1("token", "create", "--user", "ada", "--project", "p", cwd=tmp_path,
+                   env=env, inherit=False)
     from k1.auth import verify_token
 
     assert verify_token(token.stdout.strip(), secret=ENV_KEY).user_id == "ada"
@@ -59,7 +55,8 @@ def test_make_run_processes_use_the_exported_secret_not_dotenvs(
         run.wait_until(
             lambda: requests.get(f"{base}/api/health", timeout=2).json()["redis"]["status"]
             == "up", 90, "web never answered on the exported PORT")
-        made = run_k1(root, "token", "create", "--user", "ada", "--project", "acme", env=env)
+        made = run_k1("token", "create", "--user", "ada", "--project", "acme", cwd=root,
+                      env=env, inherit=False)
         assert made.returncode == 0, made.stderr
 
         def status(token: str) -> int:

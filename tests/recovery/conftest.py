@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import requests
 
 from tests.conftest import API
 from tests.support import wait_for
@@ -59,9 +58,3 @@ def post_task(api: API, task: str, project_id: str = "acme", *, retry: dict | No
 @pytest.fixture
 def operator(web: str, make_token) -> API:  # type: ignore[no-untyped-def]
     return API(web, make_token("ops", "*"))
-
-
-def control(service_url: str, **behaviour: Any) -> dict[str, Any]:
-    response = requests.post(f"{service_url}/_control", json=behaviour, timeout=5)
-    response.raise_for_status()
-    return response.json()

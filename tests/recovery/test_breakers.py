@@ -9,8 +9,8 @@ import requests
 
 from k1.recovery import breakers
 from tests.conftest import API, celery_worker
-from tests.recovery.conftest import control, letters_of, post_task, wait_task
-from tests.support import wait_for
+from tests.recovery.conftest import letters_of, post_task, wait_letter, wait_task
+from tests.support import control, wait_for
 
 ANALYZE = "k1.tasks.analyze_profile"
 
@@ -81,7 +81,8 @@ def test_client_errors_do_not_open_the_breaker(api: API, service: str, worker) -
     for task_id in task_ids:
         assert wait_task(api, task_id, {"FAILURE"})["error"]["type"] == "HTTPError"
     assert breaker_state(api, "analysis")["state"] == "closed"
-    assert letters_of(task_ids[0])[0].attempts == 1  # a 404 is not retried
+    # The FAILURE state is stored before on_failure writes the letter: wait for it.
+    assert wait_letter(task_ids[0]).attempts == 1  # a 404 is not retried
 
 
 def test_reset_closes_a_breaker_and_needs_an_operator(api: API, operator: API,

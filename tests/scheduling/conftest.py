@@ -30,9 +30,10 @@ ACQUIRED = "beat: Acquired lock"
 class Beat:
     """One ``k1 beat`` process; its log says when its celery beat holds the lock."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, **env: str) -> None:
         (LOGS / f"{name}.log").unlink(missing_ok=True)
-        self.process: Process = k1_process(name, str(VENV_BIN / "k1"), "beat", env=BEAT_ENV)
+        self.process: Process = k1_process(name, str(VENV_BIN / "k1"), "beat",
+                                           env={**BEAT_ENV, **env})
 
     def start(self) -> Beat:
         self.process.start()
@@ -60,11 +61,12 @@ class Beat:
 
 @pytest.fixture
 def beats(services: dict[str, object], unique: str) -> Iterator[Callable[[str], Beat]]:
-    """``beats("a")`` starts a beat for this test; all are stopped at its end."""
+    """``beats("a")`` starts a beat for this test (``beats("a", VAR="x")`` with more
+    environment); all are stopped at its end."""
     started: list[Beat] = []
 
-    def start(label: str) -> Beat:
-        beat = Beat(f"beat-{unique}-{label}").start()
+    def start(label: str, **env: str) -> Beat:
+        beat = Beat(f"beat-{unique}-{label}", **env).start()
         started.append(beat)
         return beat
 
@@ -110,16 +112,20 @@ def schedules(unique: str) -> Iterator[Callable[..., dict[str, Any]]]:
             store.delete(name)
 
 
-def fires(name: str) -> list[dict[str, Any]]:
-    """The schedule's recorded fires, oldest first."""
+def fires(name: str, project_id: str | None = "acme") -> list[dict[str, Any]]:
+    """The recorded fires of schedule ``name`` of ``project_id``, oldest first."""
+    from k1.scheduling.entry import schedule_id
     from k1.scheduling.history import recent_fires
 
-    return list(reversed(recent_fires(name)))
+    return list(reversed(recent_fires(schedule_id(project_id, name))))
 
 
-def wait_fires(name: str, count: int, timeout: float, after: int = 0) -> list[dict[str, Any]]:
+def wait_fires(name: str, count: int, timeout: float, after: int = 0,
+               project_id: str | None = "acme") -> list[dict[str, Any]]:
     """Wait until ``count`` fires are recorded beyond the first ``after``; all fires."""
-    seen = wait_for(lambda: len(fires(name)) >= after + count and fires(name), timeout=timeout,
+    def seen() -> list[dict[str, Any]]:
+        return fires(name, project_id)
+
+    return wait_for(lambda: len(seen()) >= after + count and seen(), timeout=timeout,
                     interval=0.1,
-                    message=lambda: f"{name}: {len(fires(name)) - after} of {count} fires")
-    return seen
+                    message=lambda: f"{name}: {len(seen()) - after} of {count} fires")

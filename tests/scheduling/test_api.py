@@ -175,6 +175,11 @@ BASE = {"task": "k1.tasks.demo.flaky", "every": 10, "project_id": "acme"}
     ({"every": 0}, "every", "must be positive"),
     ({"every": -5}, "every", "must be positive"),
     ({"every": "10"}, "every", "must be a number"),
+    ({"every": 2e11}, "every", "at most 31622400"),  # used to be saved, then break the list
+    ({"every": 10**30}, "every", "at most 31622400"),
+    ({"every": 1.5e308}, "every", "at most 31622400"),
+    ({"project_id": ""}, "project_id", "empty"),
+    ({"project_id": None}, "project_id", "runs for a project"),
     ({"cron": "* * * * *"}, "cron, every", "got both"),
     ({"every": None}, "cron, every", "got neither"),
     ({"args": {"a": 1}}, "args", "must be a JSON list"),
@@ -186,7 +191,7 @@ BASE = {"task": "k1.tasks.demo.flaky", "every": 10, "project_id": "acme"}
 ])
 def test_bad_input_is_a_400_naming_the_field_and_leaves_nothing(
         api: API, unique: str, change: dict, field: str, words: str) -> None:
-    from k1.scheduling.entry import entry_key
+    from k1.scheduling.entry import entry_key, schedule_id
     from k1.scheduling.store import ScheduleStore
 
     name = f"bad-{unique}"
@@ -195,8 +200,65 @@ def test_bad_input_is_a_400_naming_the_field_and_leaves_nothing(
     body = response.json()
     assert body["error"].startswith(f"{field}: ") and words in body["error"], body
     assert body["detail"]["field"] == field
-    assert not ScheduleStore().redis.exists(entry_key(name))
+    assert not ScheduleStore().redis.exists(entry_key(schedule_id("acme", name)))
     assert api.get(f"/api/scheduler/jobs/{name}").status_code == 404
+
+
+@pytest.mark.parametrize(("raw", "names_every"), [
+    ('{"every": ' + "9" * 400 + "}", True),  # an integer Python's JSON reads: every's bounds
+    ('{"every": 1e400}', False),  # not finite: the API's JSON parser refuses it first
+    ('{"every": NaN}', False),
+    ('{"every": -Infinity}', False),
+])
+def test_numbers_json_cannot_hold_are_a_400_and_leave_nothing(
+        api: API, unique: str, raw: str, names_every: bool) -> None:
+    name = f"huge-{unique}"
+    body = json.dumps({"name": name, "task": BASE["task"], "project_id": "acme"})
+    body = body[:-1] + ", " + raw[1:]
+    response = api.post("/api/scheduler/jobs", data=body,
+                        headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    if names_every:
+        assert response.json()["detail"]["field"] == "every", response.text
+    assert api.get(f"/api/scheduler/jobs/{name}").status_code == 404
+
+
+def test_a_stored_schedule_that_cannot_be_computed_is_listed_with_its_error(
+        api: API, operator_api: API, cleanup: list[str], unique: str) -> None:
+    """Written before the bounds existed, or by hand in Redis: the list still answers, and
+    shows the broken schedule with an error to those who may see it."""
+    from k1.scheduling.entry import entry_key, schedule_id
+    from k1.scheduling.store import ScheduleStore
+
+    store = ScheduleStore()
+    good, huge, garbled = f"good-{unique}", f"huge-{unique}", f"garbled-{unique}"
+    cleanup.extend([good, huge, garbled])
+    for name in (good, huge, garbled):
+        body = {"name": name, **BASE, "every": 1 if name == good else 10}
+        assert api.post("/api/scheduler/jobs", json=body).status_code == 201
+    key = entry_key(schedule_id("acme", huge))
+    definition = json.loads(store.redis.hget(key, "definition"))
+    definition["schedule"]["every"] = 2e11  # what the API accepted before
+    store.redis.hset(key, "definition", json.dumps(definition))
+    store.redis.hset(entry_key(schedule_id("acme", garbled)), "definition", "{not json")
+
+    mine = api.get("/api/scheduler/jobs")
+    assert mine.status_code == 200, mine.text
+    listed = {j["name"]: j for j in mine.json()["jobs"]}
+    assert listed[good]["next_run_at"] and "error" not in listed[good]
+    assert "error" in listed[huge] and listed[huge]["next_runs"] == [], listed[huge]
+    assert listed[huge]["project_id"] == "acme"
+    assert "error" in listed[garbled] and listed[garbled]["project_id"] == "acme"
+    everything = operator_api.get("/api/scheduler/jobs")
+    assert everything.status_code == 200, everything.text
+    listed = {j["name"]: j for j in everything.json()["jobs"]}
+    assert "error" in listed[huge] and "error" in listed[garbled]
+    one = api.get(f"/api/scheduler/jobs/{huge}")
+    assert one.status_code == 200 and "error" in one.json(), one.text
+    fixed = api.patch(f"/api/scheduler/jobs/{huge}", json={"every": 60})
+    assert fixed.status_code == 200 and "error" not in fixed.json(), fixed.text
+    wait_fires(good, 2, timeout=15, after=len(fires(good)))  # beat keeps firing the others
+    assert operator_api.delete(f"/api/scheduler/jobs/{garbled}").status_code == 204
 
 
 def test_bad_updates_and_duplicates_change_nothing(
@@ -230,11 +292,18 @@ def test_writes_need_a_token_for_the_project_and_builtins_an_operator(
     assert other.post("/api/scheduler/jobs", json=body).status_code == 403
     assert api.post("/api/scheduler/jobs", json=body).status_code == 201
     assert name not in {j["name"] for j in other.get("/api/scheduler/jobs").json()["jobs"]}
-    assert other.get(f"/api/scheduler/jobs/{name}").status_code == 403
-    assert other.patch(f"/api/scheduler/jobs/{name}", json={"every": 5}).status_code == 403
-    assert other.delete(f"/api/scheduler/jobs/{name}").status_code == 403
+    # Another project's schedule answers exactly as a missing one: nothing says it exists.
+    missing = f"missing-{unique}"
+    for method, suffix, payload in (("get", "", None), ("patch", "", {"every": 5}),
+                                    ("delete", "", None), ("post", "/run", None)):
+        theirs = getattr(other, method)(f"/api/scheduler/jobs/{name}{suffix}", json=payload)
+        absent = getattr(other, method)(f"/api/scheduler/jobs/{missing}{suffix}", json=payload)
+        assert theirs.status_code == absent.status_code == 404, (method, theirs.text)
+        assert theirs.text.replace(name, "N") == absent.text.replace(missing, "N")
+    assert job(api, name)["every"] == 10  # and nothing changed
     moved = api.patch(f"/api/scheduler/jobs/{name}", json={"project_id": "beta"})
-    assert moved.status_code == 403  # the token does not reach the new project
+    assert moved.status_code == 400  # the project is part of the address
+    assert moved.json()["detail"]["field"] == "project_id"
 
     # A project-less schedule (like the built-ins) is for operators only.
     internal = f"ops-{unique}"
@@ -244,8 +313,44 @@ def test_writes_need_a_token_for_the_project_and_builtins_an_operator(
     assert api.post("/api/scheduler/jobs", json=ops_body).status_code == 403
     assert operator_api.post("/api/scheduler/jobs", json=ops_body).status_code == 201
     assert internal not in {j["name"] for j in api.get("/api/scheduler/jobs").json()["jobs"]}
+    assert api.get(f"/api/scheduler/jobs/{internal}").status_code == 404
+    assert api.delete(f"/api/scheduler/jobs/{internal}").status_code == 404
     assert operator_api.delete(f"/api/scheduler/jobs/{internal}").status_code == 204
     assert operator_api.delete(f"/api/scheduler/jobs/{internal}").status_code == 404
+
+
+def test_names_are_scoped_per_project_and_reveal_nothing_across_them(
+        web: str, api: API, operator_api: API, make_token, cleanup: list[str],
+        unique: str) -> None:
+    name = f"mine-{unique}"
+    cleanup.append(name)
+    beta = API(web, make_token("bob", "beta"))
+    ours = api.post("/api/scheduler/jobs", json={"name": name, **BASE})
+    assert ours.status_code == 201, ours.text
+    # The same name in another project: created, as if the first did not exist.
+    theirs = beta.post("/api/scheduler/jobs",
+                       json={"name": name, **BASE, "every": 20, "project_id": "beta"})
+    assert theirs.status_code == 201, theirs.text
+    try:
+        assert job(api, name)["every"] == 10 and job(beta, name)["every"] == 20
+        assert api.patch(f"/api/scheduler/jobs/{name}", json={"every": 30}).status_code == 200
+        assert job(beta, name)["every"] == 20  # each token reaches its own
+        again = beta.post("/api/scheduler/jobs",
+                          json={"name": name, **BASE, "project_id": "beta"})
+        assert again.status_code == 409  # taken in the caller's own project
+        # An operator reaches both: the project picks one.
+        ambiguous = operator_api.get(f"/api/scheduler/jobs/{name}")
+        assert ambiguous.status_code == 409, ambiguous.text
+        assert ambiguous.json()["detail"]["projects"] == ["acme", "beta"]
+        picked = operator_api.get(f"/api/scheduler/jobs/{name}?project_id=beta")
+        assert picked.status_code == 200 and picked.json()["every"] == 20
+        assert beta.get(f"/api/scheduler/jobs/{name}?project_id=acme").status_code == 404
+        listed = [(j["name"], j["project_id"])
+                  for j in operator_api.get("/api/scheduler/jobs").json()["jobs"]]
+        assert (name, "acme") in listed and (name, "beta") in listed
+    finally:
+        assert beta.delete(f"/api/scheduler/jobs/{name}").status_code == 204
+    assert job(api, name)["every"] == 30  # the other project's delete left ours
 
 
 def test_concurrent_creates_of_one_name_save_exactly_one(

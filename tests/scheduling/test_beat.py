@@ -22,6 +22,13 @@ def client() -> redis.Redis:
     return redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
 
 
+def roles(a, b):  # type: ignore[no-untyped-def]
+    """(active, standby) of two beats, once one has taken the lock."""
+    active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
+                      timeout=30, message="neither beat took the lock")
+    return active, (b if active is a else a)
+
+
 def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:  # type: ignore[no-untyped-def]
     a, b = beats("a"), beats("b")
     name = schedules(every=2)["name"]
@@ -39,9 +46,7 @@ def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:  # type: i
 def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -> None:  # type: ignore[no-untyped-def]
     a, b = beats("a"), beats("b")
     name = schedules(every=1)["name"]
-    active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
-                      timeout=30, message="neither beat took the lock")
-    standby = b if active is a else a
+    active, standby = roles(a, b)
     wait_fires(name, 1, timeout=10)
 
     killed_at = time.time()
@@ -56,8 +61,38 @@ def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -
     wait_fires(name, 2, timeout=10, after=len(fires(name)))  # and it keeps firing
 
 
+def test_sigterm_releases_the_lock_so_the_standby_takes_over_at_once(  # type: ignore[no-untyped-def]
+        beats, schedules) -> None:
+    """SIGTERM to the active beat's process group (as honcho and a Heroku restart send):
+    it exits within seconds and releases its lock, so the standby fires the next due times
+    long before the lock would have expired; every due time fires once."""
+    lock_timeout = 30  # s: a hand-over that waited for the expiry could not hide
+    env = {"K1_BEAT_LOCK_TIMEOUT": str(lock_timeout)}
+    a, b = beats("a", **env), beats("b", **env)
+    name = schedules(every=1)["name"]
+    active, standby = roles(a, b)
+    wait_fires(name, 2, timeout=15)
+
+    stopped_at = time.time()
+    active.stop()  # SIGTERM to the group; SIGKILL only after 15 s
+    stop_took = time.time() - stopped_at
+    assert stop_took < 10, f"took {stop_took:.1f}s to exit"
+    assert active.process.popen.returncode == 0, active.log()[-2000:]
+    assert "Releasing lock" in active.log()
+    standby.wait_active(timeout=lock_timeout / 2)
+    first = wait_for(lambda: [f for f in fires(name) if f["fired_at"] > stopped_at],
+                     timeout=lock_timeout / 2, message="no fire after the hand-over")[0]
+    assert first["fired_at"] - stopped_at < lock_timeout / 2
+    seen = wait_fires(name, 3, timeout=15, after=len(fires(name)))
+    due = [f["due_at"] for f in seen]
+    assert due == sorted(set(due)), seen  # no due time fired twice
+    for earlier, later in itertools.pairwise(seen):  # none lost: each fire covers the gap
+        assert abs(later["due_at"] - earlier["due_at"] - later["due_count"]) < 0.01, seen
+
+
 def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(  # type: ignore[no-untyped-def]
         beats, schedules) -> None:
+    from k1.scheduling.entry import schedule_id
     from k1.scheduling.history import DUE_BY_SCHEDULE, ON_TIME_BY_SCHEDULE
 
     first = beats("first")
@@ -84,8 +119,8 @@ def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(  # type:
 
     redis_ = client()
     for name in (once, skip):
-        due = int(redis_.hget(DUE_BY_SCHEDULE, name))
-        on_time = int(redis_.hget(ON_TIME_BY_SCHEDULE, name))
+        due = int(redis_.hget(DUE_BY_SCHEDULE, schedule_id("acme", name)))
+        on_time = int(redis_.hget(ON_TIME_BY_SCHEDULE, schedule_id("acme", name)))
         assert due - on_time >= 3, (name, due, on_time)  # missed fires: due, not on time
 
 
@@ -104,3 +139,91 @@ def test_a_beat_that_loses_its_lock_exits_and_is_restarted(beats, schedules) -> 
     stolen_until = time.time()
     wait_for(lambda: [f for f in fires(name) if f["fired_at"] > stolen_until], timeout=10,
              message="no fire after the restart")
+
+
+def burst_schedules(unique: str, count: int, due_in: float) -> tuple[list[str], float]:
+    """``count`` hourly schedules of project acme, all due ``due_in`` s from now; their
+    names and due time (removed at the end of the test by :func:`remove`)."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from k1.celery import app
+    from k1.scheduling import ScheduleStore
+    from k1.scheduling.entry import K1Entry
+
+    store = ScheduleStore()
+    template = store.validate({"name": "burst", "task": "k1.tasks.demo.flaky",
+                               "every": 3600, "project_id": "acme"})
+    names = [f"burst-{unique}-{i:03d}" for i in range(count)]
+    due = datetime.now(UTC) + timedelta(seconds=due_in)
+    pipe = client().pipeline(transaction=False)
+    for name in names:  # what K1Entry.save does, in one round trip
+        entry = K1Entry.from_spec(replace(template, name=name), app,
+                                  last_run_at=due - timedelta(hours=1))
+        pipe.hset(entry.key, mapping={"definition": entry.definition(),
+                                      "meta": entry.encoded_meta()})
+        pipe.zadd(app.redbeat_conf.schedule_key, {entry.key: entry.score})
+    pipe.execute()
+    assert datetime.now(UTC) < due, "writing the schedules took longer than planned"
+    return names, due.timestamp()
+
+
+def remove(names: list[str]) -> None:
+    from k1.scheduling.entry import entry_key, schedule_id
+
+    pipe = client().pipeline(transaction=False)
+    for name in names:
+        pipe.delete(entry_key(schedule_id("acme", name)))
+        pipe.zrem("k1:redbeat::schedule", entry_key(schedule_id("acme", name)))
+    pipe.execute()
+
+
+def each_fired_once(names: list[str], due: float, timeout: float) -> list[str]:
+    """Wait until every schedule fired; assert once each, at ``due``; the task ids."""
+    seen = wait_for(lambda: all(fires(n) for n in names) and [fires(n) for n in names],
+                    timeout=timeout, interval=0.5,
+                    message=lambda: f"{sum(1 for n in names if fires(n))} of {len(names)} fired")
+    assert all(len(f) == 1 for f in seen), [f for f in seen if len(f) != 1][:3]
+    assert {f[0]["due_at"] for f in seen} == {due}
+    task_ids = [f[0]["task_id"] for f in seen]
+    assert all(task_ids) and len(set(task_ids)) == len(names), [t for t in task_ids if not t]
+    return task_ids
+
+
+def test_a_burst_due_at_one_instant_fires_each_schedule_once(beats, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """More schedules than one batch of the loop (k1.scheduling.beat.BATCH), all due at
+    the same instant, two beats running: each fires exactly once, at that due time, and
+    its task is recorded."""
+    from k1.scheduling.beat import BATCH
+    from k1.tasks.submissions import lookup
+
+    a, b = beats("a"), beats("b")
+    wait_for(lambda: a.acquisitions() + b.acquisitions() >= 1, timeout=30,
+             message="neither beat took the lock")
+    names, due = burst_schedules(unique, 2 * BATCH + 50, due_in=5)
+    try:
+        task_ids = each_fired_once(names, due, timeout=60)
+        assert all(lookup(t) is not None and lookup(t).project_id == "acme"
+                   for t in task_ids[:: BATCH // 4])  # GET /api/tasks/<id> answers for them
+        assert a.acquisitions() + b.acquisitions() == 1  # one active beat throughout
+    finally:
+        remove(names)
+
+
+def test_sigterm_in_the_middle_of_a_burst_loses_no_fire(beats, unique: str) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM lands while beat sends a burst: what it advanced is still sent (the stop
+    waits for the batch), the standby fires the rest, each schedule exactly once."""
+    from k1.scheduling.beat import BATCH
+
+    a, b = beats("a"), beats("b")
+    active, standby = roles(a, b)
+    names, due = burst_schedules(unique, 4 * BATCH, due_in=5)
+    try:
+        wait_for(lambda: any(fires(n) for n in names), timeout=30, interval=0.02,
+                 message="the burst never started")
+        active.stop()  # SIGTERM to the group while the burst is being sent
+        assert active.process.popen.returncode == 0, active.log()[-2000:]
+        standby.wait_active(timeout=HANDOVER_BOUND + 5)
+        each_fired_once(names, due, timeout=90)
+    finally:
+        remove(names)

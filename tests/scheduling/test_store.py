@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
 from k1.scheduling import ScheduleConflict, ScheduleSpec, ScheduleStore
 from k1.scheduling.builtins import BUILTINS, ensure_builtins
-from tests.support import VENV_BIN
+from tests.support import run_k1
 
 pytestmark = pytest.mark.usefixtures("services")
 
-
-def run_k1(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "k1"), *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=60)
 
 
 def test_builtins_are_created_only_if_missing_and_only_for_registered_tasks(
@@ -76,8 +69,8 @@ def test_cli_manages_schedules_and_reports_errors_with_exit_code_2(unique: str) 
         assert len(task_id) == 36
 
         for args, message in [
-            (("add", name, "--task", "k1.tasks.demo.flaky", "--every", "5", "--project", "a"),
-             f"schedule '{name}' exists already"),
+            (("add", name, "--task", "k1.tasks.demo.flaky", "--every", "5", "--project",
+              "acme"), f"schedule '{name}' exists already"),
             (("add", f"x-{unique}", "--task", "k1.tasks.demo.flaky", "--cron", "* *",
               "--project", "a"), "cron: invalid cron expression"),
             (("add", f"x-{unique}", "--task", "k1.tasks.demo.flaky", "--every", "5",
@@ -105,3 +98,33 @@ def test_the_next_due_time_counts_from_the_last_run_not_from_now() -> None:
     assert entry.due_at == last + timedelta(hours=1)  # RedBeat's own would say now + 10 min - 50
     assert K1Entry.from_spec(spec, app, last_run_at=last - timedelta(hours=2)).due_at <= (
         datetime.now(UTC))  # overdue: due now
+
+
+def test_a_project_schedule_saved_under_its_bare_name_keeps_working(unique: str) -> None:
+    """Saved before names were scoped per project (key ``k1:redbeat:<name>``): still found
+    for its project, still taking its name there, and not in the way of other projects."""
+    from datetime import UTC, datetime
+
+    from k1.celery import app
+    from k1.scheduling import AmbiguousSchedule, ScheduleExists
+    from k1.scheduling.entry import K1Entry
+
+    store = ScheduleStore()
+    name = f"legacy-{unique}"
+    body = {"name": name, "task": "k1.tasks.demo.flaky", "every": 60, "project_id": "acme"}
+    spec = store.validate(body)
+    K1Entry.from_spec(spec, app, last_run_at=datetime.now(UTC), sid=name).save()
+    try:
+        found = store.get(name, "acme")
+        assert found.id == name and found.spec.project_id == "acme"
+        with pytest.raises(ScheduleExists):
+            store.create(spec)
+        other = store.create(store.validate({**body, "project_id": "beta"}))
+        assert other is not None and other.id == f"beta:{name}"
+        with pytest.raises(AmbiguousSchedule):
+            store.get(name)
+        assert store.pause(name, "acme").spec.enabled is False
+        assert store.get(name, "beta").spec.enabled is True
+    finally:
+        store.delete(name, "acme")
+        store.delete(name, "beta")

@@ -25,6 +25,7 @@ import requests
 from tests.conftest import API, LOGS, k1_process
 from tests.support import VENV_BIN, free_port
 
+TOOL_ERROR_ATTEMPTS = 3  # schemathesis runs when it breaks down itself (see below)
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 CONTRACT_DB = "k1_contract"
 SEEDED_SCHEDULES = ("contract-a", "contract-b", "contract-c")  # as in schemathesis.toml
@@ -128,22 +129,34 @@ def test_no_route_is_left_out_of_the_description(contract_web: str) -> None:
     assert served - described == set()
 
 
+@pytest.mark.timeout(700)  # schemathesis' own run is bounded at 600 s
 @pytest.mark.parametrize("projects", [("*",), ("acme",)], ids=["operator", "project"])
 def test_generated_requests_get_described_answers_and_no_5xx(
         contract_web: str, make_token, projects: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
     token = make_token("contract", *projects, ttl=900)
     name = "operator" if "*" in projects else "project"
-    report = LOGS / f"schemathesis-{name}.txt"
-    argv = [str(VENV_BIN / "schemathesis"), "--config-file", str(CONFIG), "--no-color", "run",
-            f"{contract_web}/api/openapi.json",
-            "--max-examples", str(MAX_EXAMPLES), "--seed", "1",
-            "--phases", "examples,coverage,fuzzing", "--workers", "2",
-            "--request-timeout", "20", "--header", f"Authorization: Bearer {token}"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
-                          cwd=LOGS)  # its .schemathesis cache stays with the logs
-    report.write_text(done.stdout + done.stderr)
+    for attempt in range(TOOL_ERROR_ATTEMPTS):
+        report = LOGS / f"schemathesis-{name}-{attempt}.txt"
+        argv = [str(VENV_BIN / "schemathesis"), "--config-file", str(CONFIG), "--no-color",
+                "run", f"{contract_web}/api/openapi.json",
+                "--max-examples", str(MAX_EXAMPLES), "--seed", str(1 + attempt),
+                "--phases", "examples,coverage,fuzzing", "--workers", "2",
+                "--request-timeout", "20", "--header", f"Authorization: Bearer {token}"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                              cwd=LOGS)  # its .schemathesis cache stays with the logs
+        report.write_text(done.stdout + done.stderr)
+        if done.returncode == 0 or not _only_tool_errors(done.stdout):
+            break
+        # schemathesis itself broke (e.g. hypothesis' "AST constructor recursion depth
+        # mismatch" on this CPython) with every check passed: another seed, not a pass.
     assert done.returncode == 0, f"schemathesis found problems (all of it in {report}):\n" + (
         done.stdout[-6000:])
+
+
+def _only_tool_errors(output: str) -> bool:
+    """schemathesis failed on its own runtime errors, not on a check of K1's answers."""
+    cases = re.search(r"Test cases:\s*\n\s*(.+)", output)  # "1359 generated, 1359 passed"
+    return "Runtime Error" in output and cases is not None and "failed" not in cases.group(1)
 
 
 def cursor(raw: str) -> str:

@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +19,13 @@ import requests
 import socketio
 import websocket
 
+from k1.auth import revoke, verify_token
 from k1.events import emit
-from tests.conftest import SECRET_KEY
-from tests.events.sockets import Listener
+from k1.web.app import SOCKET_TIMEOUT
+from k1.web.realtime import REVOCATION_CHECK_INTERVAL
+from tests.conftest import SECRET_KEY, k1_process
+from tests.events.sockets import Listener, drain
+from tests.support import free_port, wait_for
 
 
 def _expired_token() -> str:
@@ -49,7 +55,7 @@ def test_every_connection_joins_its_user_room(web, make_token, unique):  # type:
             Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
         emit("task_event", type="started", task_id=f"t-{unique}", user_id=f"ada-{unique}")
         alice.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == f"t-{unique}")
-        time.sleep(0.3)
+        drain(bob)
         assert bob.task_events(f"t-{unique}") == []
 
 
@@ -60,8 +66,8 @@ def test_subscribing_to_a_foreign_project_is_refused_with_an_error_event(web, ma
         error = alice.wait_for(lambda r: r.name == "error", what="error event").data
         assert error["action"] == "subscribe" and error["project_id"] == "globex"
         emit("task_event", type="started", task_id="foreign-1", project_id="globex")
-        assert alice.subscribe("acme")["ok"] is True  # a round trip after the emit
-        time.sleep(0.3)
+        assert alice.subscribe("acme")["ok"] is True
+        drain(alice)
         assert alice.task_events("foreign-1") == []
 
 
@@ -206,3 +212,111 @@ def test_a_stalled_database_does_not_stall_socket_events(web, postgres, make_tok
             _signal_all(cluster, signal.SIGCONT)
         assert health.result(timeout=120).status_code in (200, 503)
     assert requests.get(f"{web}/api/health", timeout=30).status_code == 200
+
+
+def test_a_connection_is_dropped_when_its_token_expires(web, make_token, unique):  # type: ignore[no-untyped-def]
+    short = make_token(f"ada-{unique}", "acme", ttl=3)
+    expires_at = jwt.decode(short, options={"verify_signature": False})["exp"]
+    with Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
+        brief = Listener(web, short).connect()
+        assert brief.subscribe("acme")["ok"] is True
+        error = brief.wait_for(lambda r: r.name == "error", timeout=30,
+                               what="an error event at expiry").data
+        dropped_at = time.time()
+        assert error["action"] == "connection" and "expired" in error["error"]
+        wait_for(lambda: not brief.client.connected, timeout=15,
+                 message="still connected after its token expired")
+        assert dropped_at >= expires_at - 0.05  # at expiry, not before
+        # The server dropped it: nothing of acme reaches it any more, and bob stays.
+        assert bob.subscribe("acme")["ok"] is True
+
+
+def test_a_revoked_tokens_connections_are_dropped(web, make_token, unique):  # type: ignore[no-untyped-def]
+    token = make_token(f"ada-{unique}", "acme")
+    with Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
+        ada = Listener(web, token).connect()
+        assert ada.subscribe("acme")["ok"] is True
+        principal = verify_token(token, secret=SECRET_KEY)
+        assert revoke(principal.token_id, principal.expires_at)
+        revoked_at = time.monotonic()
+        error = ada.wait_for(lambda r: r.name == "error", timeout=30,
+                             what="an error event after revocation").data
+        assert error["action"] == "connection" and "revoked" in error["error"]
+        wait_for(lambda: not ada.client.connected, timeout=15,
+                 message="still connected after its token was revoked")
+        assert time.monotonic() - revoked_at < REVOCATION_CHECK_INTERVAL + 10
+        assert bob.subscribe("acme")["ok"] is True  # another token's connection stays
+
+
+def test_an_oversized_polling_post_is_answered_413_at_once(web):  # type: ignore[no-untyped-def]
+    session = requests.Session()
+    opened = session.get(f"{web}/socket.io/?EIO=4&transport=polling", timeout=10)
+    sid = json.loads(opened.text[1:])["sid"]
+    started = time.monotonic()
+    response = session.post(f"{web}/socket.io/?EIO=4&transport=polling&sid={sid}",
+                            data="4" + "x" * 70_000, timeout=20)
+    assert response.status_code == 413, response.text
+    assert time.monotonic() - started < 10  # answered, not timed out
+    assert response.json()["error"] == "payload too large"
+    assert requests.get(f"{web}/api/health", timeout=10).status_code == 200
+
+
+def test_a_silent_client_is_cut_off_and_an_idle_socket_is_not(web, make_token):  # type: ignore[no-untyped-def]
+    """A client that stops in the middle of its request headers is disconnected after
+    SOCKET_TIMEOUT; a Socket.IO WebSocket that stays idle as long is not."""
+    with Listener(web, make_token("ada", "acme")) as alice, \
+            socket.create_connection(("127.0.0.1", int(web.rsplit(":", 1)[1])), timeout=10) as slow:
+        slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: k1\r\n")  # and never the rest
+        slow.settimeout(SOCKET_TIMEOUT + 30)
+        started = time.monotonic()
+        slow.recv(1024)  # returns when the server closes the socket (b"" or a 4xx)
+        waited = time.monotonic() - started
+        assert SOCKET_TIMEOUT * 0.8 <= waited < SOCKET_TIMEOUT + 30, waited
+        assert alice.subscribe("acme")["ok"] is True  # idle as long, still connected
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_drops_sockets_answers_requests_in_flight_and_exits(services, make_token):  # type: ignore[no-untyped-def]
+    """A web process sent SIGTERM drops its Socket.IO connections as a lost transport (the
+    clients reconnect, to another web process), refuses new connections, answers the
+    request it is in the middle of (here one stuck in a frozen PostgreSQL) and exits 0."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    web = k1_process(f"web-sigterm-{port}", sys.executable, "-m", "k1.web",
+                     env={"PORT": str(port)}).start()
+    reasons: list[str] = []
+    client = socketio.Client(reconnection=True, reconnection_delay=60)  # one reason to see
+    client.on("disconnect", lambda reason=None: reasons.append(reason))
+    try:
+        web.wait_until(lambda: requests.get(f"{url}/api/health", timeout=2).ok, 60,
+                       "health never answered 200")
+        client.connect(url, auth={"token": make_token("ada", "acme")},
+                       transports=["websocket"], wait_timeout=10)
+        # after the web process connected: its backends are the postmaster's children
+        postmaster = services["postgres"].data_dir / "postmaster.pid"
+        cluster = _descendants(int(postmaster.read_text().split()[0]))
+        with ThreadPoolExecutor(1) as pool:
+            _signal_all(cluster, signal.SIGSTOP)
+            try:
+                health = pool.submit(requests.get, f"{url}/api/health", timeout=60)
+                time.sleep(1.5)  # the health check is now stuck in PostgreSQL
+                assert not health.done(), "health answered although PostgreSQL was frozen"
+                os.kill(web.pid, signal.SIGTERM)
+                wait_for(lambda: reasons, timeout=15, message="the socket was not dropped")
+                assert reasons[0] != socketio.Client.reason.SERVER_DISCONNECT  # will reconnect
+                wait_for(lambda: _refused(port), timeout=15, message="still accepting connections")
+                assert web.alive() and not health.done(), "the request in flight was cut"
+            finally:
+                _signal_all(cluster, signal.SIGCONT)
+            assert health.result(timeout=60).status_code in (200, 503)
+        assert web.popen.wait(timeout=30) == 0
+    finally:
+        client.disconnect()
+        web.stop()

@@ -17,12 +17,7 @@ import socketio
 from k1.web.security import HTML_CSP
 from tests.conftest import API, PORTS, k1_process
 from tests.events.sockets import Listener
-from tests.support import VENV_BIN, Process, free_port
-
-
-def run_k1(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "k1"), *args], capture_output=True, text=True,
-                          timeout=60)
+from tests.support import Process, free_port, run_k1
 
 
 def start_web(name: str, **env: str) -> tuple[Process, str]:

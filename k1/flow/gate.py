@@ -1,0 +1,278 @@
+"""The fleet-wide counters behind limits: concurrency leases and rate (GCRA), each one
+atomic Lua script on Redis, with the server's clock (workers' clocks may differ).
+
+- Concurrency: a sorted set per limit and key, ``k1:flow:c:<name>:<key>``, of lease id ->
+  expiry (ms). A slot is taken only if fewer than N unexpired leases remain; it is renewed
+  every third of its lease while held (a thread in the holder's process) and removed when
+  the run ends, so a SIGKILLed holder frees it when its lease runs out.
+- Rate: GCRA with no burst, ``k1:flow:r:<name>:<key>`` holds the theoretical arrival time
+  (ms). A caller may *reserve* the next start up to ``max_delay`` ahead: the starts are
+  then spaced exactly ``1/rate`` apart, however many callers compete, without retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+
+from k1.connections import get_redis
+from k1.flow.limits import Limit
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY_KEY = "k1:flow:c:{}:{}"
+RATE_KEY = "k1:flow:r:{}:{}"
+SATURATED_KEY = "k1:flow:s:{}:{}"  # set while a key is saturated: one event per change
+KEYS_INDEX = "k1:flow:keys:{}"  # sorted set: key -> last use (ms), for GET /api/limits
+KEY_MEMORY = 24 * 3600 * 1000  # ms a key stays listed after its last use
+
+# KEYS: slots, saturated flag, keys index. ARGV: limit, lease ms, lease id, key.
+# Returns {taken 0|1, slots in use, became saturated 0|1}.
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[3], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]))
+local used = redis.call('ZCARD', KEYS[1])
+if used < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], lease)
+  return {1, used + 1, 0}
+end
+-- Each refusal extends the flag, so a long saturation is announced once.
+local fresh = 1 - redis.call('EXISTS', KEYS[2])
+redis.call('SET', KEYS[2], '1', 'PX', lease)
+return {0, used, fresh}
+"""
+# KEYS: slots, saturated flag. ARGV: limit, lease id. Returns {slots in use, cleared 0|1}.
+RELEASE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local used = redis.call('ZCARD', KEYS[1])
+if used < tonumber(ARGV[1]) then
+  return {used, redis.call('DEL', KEYS[2])}
+end
+return {used, 0}
+"""
+# KEYS: slots. ARGV: lease ms, lease id. Returns 1 if the lease was still held.
+RENEW = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+# KEYS: theoretical arrival time, keys index. ARGV: interval ms, max delay ms, key.
+# Returns {reserved 0|1, delay ms as text}: reserved, the caller may start after delay.
+RATE = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + t[2] / 1000
+local interval = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local delay = tat - now
+if delay > tonumber(ARGV[2]) then return {0, tostring(delay)} end
+redis.call('SET', KEYS[1], string.format('%.3f', tat + interval), 'PX',
+           math.ceil(delay + interval) + 1000)
+return {1, tostring(delay)}
+"""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A held concurrency slot."""
+
+    limit: Limit
+    key: str
+    lease_id: str
+
+    @property
+    def redis_key(self) -> str:
+        return CONCURRENCY_KEY.format(self.limit.name, self.key)
+
+
+class LimitExceeded(Exception):
+    """A call over a limit; ``retry_after`` says when to try again. Raised in a K1 task, it
+    makes the task wait (re-enqueued, no attempt spent) like a limit on the task itself."""
+
+    def __init__(self, name: str, key: str, retry_after: float) -> None:
+        super().__init__(name, key, retry_after)  # args rebuild it (result backend, pickle)
+        self.name, self.key, self.retry_after = name, key, retry_after
+
+    def __str__(self) -> str:
+        where = f" for {self.key!r}" if self.key else ""
+        return f"limit {self.name!r} reached{where}; retry in {self.retry_after:.2f}s"
+
+
+def take_slot(limit: Limit, key: str) -> tuple[Slot | None, int]:
+    """A concurrency slot of ``limit`` for ``key`` (None when all are taken), and the
+    slots in use. Emits ``limit_state`` when the key becomes saturated."""
+    assert limit.concurrency is not None
+    slot = Slot(limit, key, uuid.uuid4().hex)
+    taken, used, fresh = _script(ACQUIRE)(
+        keys=[slot.redis_key, SATURATED_KEY.format(limit.name, key),
+              KEYS_INDEX.format(limit.name)],
+        args=[limit.concurrency, int(limit.lease * 1000), slot.lease_id, key, KEY_MEMORY])
+    if fresh:
+        _announce(limit, key, "saturated", used)
+    if not taken:
+        return None, int(used)
+    _renewer().hold(slot)
+    return slot, int(used)
+
+
+def give_back(slot: Slot) -> None:
+    """Release a slot (idempotent); emits ``limit_state`` when the key clears."""
+    _renewer().drop(slot)
+    assert slot.limit.concurrency is not None
+    used, cleared = _script(RELEASE)(
+        keys=[slot.redis_key, SATURATED_KEY.format(slot.limit.name, slot.key)],
+        args=[slot.limit.concurrency, slot.lease_id])
+    if cleared:
+        _announce(slot.limit, slot.key, "cleared", used)
+
+
+def reserve_start(limit: Limit, key: str, max_delay: float) -> tuple[bool, float]:
+    """Reserve the next start under ``limit``'s rate if it is at most ``max_delay`` seconds
+    away: ``(True, delay)``; else ``(False, delay)`` and nothing is reserved."""
+    assert limit.interval is not None
+    reserved, delay_ms = _script(RATE)(
+        keys=[RATE_KEY.format(limit.name, key), KEYS_INDEX.format(limit.name)],
+        args=[limit.interval * 1000, max_delay * 1000, key, KEY_MEMORY])
+    return bool(reserved), float(delay_ms) / 1000
+
+
+def usage(limit: Limit) -> list[dict[str, object]]:
+    """Live use of ``limit`` per recently seen key: slots in use, next free start."""
+    client = get_redis()
+    keys = client.zrevrange(KEYS_INDEX.format(limit.name), 0, 999)
+    now_s, now_us = client.time()
+    now_ms = now_s * 1000 + now_us / 1000
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.zcount(CONCURRENCY_KEY.format(limit.name, key), now_ms, "+inf")
+        pipe.get(RATE_KEY.format(limit.name, key))
+        pipe.exists(SATURATED_KEY.format(limit.name, key))
+    replies = pipe.execute()
+    rows = []
+    for i, key in enumerate(keys):
+        in_use, tat, saturated = replies[3 * i: 3 * i + 3]
+        rows.append({"key": key, "running": int(in_use) if limit.concurrency else None,
+                     "next_start_in": (max(0.0, round((float(tat) - now_ms) / 1000, 3))
+                                       if limit.rate and tat else 0.0 if limit.rate else None),
+                     "saturated": bool(saturated)})
+    return rows
+
+
+def forget(name: str) -> None:
+    """Drop the bookkeeping of a deleted limit's keys (held leases simply expire)."""
+    client = get_redis()
+    keys = client.zrange(KEYS_INDEX.format(name), 0, -1)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.delete(RATE_KEY.format(name, key), SATURATED_KEY.format(name, key))
+    pipe.delete(KEYS_INDEX.format(name))
+    pipe.execute()
+
+
+def _announce(limit: Limit, key: str, state: str, used: int) -> None:
+    from k1.events import emit
+
+    log.info("limit %s%s: %s (%s of %s running)", limit.name, f"[{key}]" if key else "",
+             state, used, limit.concurrency)
+    emit("limit_state", type=state, name=limit.name, key=key, per=limit.per, state=state,
+         running=int(used), concurrency=limit.concurrency)
+
+
+_scripts: dict[str, redis.commands.core.Script] = {}
+
+
+def _script(source: str) -> redis.commands.core.Script:
+    # register_script caches the SHA and falls back to EVAL after a Redis restart.
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = get_redis().register_script(source)
+    return script
+
+
+class _Renewer:
+    """Renews the slots this process holds, every third of their lease, in a daemon thread
+    (started on first use, so in each pool process after the fork)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, Slot] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def hold(self, slot: Slot) -> None:
+        with self.lock:
+            self.held[slot.lease_id] = slot
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="k1-flow-leases",
+                                               daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def drop(self, slot: Slot) -> None:
+        with self.lock:
+            self.held.pop(slot.lease_id, None)
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                slots = list(self.held.values())
+            every = min((slot.limit.lease for slot in slots), default=60.0) / 3
+            self.wake.clear()
+            self.wake.wait(every)
+            for slot in slots:
+                with self.lock:
+                    if slot.lease_id not in self.held:
+                        continue
+                try:
+                    if not _script(RENEW)(keys=[slot.redis_key],
+                                          args=[int(slot.limit.lease * 1000), slot.lease_id]):
+                        log.warning("limit %s: lease %s had expired before its renewal",
+                                    slot.limit.name, slot.lease_id)
+                except redis.RedisError as exc:
+                    log.warning("limit %s: lease renewal failed (%s)", slot.limit.name, exc)
+
+
+_renewers: dict[int, _Renewer] = {}
+
+
+def _renewer() -> _Renewer:
+    import os
+
+    # One per process: a pool process forked from a parent that held slots starts afresh.
+    pid = os.getpid()
+    renewer = _renewers.get(pid)
+    if renewer is None:
+        renewer = _renewers[pid] = _Renewer()
+    return renewer
+
+
+@contextlib.contextmanager
+def holding(slots: list[Slot]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for slot in slots:
+            try:
+                give_back(slot)
+            except redis.RedisError as exc:  # the lease expires on its own
+                log.warning("limit %s: slot not released (%s); it expires with its lease",
+                            slot.limit.name, exc)

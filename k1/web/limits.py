@@ -1,0 +1,125 @@
+"""Flow control over HTTP: limits with their live use, and pausing queues.
+
+``GET /api/limits`` · ``PUT /api/limits/<name>`` · ``DELETE /api/limits/<name>`` ·
+``GET /api/queues`` · ``POST /api/queues/<name>/pause`` · ``POST /api/queues/<name>/resume``.
+Reading needs a token, changing an operator token (limits and queues are fleet-wide).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, jsonify
+from pydantic import BaseModel
+
+from k1.flow import admin, limits, queues
+from k1.web.auth import require_auth, require_operator
+from k1.web.contract import Body, Error, responses, validate
+from k1.web.errors import Answer, APIError
+
+bp = Blueprint("limits", __name__)
+
+
+class LimitBody(Body):
+    """A run-time limit. ``per``: "global", "project" or an argument name; ``rate``:
+    "N/s", "N/m" or "N/h"; at least one of ``concurrency`` and ``rate``."""
+
+    tasks: list[str]
+    per: str = limits.PER_GLOBAL
+    concurrency: int | None = None
+    rate: str | None = None
+    lease: float = limits.DEFAULT_LEASE
+
+
+class LimitOut(BaseModel):
+    name: str
+    tasks: list[str]
+    per: str
+    concurrency: int | None
+    rate: str | None
+    lease: float
+    source: str
+    usage: list[dict[str, Any]]
+
+
+class Limits(BaseModel):
+    limits: list[LimitOut]
+
+
+class Deleted(BaseModel):
+    deleted: str
+    now: LimitOut | None
+
+
+class QueueState(BaseModel):
+    queue: str
+    paused: bool
+    workers: list[str]
+
+
+class Queues(BaseModel):
+    paused: list[str]
+
+
+@bp.get("/api/limits")
+@require_auth
+@validate(tags=("flow",), resp=responses(HTTP_200=Limits))
+def list_limits() -> Answer:
+    return jsonify(limits=admin.overview())
+
+
+@bp.put("/api/limits/<name>")
+@require_auth
+@validate(json=LimitBody, tags=("flow",), resp=responses(HTTP_200=LimitOut, HTTP_403=Error))
+def put_limit(name: str, json: LimitBody) -> Answer:
+    require_operator()
+    try:
+        return jsonify(admin.put(name, json.model_dump()))
+    except limits.InvalidLimit as exc:
+        raise APIError(400, str(exc), detail={"field": exc.field}) from None
+
+
+@bp.delete("/api/limits/<name>")
+@require_auth
+@validate(tags=("flow",), resp=responses(HTTP_200=Deleted, HTTP_403=Error, HTTP_404=Error))
+def delete_limit(name: str) -> Answer:
+    require_operator()
+    deleted = admin.delete(name)
+    if deleted is None:
+        raise APIError(404, "no run-time limit of that name", detail=name)
+    return jsonify(deleted)
+
+
+@bp.get("/api/queues")
+@require_auth
+@validate(tags=("flow",), resp=responses(HTTP_200=Queues))
+def list_queues() -> Answer:
+    return jsonify(paused=queues.paused_queues())
+
+
+@bp.post("/api/queues/<name>/pause")
+@require_auth
+@validate(tags=("flow",), resp=responses(HTTP_200=QueueState, HTTP_403=Error))
+def pause_queue(name: str) -> Answer:
+    require_operator()
+    with _queue_name():
+        return jsonify(queues.pause(name))
+
+
+@bp.post("/api/queues/<name>/resume")
+@require_auth
+@validate(tags=("flow",), resp=responses(HTTP_200=QueueState, HTTP_403=Error))
+def resume_queue(name: str) -> Answer:
+    require_operator()
+    with _queue_name():
+        return jsonify(queues.resume(name))
+
+
+@contextlib.contextmanager
+def _queue_name() -> Iterator[None]:
+    try:
+        yield
+    except queues.InvalidQueue as exc:
+        raise APIError(400, str(exc), detail={"field": "queue"}) from None

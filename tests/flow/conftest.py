@@ -1,0 +1,66 @@
+"""Two real worker nodes that also import the flow tests' tasks (tests/flow/tasks.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import celery_worker
+from tests.support import Process, wait_for
+
+TASKS = "tests.flow.tasks"
+
+
+@pytest.fixture(scope="session")
+def flow_workers(services: dict[str, object]) -> Iterator[list[Process]]:
+    workers = [celery_worker(f"flow-{n}", concurrency=2, include=TASKS) for n in "ab"]
+    yield workers
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def redis_client(services: dict[str, object]):  # type: ignore[no-untyped-def]
+    from k1.connections import get_redis
+
+    return get_redis()
+
+
+Run = tuple[float, float, int, int, str]  # start, end, pid, attempt, task id
+
+
+def runs(tag: str) -> list[Run]:
+    """The recorded runs under ``tag``, by start time."""
+    from k1.connections import get_redis
+    from tests.flow.tasks import RUNS
+
+    rows = []
+    for line in get_redis().lrange(RUNS.format(tag), 0, -1):
+        start, end, pid, attempt, task_id = line.split()
+        rows.append((float(start), float(end), int(pid), int(attempt), task_id))
+    return sorted(rows)
+
+
+def wait_runs(tag: str, count: int, timeout: float) -> list[Run]:
+    return wait_for(lambda: len(runs(tag)) >= count and runs(tag), timeout=timeout,
+                    interval=0.2, message=lambda: f"{len(runs(tag))} of {count} runs of {tag}")
+
+
+def send(task: str, count: int, *, queue: str | None = None, **kwargs: object) -> list[str]:
+    from k1.celery import app
+
+    with app.producer_or_acquire() as producer:
+        return [app.send_task(task, kwargs=kwargs, producer=producer, queue=queue).id
+                for _ in range(count)]
+
+
+def max_overlap(rows: list[Run]) -> int:
+    """The most runs in progress at one moment (from their start and end times)."""
+    edges = sorted([(start, 1) for start, *_ in rows] + [(end, -1) for _, end, *_ in rows],
+                   key=lambda edge: (edge[0], edge[1]))  # an end before a start at a tie
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak

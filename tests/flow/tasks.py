@@ -1,0 +1,56 @@
+"""Tasks for the flow-control tests (workers import them with ``--include``): each run
+records its start and end time (Redis server clock, shared by every worker) in a list."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from k1.celery import app
+from k1.connections import get_redis
+from k1.flow import Limit, limiter
+from k1.tasks.base import K1Task
+
+RUNS = "k1:test:flow:runs:{}"  # list of "start end pid attempt task_id"
+STARTED = RUNS + ":started"  # task ids, as each run starts
+TEST_LEASE = 3.0  # seconds: a SIGKILLed holder's slot must free within a test's patience
+
+
+def _now() -> float:
+    seconds, micros = get_redis().time()
+    return seconds + micros / 1e6
+
+
+def _hold(task: K1Task, tag: str, ms: int) -> float:
+    started = _now()
+    get_redis().rpush(STARTED.format(tag), str(task.request.id))
+    time.sleep(ms / 1000)
+    get_redis().rpush(RUNS.format(tag), f"{started} {_now()} {os.getpid()} {task.attempt()} "
+                                        f"{task.request.id}")
+    return started
+
+
+@app.task(base=K1Task, bind=True, name="tests.flow.hold")
+def hold(self: K1Task, project_id: str, tag: str, ms: int = 0) -> float:
+    """Sleep ``ms``; record the run under ``tag``."""
+    return _hold(self, tag, ms)
+
+
+@app.task(base=K1Task, bind=True, name="tests.flow.paced")
+def paced(self: K1Task, project_id: str, tag: str, ms: int = 0) -> float:
+    """:func:`hold` for run-time limits (set by the tests themselves)."""
+    return _hold(self, tag, ms)
+
+
+@app.task(base=K1Task, bind=True, name="tests.flow.limited",
+          limits=[Limit("test-pair", concurrency=2, per="project", lease=TEST_LEASE)])
+def limited(self: K1Task, project_id: str, tag: str, ms: int = 0) -> float:
+    """:func:`hold` under a code limit: two at once per project."""
+    return _hold(self, tag, ms)
+
+
+@app.task(base=K1Task, bind=True, name="tests.flow.guarded")
+def guarded(self: K1Task, project_id: str, tag: str) -> float:
+    """A limiter (5 per second per tag) around the "external call": the recorded run."""
+    with limiter("test-guard", tag, rate="5/s"):
+        return _hold(self, tag, 0)

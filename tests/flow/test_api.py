@@ -1,0 +1,151 @@
+"""Limits and queues at run time: the API, the CLI, and their effect on real workers."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import API, celery_worker
+from tests.events.sockets import Listener
+from tests.flow.conftest import TASKS, max_overlap, runs, send, wait_runs
+from tests.flow.tasks import STARTED
+from tests.support import wait_for
+
+
+@pytest.fixture
+def operator(web, make_token) -> API:  # type: ignore[no-untyped-def]
+    return API(web, make_token("ops", "*"))
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"tasks": ["tests.flow.paced"], "concurrency": 0}, "concurrency"),
+    ({"tasks": ["tests.flow.paced"], "concurrency": "2"}, "concurrency"),
+    ({"tasks": ["tests.flow.paced"], "rate": "10/d"}, "rate"),
+    ({"tasks": ["tests.flow.paced"], "concurrency": 1, "per": "9x"}, "per"),
+    ({"tasks": ["no.such.task"], "concurrency": 1}, "tasks"),
+    ({"tasks": "tests.flow.paced", "concurrency": 1}, "tasks"),
+    ({"tasks": ["tests.flow.paced"]}, "concurrency"),
+    ({"tasks": ["tests.flow.paced"], "concurrency": 1, "burst": 3}, "burst"),
+])
+def test_a_bad_limit_is_a_400_naming_the_field(operator, body, field):
+    answer = operator.put("/api/limits/test-bad", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith(f"{field}:"), answer.json()
+    assert operator.get("/api/limits").json()["limits"] is not None
+    assert "test-bad" not in {x["name"] for x in operator.get("/api/limits").json()["limits"]}
+
+
+def test_changing_limits_needs_an_operator(api):
+    body = {"tasks": ["tests.flow.paced"], "concurrency": 1}
+    assert api.put("/api/limits/test-x", json=body).status_code == 403
+    assert api.delete("/api/limits/test-x").status_code == 403
+    assert api.post("/api/queues/celery/pause").status_code == 403
+    assert api.get("/api/limits").status_code == 200
+
+
+def test_a_runtime_limit_takes_effect_on_every_worker_and_reports_its_use(
+        flow_workers, operator, web, make_token):
+    name, tag = f"test-rt-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    body = {"tasks": ["tests.flow.paced"], "per": "tag", "concurrency": 1}
+    answer = operator.put(f"/api/limits/{name}", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["source"] == "runtime"
+    try:
+        with Listener(web, make_token("ops", "*")) as ops:
+            # Sent at once: the workers must see the limit within their refresh (< 2 s);
+            # the tasks each last long enough that the first ones are still running then.
+            send("tests.flow.paced", 6, project_id="acme", tag=tag, ms=2500)
+            wait_for(lambda: _usage(operator, name, tag).get("running") == 1, timeout=30,
+                     message=lambda: f"no slot in use: {_usage(operator, name, tag)}")
+            ops.wait_for(lambda r: r.name == "limit_state" and r.data.get("name") == name
+                         and r.data["type"] == "saturated", timeout=30)
+            rows = wait_runs(tag, 6, timeout=120)
+            ops.wait_for(lambda r: r.name == "limit_state" and r.data.get("name") == name
+                         and r.data["type"] == "cleared", timeout=30)
+        later = [row for row in rows if row[0] > rows[0][0] + 2.0]
+        assert max_overlap(later) == 1, f"{max_overlap(later)} ran at once under the limit"
+    finally:
+        assert operator.delete(f"/api/limits/{name}").status_code == 200
+    assert operator.delete(f"/api/limits/{name}").status_code == 404
+    assert name not in {x["name"] for x in operator.get("/api/limits").json()["limits"]}
+
+
+def _usage(operator: API, name: str, key: str) -> dict:
+    for limit in operator.get("/api/limits").json()["limits"]:
+        if limit["name"] == name:
+            return next((u for u in limit["usage"] if u["key"] == key), {})
+    return {}
+
+
+def test_a_code_limit_is_listed_and_can_be_replaced_at_run_time(flow_workers, operator):
+    listed = {x["name"]: x for x in operator.get("/api/limits").json()["limits"]}
+    assert listed["test-pair"]["source"] == "code"
+    assert listed["test-pair"]["tasks"] == ["tests.flow.limited"]
+    body = {"tasks": ["tests.flow.limited"], "per": "project", "concurrency": 3, "lease": 3}
+    assert operator.put("/api/limits/test-pair", json=body).status_code == 200
+    try:
+        listed = {x["name"]: x for x in operator.get("/api/limits").json()["limits"]}
+        assert (listed["test-pair"]["source"], listed["test-pair"]["concurrency"]) == (
+            "runtime", 3)
+    finally:
+        deleted = operator.delete("/api/limits/test-pair").json()
+    assert deleted["now"]["source"] == "code" and deleted["now"]["concurrency"] == 2
+
+
+def test_pause_holds_the_queue_and_resume_releases_it_in_order_without_loss(
+        flow_workers, operator, redis_client):
+    tag, marker = uuid.uuid4().hex, uuid.uuid4().hex
+    late = None
+    paused = operator.post("/api/queues/celery/pause")
+    assert paused.status_code == 200, paused.text
+    try:
+        assert {"flow-a@k1test", "flow-b@k1test"} <= set(paused.json()["workers"])
+        ids = send("tests.flow.hold", 12, project_id="acme", tag=tag, ms=50)
+        # A worker started during the pause must not take them either.
+        late = celery_worker("flow-late", concurrency=2, queues="celery,flow-late",
+                             include=TASKS)
+        # Markers, sent after them on queues that are not paused: once they have run,
+        # the workers are fetching, and the paused tasks would have started by then.
+        send("tests.flow.hold", 1, queue="flow-late", project_id="acme", tag=marker)
+        send("tests.flow.hold", 4, queue="k1.platform", project_id="acme", tag=marker)
+        wait_runs(marker, 5, timeout=60)
+        assert runs(tag) == [] and redis_client.llen(STARTED.format(tag)) == 0
+        assert redis_client.llen("celery") >= 12, "the paused tasks left the queue"
+    finally:
+        resumed = operator.post("/api/queues/celery/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert "flow-late@k1test" in resumed.json()["workers"]
+    try:
+        rows = wait_runs(tag, 12, timeout=120)
+    finally:
+        if late is not None:
+            late.stop()
+    assert sorted(task_id for *_, task_id in rows) == sorted(ids)  # each once, none lost
+    started = redis_client.lrange(STARTED.format(tag), 0, -1)
+    # In queue order, give or take the runs that start side by side (6 pool processes).
+    assert all(abs(started.index(task_id) - i) < 6 for i, task_id in enumerate(ids)), started
+
+
+def test_a_bad_queue_name_is_a_400(operator):
+    answer = operator.post("/api/queues/bad%20name/pause")
+    assert answer.status_code == 400 and answer.json()["error"].startswith("queue:")
+
+
+def test_the_cli_sets_lists_and_deletes_limits_and_pauses_queues(flow_workers):
+    from tests.test_cli import run_k1
+
+    name, queue = f"test-cli-{uuid.uuid4().hex[:6]}", f"q-{uuid.uuid4().hex[:6]}"
+    done = run_k1("limits", "set", name, "--task", "tests.flow.paced", "--rate", "10/d")
+    assert done.returncode == 2 and "rate:" in done.stderr, done.stderr
+    done = run_k1("limits", "set", name, "--task", "tests.flow.paced", "--per", "project",
+                  "--concurrency", "3")
+    assert done.returncode == 0, done.stderr
+    listed = run_k1("limits", "list")
+    assert f"{name} (runtime): 3 at once per project; tasks: tests.flow.paced" in listed.stdout
+    assert run_k1("limits", "delete", name).returncode == 0
+    assert run_k1("limits", "delete", name).returncode == 2
+    assert run_k1("queues", "pause", queue).returncode == 0
+    assert queue in run_k1("queues", "list").stdout.split()
+    assert run_k1("queues", "resume", queue).returncode == 0
+    assert queue not in run_k1("queues", "list").stdout.split()
