@@ -75,8 +75,8 @@ def bench_throughput(tasks: int, log_dir: Path) -> None:
 
 def bench_recorder(client) -> None:  # type: ignore[no-untyped-def]
     """One recorder drains the backlog the throughput runs left in the stream."""
-    from k1.history.capture import STREAM_KEY
     from k1.history.recorder import Recorder
+    from k1.history.stream import STREAM_KEY
 
     backlog = client.xlen(STREAM_KEY)
     recorder = Recorder(client, name="bench")

@@ -33,6 +33,10 @@ and the events of one task still arrive in order:
   (:mod:`k1.recovery`) through the same buffer; Celery runs it before ``task_failure``,
   so a dead task's ``dead`` precedes its ``failed``.
 
+Each transition's task history record (:mod:`k1.history.capture`) goes into the same
+buffer where and when its event is published (so a ``received`` record too is captured by
+the child), and reaches Redis in the same round trip.
+
 A pool process sends its buffer when it shuts down (``worker_process_shutdown``); one
 killed outright loses what it had not sent yet (a few milliseconds of events).
 """
@@ -100,9 +104,9 @@ def _runtime_ms(task_id: str | None) -> float | None:
 def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     event = make_event("received", state="RECEIVED", eta=request.eta,
                        **_request_fields(request))
-    history.capture(history.received(event, request))
     if request.eta:
         request.request_dict.pop(RECEIVED_EVENT, None)
+        history.capture(history.received(event, request))  # in the round trip below
         publish([("task_event", event)], wait=True)  # before its start, in another process
     else:
         request.request_dict[RECEIVED_EVENT] = event  # published by the child, before started
@@ -114,7 +118,10 @@ def on_prerun(sender: Task | None = None, task_id: str | None = None,
         return
     _started_at[task_id or ""] = time.monotonic()
     received = _take_received(task)
-    events = [("task_event", received)] if isinstance(received, dict) else []
+    events: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(received, dict):
+        events.append(("task_event", received))
+        history.capture(history.received(received, task.request))
     started = make_event("started", state="STARTED", **_task_fields(task))
     publish([*events, ("task_event", started)])
     history.capture(history.record(started))
@@ -174,9 +181,8 @@ def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None
         message=_short(str(exc)) if exc else None, eta=headers.get("eta"),
         deferred=deferred, **_task_fields(task),
     )
-    # Before the retry's own received (worker main process).
-    publish([("task_event", event)], wait=True)
-    history.capture(history.record(event))
+    history.capture(history.record(event))  # in the round trip below
+    publish([("task_event", event)], wait=True)  # before the retry's received (main process)
 
 
 def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
@@ -186,7 +192,10 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
     reason = "expired" if expired else "terminated" if terminated else "revoked"
     # Revoked before a pool child took it: its received was never published.
     received = None if request.time_start else request.request_dict.pop(RECEIVED_EVENT, None)
-    events = [("task_event", received)] if isinstance(received, dict) else []
+    events: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(received, dict):
+        events.append(("task_event", received))
+        history.capture(history.received(received, request))
     event = make_event("failed", state="REVOKED", exception="Revoked", message=reason,
                        **_request_fields(request))
     publish([*events, ("task_event", event)])

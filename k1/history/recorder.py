@@ -30,7 +30,7 @@ import redis
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from k1.history import store
-from k1.history.capture import RECORD_FIELD, STREAM_KEY
+from k1.history.stream import RECORD_FIELD, STREAM_KEY
 
 log = logging.getLogger(__name__)
 

@@ -67,8 +67,8 @@ def all_succeeded(engine: Engine, task_ids: list[str]) -> dict[str, Any] | None:
 
 
 def pending(client: Any) -> int:
-    from k1.history.capture import STREAM_KEY
     from k1.history.recorder import GROUP
+    from k1.history.stream import STREAM_KEY
 
     return int(client.xpending(STREAM_KEY, GROUP)["pending"])
 
@@ -117,9 +117,9 @@ def test_recorder_killed_mid_batch_and_database_down_lose_and_duplicate_nothing(
 def test_a_record_the_database_refuses_is_dropped_alone(services: dict[str, object],
                                                          unique: str) -> None:
     from k1.connections import get_redis
-    from k1.history.capture import RECORD_FIELD, STREAM_KEY, add
     from k1.history.recorder import Recorder
     from k1.history.store import get
+    from k1.history.stream import RECORD_FIELD, STREAM_KEY, add
 
     def record(task_id: str, **fields: Any) -> dict[str, Any]:
         return {"id": uuid.uuid4().hex, "type": "received", "task_id": task_id,
