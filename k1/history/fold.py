@@ -12,7 +12,9 @@ The state says what is true:
   that run's worker was lost and the message was delivered again: the old run ends
   ``lost``;
 - a ``lost`` record (the pool process died, Celery gave the message back) ends the run
-  ``lost`` and the task is ``REQUEUED`` until a worker receives it again.
+  ``lost``, a ``requeued`` record (the message handed back for another reason: a paused
+  queue) ends it ``requeued``; either way the task is ``REQUEUED`` until a worker
+  receives it again.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 # A task's life in order, to order records stamped with the same time.
-RANK = {"submitted": 0, "received": 1, "started": 2, "lost": 3, "retried": 3, "failed": 3,
-        "dead": 3, "succeeded": 3}
+RANK = {"submitted": 0, "received": 1, "started": 2, "lost": 3, "requeued": 3, "retried": 3,
+        "failed": 3, "dead": 3, "succeeded": 3}
 LINKS = ("schedule", "replay_of", "workflow_id", "conductor_task_id")
 IDENTITY = ("task_name", "project_id", "user_id", "queue", "args", "kwargs")
 
@@ -107,11 +109,11 @@ def fold(task_id: str, records: list[dict[str, Any]]
 
 
 def _end(task: dict[str, Any], run: Run, record: dict[str, Any], at: datetime) -> None:
-    """A record that ends a run: lost, retried, succeeded, failed or dead."""
+    """A record that ends a run: lost, requeued, retried, succeeded, failed or dead."""
     kind, state = record.get("type"), record.get("state")
     exception = record.get("exception")
-    if kind == "lost":
-        outcome, task_state = "lost", "REQUEUED"
+    if kind in ("lost", "requeued"):
+        outcome, task_state = kind, "REQUEUED"
     elif kind == "retried":
         outcome, task_state = ("deferred" if record.get("deferred") else "retried"), "RETRY"
     elif kind == "succeeded":

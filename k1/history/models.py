@@ -30,7 +30,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements 
 STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "REQUEUED", "SUCCESS", "FAILURE",
           "REVOKED")
 OUTCOMES = ("running", "succeeded", "failed", "retried", "deferred", "dead", "lost",
-            "revoked")
+            "requeued", "revoked")
 
 
 class TaskRun(Base):

@@ -13,15 +13,16 @@ FINAL = ("SUCCESS", "FAILURE", "REVOKED")
 def with_history(body: dict[str, Any],
                  found: tuple[TaskRun, list[TaskAttempt]] | None) -> dict[str, Any]:
     """The result backend's answer plus ``attempts`` and ``links``, and history's state
-    where the backend's is stale: a run lost with its worker leaves the backend at
-    STARTED while the task waits in the queue again, and the backend says PENDING for
+    where the backend's is stale: a run lost with its worker (or handed back) leaves the
+    backend at STARTED while the task waits in the queue again, and the backend says PENDING for
     what it never heard of (a task received but not started) or has forgotten.
     """
     if found is None:
         return {**body, "attempts": [], "links": store.links_of(None)}
     row, attempts = found
     state = body.get("state")
-    requeued = row.state in ("REQUEUED", "RECEIVED") and any(a.outcome == "lost" for a in attempts)
+    requeued = row.state in ("REQUEUED", "RECEIVED") and any(
+        a.outcome in ("lost", "requeued") for a in attempts)
     if (state == "STARTED" and requeued) or (state == "PENDING" and row.state != "PENDING"):
         body = {**body, "state": row.state}
     return {**body, "attempts": [store.attempt_as_dict(a) for a in attempts],

@@ -75,8 +75,8 @@ class K1Task(Task):
     limits: tuple[flow.Limit, ...] = ()
     # The policy bounds attempts and deferrals; Celery's own cap (3) would cut them short.
     max_retries = None
-    # Records a run whose pool process died as lost (task history), which no signal does.
-    Request = "k1.history.worker:LostRequest"
+    # Records in task history when a run's message goes back to the queue (no signal does).
+    Request = "k1.history.worker:HandBackRequest"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

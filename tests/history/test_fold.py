@@ -54,6 +54,20 @@ def test_a_lost_pool_process_requeues_the_task_and_ends_the_run_lost() -> None:
         (1, "w1", "lost"), (1, "w2", "running")]
 
 
+def test_a_message_handed_back_requeues_the_task_and_ends_the_run_requeued() -> None:
+    """A paused queue's hand-back (Reject(requeue=True)) is no lost worker."""
+    records = [rec("received", 1, worker="w1"), rec("started", 2, worker="w1"),
+               rec("requeued", 3, worker="w1", exception="Reject",
+                   message="queue q is paused")]
+    task, runs = fold("t1", records)
+    assert task["state"] == "REQUEUED"
+    assert [(r["outcome"], r["exception_type"]) for r in runs] == [("requeued", "Reject")]
+    task, runs = fold("t1", [*records, rec("received", 4, worker="w1"),
+                             rec("started", 5, worker="w1"), rec("succeeded", 6, worker="w1")])
+    assert task["state"] == "SUCCESS"
+    assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "requeued"), (1, "succeeded")]
+
+
 def test_the_same_attempt_received_again_means_its_worker_was_lost() -> None:
     """A worker killed outright sends nothing: the redelivery is the evidence."""
     task, runs = fold("t1", [rec("received", 1, worker="w1"), rec("started", 2, worker="w1"),

@@ -67,6 +67,32 @@ def test_a_run_whose_pool_process_died_is_lost_and_the_task_runs_again(
     assert body["attempts"][0]["worker"] == "lost-worker@k1test"
 
 
+def test_a_run_handed_back_to_its_paused_queue_is_requeued_not_lost(
+        api: API, services: dict[str, object], recorder: Process, unique: str) -> None:
+    """A worker that missed the pause broadcast hands the task back (Reject(requeue=True))."""
+    from k1.connections import get_redis
+    from k1.flow.queues import PAUSED_KEY
+
+    queue = f"history-paused-{unique}"
+    own = celery_worker(f"handback-{unique}", concurrency=1, queues=queue)
+    client = get_redis()
+    try:
+        client.sadd(PAUSED_KEY, queue)  # the flag alone: the worker keeps consuming
+        task_id = post_task(api, "k1.tasks.demo.flaky", queue=queue)
+        body = wait_history(api, task_id, lambda b: any(
+            a["outcome"] == "requeued" for a in b["attempts"]))
+        assert body["attempts"][0]["exception"] == "Reject", body
+        assert "paused" in body["attempts"][0]["message"], body
+        client.srem(PAUSED_KEY, queue)
+        body = wait_history(api, task_id, finished)
+    finally:
+        client.srem(PAUSED_KEY, queue)
+        own.stop()
+    assert body["state"] == "SUCCESS", body
+    outcomes = [a["outcome"] for a in body["attempts"]]
+    assert set(outcomes[:-1]) == {"requeued"} and outcomes[-1] == "succeeded", outcomes
+
+
 def test_a_replay_links_the_dead_letter_it_came_from(
         web: str, make_token, api: API, worker: Process, recorder: Process) -> None:  # type: ignore[no-untyped-def]
     task_id = post_task(api, "k1.tasks.demo.flaky", permanent=True)

@@ -22,6 +22,8 @@ def test_a_lost_run_overrides_the_backends_stale_started() -> None:
     assert with_history({"state": "STARTED"}, found("REQUEUED", "lost"))["state"] == "REQUEUED"
     assert with_history({"state": "STARTED"},
                         found("RECEIVED", "lost", "running"))["state"] == "RECEIVED"
+    assert with_history({"state": "STARTED"},
+                        found("REQUEUED", "requeued"))["state"] == "REQUEUED"
 
 
 def test_history_lagging_behind_the_backend_does_not_override_it() -> None:
