@@ -10,6 +10,7 @@ from k1.settings import get_settings
 _settings = get_settings()
 
 broker_url = _settings.redis_url
+broker_transport = "k1.broker:Transport"  # kombu's Redis transport, mended (k1/broker.py)
 result_backend = _settings.redis_url
 broker_connection_retry_on_startup = True
 # With acks_late an unacknowledged message comes back after the visibility timeout;

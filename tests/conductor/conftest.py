@@ -103,7 +103,9 @@ def registered(conductor_env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-@pytest.fixture(scope="session")
+# Package scope: its conductor worker polls the session's Conductor server, and must not
+# take the tasks of a later package's platform (tests/ops runs workflows on it too).
+@pytest.fixture(scope="package")
 def bridge(conductor_env: dict[str, str], registered: None, external_service: str,
            bridge_celery: Celery) -> Iterator[dict[str, Process]]:
     """A Celery worker and a conductor worker, both on the bridge's broker."""
@@ -125,7 +127,7 @@ def bridge(conductor_env: dict[str, str], registered: None, external_service: st
         worker.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def conductor_web(conductor_env: dict[str, str], registered: None) -> Iterator[str]:
     """A web process wired to Conductor (the session's ``web`` fixture is not)."""
     port = free_port()

@@ -12,7 +12,9 @@ from tests.support import Process, wait_for
 TASKS = "tests.flow.tasks"
 
 
-@pytest.fixture(scope="session")
+# Package scope: they consume the default queue, so they must be gone before other
+# packages' tests, which expect the session worker to run what they send.
+@pytest.fixture(scope="package")
 def flow_workers(services: dict[str, object]) -> Iterator[list[Process]]:
     workers = [celery_worker(f"flow-{n}", concurrency=2, include=TASKS) for n in "ab"]
     yield workers

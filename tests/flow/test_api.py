@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -111,7 +112,9 @@ def test_pause_holds_the_queue_and_resume_releases_it_in_order_without_loss(
         send("tests.flow.hold", 4, queue="k1.platform", project_id="acme", tag=marker)
         wait_runs(marker, 5, timeout=60)
         assert runs(tag) == [] and redis_client.llen(STARTED.format(tag)) == 0
-        assert redis_client.llen("celery") >= 12, "the paused tasks left the queue"
+        # Still queued, in the order they were sent (LPUSH: the oldest is at the right end).
+        queued = [json.loads(raw)["headers"]["id"] for raw in redis_client.lrange("celery", 0, -1)]
+        assert [task_id for task_id in reversed(queued) if task_id in ids] == ids, queued
     finally:
         resumed = operator.post("/api/queues/celery/resume")
     assert resumed.status_code == 200, resumed.text
@@ -122,9 +125,8 @@ def test_pause_holds_the_queue_and_resume_releases_it_in_order_without_loss(
         if late is not None:
             late.stop()
     assert sorted(task_id for *_, task_id in rows) == sorted(ids)  # each once, none lost
-    started = redis_client.lrange(STARTED.format(tag), 0, -1)
-    # In queue order, give or take the runs that start side by side (6 pool processes).
-    assert all(abs(started.index(task_id) - i) < 6 for i, task_id in enumerate(ids)), started
+    # Which one starts first after the resume is the workers' race (one may resume and
+    # fetch before the others): the order the pause kept is the queue's, checked above.
 
 
 def test_a_bad_queue_name_is_a_400(operator):
