@@ -25,6 +25,7 @@ from celery.utils.time import maybe_timedelta
 from k1 import headers as k1_headers
 from k1.celery import app, load_task_modules
 from k1.connections import get_redis
+from k1.history import capture as history
 from k1.tasks import public_task_names
 
 if TYPE_CHECKING:
@@ -149,12 +150,20 @@ def send(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
     stamped = {name: value for name, value in stamped.items() if value is not None}
     load_task_modules()
     task = app.tasks.get(task_name)
+    sent_at = time.time()  # before sending: the task may start before apply_async returns
     if task is not None:
         result = task.apply_async(args=list(args), kwargs=kwargs, headers=stamped,
                                   producer=producer, **options)
     else:
         result = app.send_task(task_name, args=list(args), kwargs=kwargs, headers=stamped,
                                producer=producer, **options)
+    submitted = history.submitted(result.id, task_name, args, kwargs, project_id=project_id,
+                                  user_id=user_id, headers=stamped, ts=sent_at,
+                                  queue=options.get("queue"))
+    if pipe is not None:
+        history.add(pipe, submitted)
+    else:
+        history.capture(submitted)
     if project_id is not None:
         record(Submission(result.id, task_name, project_id, user_id, time.time()), pipe=pipe)
     return result.id
