@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from k1.flow import fleet_declared_limits, gate, limits
+from k1.flow import fleet_declared_limits, gate, limits, metrics
 
 WORKERS_TIMEOUT = 1.0  # s to wait for workers to list their tasks (a name unknown here)
 
@@ -49,6 +49,7 @@ def delete(name: str) -> dict[str, Any] | None:
     code = fleet_declared_limits().get(name)
     if code is None:
         gate.forget(name)
+        metrics.forget_waits(name)
     return {"deleted": name, "now": _described(code, {}) if code else None}
 
 

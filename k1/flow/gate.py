@@ -104,13 +104,20 @@ class Slot:
         return CONCURRENCY_KEY.format(self.limit.name, self.key)
 
 
-class LimitExceeded(Exception):
-    """A call over a limit; ``retry_after`` says when to try again. Raised in a K1 task, it
-    makes the task wait (re-enqueued, no attempt spent) like a limit on the task itself."""
+KIND_CONCURRENCY, KIND_RATE = "concurrency", "rate"  # the part of a limit that refused a call
 
-    def __init__(self, name: str, key: str, retry_after: float) -> None:
-        super().__init__(name, key, retry_after)  # args rebuild it (result backend, pickle)
-        self.name, self.key, self.retry_after = name, key, retry_after
+
+class LimitExceeded(Exception):
+    """A call over a limit; ``retry_after`` says when to try again, ``kind`` which part of
+    the limit refused it (:data:`KIND_CONCURRENCY` or :data:`KIND_RATE`). Raised in a K1
+    task, it makes the task wait (re-enqueued, no attempt spent) like a limit on the task
+    itself."""
+
+    def __init__(self, name: str, key: str, retry_after: float,
+                 kind: str = KIND_CONCURRENCY) -> None:
+        # args rebuild it (result backend, pickle)
+        super().__init__(name, key, retry_after, kind)
+        self.name, self.key, self.retry_after, self.kind = name, key, retry_after, kind
 
     def __str__(self) -> str:
         where = f" for {self.key!r}" if self.key else ""

@@ -146,6 +146,7 @@ class K1Task(Task):
             carried[headers.LIMIT_RESERVED] = sorted(
                 {*(self.request.get(headers.LIMIT_RESERVED) or ()), exc.name})
         log.info("task %s[%s] waits %.2fs: %s", self.name, self.request.id, countdown, exc)
+        flow.metrics.record_wait(exc, countdown)
         self._publish_retry(exc, countdown, carried)
 
     def _retry_if_transient(self, exc: Exception) -> None:
