@@ -119,7 +119,7 @@ def check_not_paused(request: Any) -> None:
     except redis.RedisError as exc:  # the broker is Redis too: it is likely back soon
         log.warning("paused queues unreadable (%s); running the task", exc)
         return
-    if paused:
+    if paused and queue is not None:
         _stop_consuming(request.hostname, queue)
         raise Reject(f"queue {queue} is paused", requeue=True)
 
