@@ -62,7 +62,9 @@ from k1.settings import get_settings
 log = logging.getLogger(__name__)
 
 SOCKETIO_CHANNEL = "k1-socketio"  # the web process listens on the same channel
-PLATFORM_ROOM = "platform"
+PLATFORM_ROOM = "platform"  # every connection: platform-wide facts, no tenant's data
+OPERATORS_ROOM = "operators"  # operators' connections only
+OPERATORS = "operators"  # an event's ``audience`` when only operators may see it
 PUBLISH_TIMEOUT = 0.5  # seconds; Redis answers a PUBLISH in well under a millisecond
 PAUSE_AFTER_FAILURE = 5.0  # seconds without publishing after a failure: tasks stay fast
 MAX_BUFFERED = 10_000  # events waiting to be sent, at most: a Redis outage costs no memory
@@ -101,11 +103,16 @@ def make_event(type: str, **fields: Any) -> dict[str, Any]:
 
 
 def rooms_for(event: dict[str, Any]) -> list[str]:
+    """The rooms an event goes to: its project's and its user's; the operators' too when
+    its ``audience`` says so (it may name no project: tenants' data of no single one);
+    else, with none of these, everyone's."""
     rooms = []
     if event.get("project_id"):
         rooms.append(project_room(event["project_id"]))
     if event.get("user_id"):
         rooms.append(user_room(event["user_id"]))
+    if event.get("audience") == OPERATORS:
+        rooms.append(OPERATORS_ROOM)
     return rooms or [PLATFORM_ROOM]
 
 

@@ -18,11 +18,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from k1.connections import get_redis
-from k1.flow.limits import Limit
+from k1.flow.limits import PER_GLOBAL, PER_PROJECT, Limit
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +197,18 @@ def forget(name: str) -> None:
 
 
 def _announce(limit: Limit, key: str, state: str, used: int) -> None:
-    from k1.events import emit
+    from k1.events import OPERATORS, emit
 
     log.info("limit %s%s: %s (%s of %s running)", limit.name, f"[{key}]" if key else "",
              state, used, limit.concurrency)
+    # A key is a tenant's data: a project's key goes to that project and the operators,
+    # an argument value (any project's) only to the operators; a global limit's to all.
+    where: dict[str, Any] = (
+        {} if limit.per == PER_GLOBAL else
+        {"project_id": key, "audience": OPERATORS} if limit.per == PER_PROJECT else
+        {"audience": OPERATORS})
     emit("limit_state", type=state, name=limit.name, key=key, per=limit.per, state=state,
-         running=int(used), concurrency=limit.concurrency)
+         running=int(used), concurrency=limit.concurrency, **where)
 
 
 _scripts: dict[str, redis.commands.core.Script] = {}

@@ -319,8 +319,9 @@ def test_every_panel_shows_what_the_api_has(
 
 def test_the_limits_panel_shows_live_use_and_follows_limit_state(
         web: str, worker: Process, page: Page, make_token: MakeToken, unique: str) -> None:
-    """A limit set at run time is listed, to a user who is no operator, with its live use
-    while real tasks hold its slot; a saturate event updates the panel even while its tab
+    """A limit set at run time is listed, to an operator (its keys are argument values,
+    which only operators see: tests/flow/test_api.py), with its live use while real tasks
+    hold its slot; a saturate event updates the panel even while its tab
     is hidden (a hidden panel is not polled: only the event can have done it)."""
     from k1.flow.gate import give_back, take_slot
     from k1.flow.limits import REFRESH_INTERVAL, Limit
@@ -331,7 +332,7 @@ def test_the_limits_panel_shows_live_use_and_follows_limit_state(
     operator = API(web, make_token(f"op-{unique}", "*"))
     assert operator.put(f"/api/limits/{name}", json=body).status_code == 200
     try:
-        sign_in(page, web, make_token(f"ada-{unique}", f"lim-{unique}"))
+        sign_in(page, web, make_token(f"ada-{unique}", "*"))
         open_tab(page, "limits")
         row = page.locator(f'#limits-body tr[data-limit="{name}"]')
         expect(row).to_have_attribute("data-source", "runtime")
