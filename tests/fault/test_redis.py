@@ -161,8 +161,8 @@ def test_a_redis_restart_under_load_loses_nothing_and_everything_resumes(  # typ
         outcome = report(Outcome(
             scenario="redis-restart", load=f"{TASKS} flaky tasks, 1 transient failure each, "
             "5 ms of work, prefork 2; a schedule every 1 s; a Socket.IO client; "
-            f"{3 * WORKFLOWS} profile workflows through a Conductor worker ({WORKFLOWS} "
-            "before the fault, during it, after it)",
+            f"{3 * WORKFLOWS} profile workflows through a Conductor worker ({WORKFLOWS} each "
+            "started before, during and after the fault)",
             fault=f"Redis (AOF, fsync always) stopped for {DOWNTIME:.0f}s mid-load, restarted",
             sent=TASKS, completed=load.completed(), lost=TASKS - load.completed(),
             dead=sum(len(letters_of(t)) for t in load.task_ids.values()),
