@@ -1,4 +1,5 @@
-"""Flow control across the fleet: concurrency and rate limits per key, and pausable queues.
+"""Flow control across the fleet: concurrency and rate limits per key, unique tasks
+(:mod:`k1.flow.unique`), and pausable queues.
 
 On a task (checked when the task is defined)::
 
@@ -40,7 +41,7 @@ import redis
 from celery import signals
 
 from k1.connections import get_redis
-from k1.flow import queues
+from k1.flow import queues, unique
 from k1.flow.gate import LimitExceeded, Slot, give_back, holding, reserve_start, take_slot
 from k1.flow.limits import (
     PER_GLOBAL,
@@ -51,10 +52,12 @@ from k1.flow.limits import (
     effective,
     read_runtime,
 )
+from k1.flow.unique import InvalidUnique, Superseded, Unique
 
-__all__ = ["CONCURRENCY_WAIT_MAX", "InvalidLimit", "Limit", "LimitExceeded", "Limiter",
-           "RateWait", "admitted", "declared_limits", "fleet_declared_limits", "limiter",
-           "limits_in_force", "queues", "wait_countdown"]
+__all__ = ["CONCURRENCY_WAIT_MAX", "InvalidLimit", "InvalidUnique", "Limit", "LimitExceeded",
+           "Limiter", "RateWait", "Superseded", "Unique", "admitted", "declared_limits",
+           "fleet_declared_limits", "limiter", "limits_in_force", "queues", "unique",
+           "wait_countdown"]
 
 log = logging.getLogger(__name__)
 
