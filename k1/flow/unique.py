@@ -73,6 +73,14 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, ARGV[1]}
 """
+# KEYS: the claim. ARGV: task id, ttl ms. Extends it only if that task holds it: a renewal
+# racing the release must not take the claim again.
+RENEW = """
+if redis.call('HGET', KEYS[1], 'task_id') == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
 # KEYS: the claim. ARGV: task id. Deletes it only if that task holds it.
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'task_id') == ARGV[1] then
@@ -161,8 +169,14 @@ class Claim:
         """Whether ``lease_id`` holds the claim."""
         return self.holder == self.lease_id
 
-    def renew(self, extra: float = 0.0) -> bool:
-        """Keep the claim ``ttl`` (+ ``extra``) seconds more; False if another holds it."""
+    def renew(self) -> bool:
+        """Keep the claim ``ttl`` seconds more; False if this task does not hold it."""
+        return bool(script(RENEW)(keys=[self.redis_key],
+                                  args=[self.lease_id, int(self.ttl * 1000)]))
+
+    def keep(self, extra: float) -> bool:
+        """Keep the claim ``ttl`` + ``extra`` seconds more, taking it again if it lapsed;
+        False if another task holds it now."""
         taken, _ = script(TAKE)(keys=[self.redis_key], args=[
             self.lease_id, int((self.ttl + extra) * 1000), self.key, json.dumps(self.per)])
         return bool(taken)
@@ -281,7 +295,7 @@ def let_go(held: Claim | None, *, keep_for: float | None = None) -> None:
         if keep_for is None:
             held.release()
         else:
-            held.renew(extra=keep_for)
+            held.keep(keep_for)
     except redis.RedisError as exc:  # the claim expires with its ttl
         log.warning("%s: not updated after the run (%s); it expires in %gs", held, exc,
                     held.ttl)
@@ -302,16 +316,13 @@ def release_for(task: Any, task_id: str, args: Sequence[Any] | None,
 
 
 @signals.task_revoked.connect
-def _release_revoked(request: Any = None, **_: Any) -> None:
-    """A revoked (or expired) task never runs: its key is free again."""
-    from k1.celery import app
-
-    if request is None:
-        return
-    task = app.tasks.get(request.task_name)
-    if task is None:
+def _release_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A revoked, terminated or expired task will not run (again): its key is free.
+    Celery sends the task as ``sender`` and the request's context (``id``, ``args``,
+    ``kwargs``, the message headers) as ``request``."""
+    if request is None or declared(sender) is None:
         return
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
-    project = kwargs.get("project_id") or request.request_dict.get(headers.PROJECT)
-    release_for(task, request.id, request.args, kwargs,
+    project = kwargs.get("project_id") or request.get(headers.PROJECT)
+    release_for(sender, request.id, request.args, kwargs,
                 None if project is None else str(project))
