@@ -11,6 +11,10 @@ A failure is classified (:mod:`k1.recovery.errors`):
 - non-transient, or out of attempts: the task fails for good and its dead letter is
   written (:class:`~k1.recovery.dlq.store.DeadLetterStore`).
 
+A task declared ``unique`` (:mod:`k1.flow.unique`) keeps its key claimed through all of
+the above but the last, which releases it, as success does; a run whose key another task
+holds is not run (revoked as a duplicate).
+
 Every K1 task takes ``project_id`` so that its events reach the right room and its dead
 letters the right project, and performs its side effects through ``self.effects`` so that
 they happen once however often the task runs (:mod:`k1.tasks.effects`)::

@@ -9,6 +9,10 @@ first checks that the caller may start the task and that its arguments fit::
 
     task_id = submit("k1.tasks.demo.flaky", kwargs={"fail_times": 1}, project_id="acme")
     task_id = send("k1.conductor.prune_executions", project_id=None)   # trusted caller
+
+A task declared unique (:mod:`k1.flow.unique`) claims its key here first; a duplicate is
+not sent and the id returned is the holder's. :func:`start` and :func:`dispatch` (what
+:func:`submit` and :func:`send` wrap) say so: ``Sent(task_id, duplicate_of, claim)``.
 """
 
 from __future__ import annotations
