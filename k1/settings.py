@@ -31,6 +31,9 @@ DEFAULT_WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "workflows"
 # unacknowledged after this long is delivered again, so retry countdowns and breaker
 # deferrals are kept below it (see k1.recovery.policy).
 DEFAULT_VISIBILITY_TIMEOUT = 3600  # 1 h
+# Task history: a million tasks answer a search within its 100 ms goal (bench/history.py)
+# and take a few GB of PostgreSQL with their attempts and records.
+DEFAULT_HISTORY_MAX_ROWS = 1_000_000
 DEFAULT_TOKEN_TTL = 12 * 3600  # 12 h: a working day, then sign in again
 # Beat sleeps at most this long between looks at the schedule, so a schedule changed
 # through the API takes effect within it; each look costs a few Redis round trips.
@@ -62,6 +65,8 @@ VARIABLES: dict[str, str | None] = {
     "K1_VISIBILITY_TIMEOUT": "visibility_timeout", "K1_ASYNC_MODE": "async_mode",
     "K1_DATA_DIR": "data_dir", "K1_LOG_LEVEL": "log_level",
     "K1_DLQ_RETENTION_DAYS": "dlq_retention_days", "K1_DLQ_MAX_ROWS": "dlq_max_rows",
+    "K1_HISTORY_RETENTION_DAYS": "history_retention_days",
+    "K1_HISTORY_MAX_ROWS": "history_max_rows", "K1_TASK_HISTORY": "task_history",
     "K1_BREAKER_FAIL_MAX": "breaker_fail_max",
     "K1_BREAKER_RESET_TIMEOUT": "breaker_reset_timeout", "K1_WORKFLOWS_DIR": "workflows_dir",
     "K1_CONDUCTOR_CACHE": "conductor_cache_dir", "K1_TASK_EVENTS": "task_events",
@@ -128,11 +133,14 @@ class Settings:
     log_level: str
     dlq_retention_days: int
     dlq_max_rows: int
+    history_retention_days: int  # task history kept this long (k1.history.enforce_retention)
+    history_max_rows: int  # and at most this many tasks, oldest dropped first
     breaker_fail_max: int  # default for every breaker; pybreaker's fail_max
     breaker_reset_timeout: int  # seconds open before a trial call
     workflows_dir: Path  # the workflow definition files (k1.conductor.registry)
     conductor_cache_dir: Path  # where `k1 conductor-server` keeps the server jar
     task_events: bool  # K1_TASK_EVENTS=off leaves the task signal handlers unconnected (bench)
+    task_history: bool  # K1_TASK_HISTORY=off captures no history records (bench)
     beat_max_loop_interval: int
     beat_lock_timeout: int
     worker_shutdown_grace: int  # s running tasks get to finish after SIGTERM
@@ -166,11 +174,14 @@ class Settings:
             ),
             dlq_retention_days=_int(env, "K1_DLQ_RETENTION_DAYS", 30, low=1),
             dlq_max_rows=_int(env, "K1_DLQ_MAX_ROWS", 100_000, low=1),
+            history_retention_days=_int(env, "K1_HISTORY_RETENTION_DAYS", 30, low=1),
+            history_max_rows=_int(env, "K1_HISTORY_MAX_ROWS", DEFAULT_HISTORY_MAX_ROWS, low=1),
             breaker_fail_max=_int(env, "K1_BREAKER_FAIL_MAX", 5, low=1),
             breaker_reset_timeout=_int(env, "K1_BREAKER_RESET_TIMEOUT", 60, low=1),
             workflows_dir=Path(env.get("K1_WORKFLOWS_DIR") or DEFAULT_WORKFLOWS_DIR),
             conductor_cache_dir=conductor_cache_dir(env),
             task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
+            task_history=_choice(env, "K1_TASK_HISTORY", ("on", "off"), "on") == "on",
             worker_shutdown_grace=_int(env, "K1_WORKER_SHUTDOWN_GRACE",
                                        DEFAULT_WORKER_SHUTDOWN_GRACE, low=0, high=3600),
             api_write_limit=_rate_limits(env, "K1_API_WRITE_LIMIT", DEFAULT_API_WRITE_LIMIT),

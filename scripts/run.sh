@@ -108,7 +108,7 @@ status=0
     echo "external-service: k1 external-service --port \$K1_EXTERNAL_SERVICE_PORT"
 } > .k1/Procfile.dev
 # `-e /dev/null`: honcho would otherwise apply .env over the environment in every child.
-[ "$#" -gt 0 ] || set -- web worker beat conductor conductor-server external-service flower
+[ "$#" -gt 0 ] || set -- web worker beat recorder conductor conductor-server external-service flower
 honcho start -e /dev/null -f .k1/Procfile.dev -p "$PORT" "$@" || status=$?
 [ "$status" -eq 130 ] && status=0  # Ctrl-C is the normal way to stop
 exit "$status"

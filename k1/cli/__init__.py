@@ -162,9 +162,11 @@ def _add_area_commands() -> None:
     cli.add_command(conductor_worker)
     cli.add_command(workflows)
     from k1.cli.flow import limits, queues
+    from k1.cli.history import history_recorder
 
     cli.add_command(limits)
     cli.add_command(queues)
+    cli.add_command(history_recorder)
 
 
 def main() -> None:

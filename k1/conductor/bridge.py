@@ -11,7 +11,10 @@
    Redis (``SET NX`` conductor task id → Celery task id) and sends the Celery task with
    the headers that tie it to the workflow; it answers IN_PROGRESS with a callback. A
    callback poll finds the claim and reports the Celery state instead of sending the task
-   again, so a Conductor task never runs twice concurrently.
+   again, so a Conductor task never runs twice concurrently. While Redis (claims, broker,
+   results) cannot be reached the answer is the same IN_PROGRESS with a short callback:
+   an outage of K1's own Redis never fails the Conductor task (that would spend one of
+   its few retries, and a long outage all of them, failing the workflow).
 2. When the Celery task succeeds or dies, the signal handlers below only enqueue the
    ``k1.conductor.report_outcome`` task (on the ``k1.platform`` queue, so it does not
    wait behind users' work), which calls :func:`settle` to complete or fail the Conductor
@@ -32,8 +35,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.exceptions
 from celery import Task, signals
+from celery.exceptions import BackendGetMetaError
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
 
 from k1 import headers
 from k1.celery import app
@@ -56,7 +62,11 @@ CLAIM_TTL = 7 * 24 * 3600  # as long as Celery keeps results (celeryconfig.resul
 # A callback poll comes back this long after IN_PROGRESS: the safety net for a report that
 # could not reach Conductor. Normally the Celery task's own report completes it first.
 CALLBACK_AFTER_SECONDS = 30
-HANDOFF_RETRY_SECONDS = 5  # the broker could not take the task: ask Conductor again soon
+HANDOFF_RETRY_SECONDS = 5  # Redis or the broker could not take the task: ask again soon
+# Redis unreachable, whichever way it shows: directly (claims, records), through kombu (a
+# publish that used up its retries) or through the result backend (its retries used up).
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+               OperationalError, BackendGetMetaError)
 REPORT_TASK = "k1.conductor.report_outcome"
 MAX_REASON = 1000  # characters of a failure reason sent to Conductor
 COMPLETED, FAILED, TERMINAL = "COMPLETED", "FAILED", "FAILED_WITH_TERMINAL_ERROR"
@@ -93,33 +103,57 @@ class Answer:
 
 
 def hand_off(task: ConductorTask, callback_after: int = CALLBACK_AFTER_SECONDS) -> Answer:
-    """Send ``task`` to Celery once, or report how its Celery task is doing."""
-    redis = get_redis()
+    """Send ``task`` to Celery once, or report how its Celery task is doing; while Redis
+    cannot be reached, ask Conductor to poll again in HANDOFF_RETRY_SECONDS.
+    """
+    try:
+        return _hand_off(task, callback_after)
+    except UNREACHABLE as exc:
+        log.warning("conductor task %s (%s): Redis unreachable (%s); asking again in %ss",
+                    task.task_id, task.task_type, exc, HANDOFF_RETRY_SECONDS)
+        return Answer(IN_PROGRESS, callback_after_seconds=HANDOFF_RETRY_SECONDS)
+
+
+def _hand_off(task: ConductorTask, callback_after: int) -> Answer:
+    store = get_redis()
     claim = CLAIM_KEY.format(task.task_id)
     celery_id = str(uuid.uuid4())
-    if redis.set(claim, celery_id, nx=True, ex=CLAIM_TTL):
-        try:
-            send(task, celery_id)
-        except Exception:
-            redis.delete(claim)  # nothing was sent: the next poll may send it
-            log.exception("conductor task %s (%s): could not hand it to Celery; asking "
-                          "again in %ss", task.task_id, task.task_type, HANDOFF_RETRY_SECONDS)
-            return Answer(IN_PROGRESS, callback_after_seconds=HANDOFF_RETRY_SECONDS)
-        log.info("conductor task %s (%s, workflow %s) handed to Celery as %s",
-                 task.task_id, task.task_type, task.workflow_id, celery_id)
+    if not store.set(claim, celery_id, nx=True, ex=CLAIM_TTL):
+        return answer_from_celery(store.get(claim) or celery_id, callback_after)
+    records = store.pipeline()
+    try:
+        send(task, celery_id, pipe=records)
+    except Exception:
+        # Nothing was sent: the next poll may send it. (Should Redis have gone between the
+        # claim and the publish, the claim stays and a callback poll finds the task
+        # PENDING until it times out in Conductor, which then schedules it again.)
+        store.delete(claim)
+        log.exception("conductor task %s (%s): could not hand it to Celery; asking "
+                      "again in %ss", task.task_id, task.task_type, HANDOFF_RETRY_SECONDS)
+        return Answer(IN_PROGRESS, callback_after_seconds=HANDOFF_RETRY_SECONDS)
+    log.info("conductor task %s (%s, workflow %s) handed to Celery as %s",
+             task.task_id, task.task_type, task.workflow_id, celery_id)
+    try:
+        # Sent and claimed: a failure now must neither fail the attempt (Conductor would
+        # schedule the task again) nor undo the claim (the next poll would send it again).
+        # Missing records cost less: a 404 for GET /api/tasks/<id>, an unlisted execution.
+        records.execute()
         executions.remember(task.workflow_id, task.workflow_name, project_id=task.project_id)
-        emit("workflow_event", type="task_started", workflow_id=task.workflow_id,
-             workflow_name=task.workflow_name, project_id=task.project_id,
-             task_id=celery_id, task_name=task.task_type, conductor_task_id=task.task_id,
-             state="STARTED")
-        return Answer(IN_PROGRESS, {"celery_task_id": celery_id}, None, callback_after)
-    celery_id = redis.get(claim) or celery_id
-    return answer_from_celery(celery_id, callback_after)
+    except UNREACHABLE as exc:
+        log.warning("conductor task %s: handed to Celery as %s, but its submission and "
+                    "execution records were not written (%s)", task.task_id, celery_id, exc)
+    emit("workflow_event", type="task_started", workflow_id=task.workflow_id,
+         workflow_name=task.workflow_name, project_id=task.project_id,
+         task_id=celery_id, task_name=task.task_type, conductor_task_id=task.task_id,
+         state="STARTED")
+    return Answer(IN_PROGRESS, {"celery_task_id": celery_id}, None, callback_after)
 
 
-def send(task: ConductorTask, celery_id: str) -> None:
+def send(task: ConductorTask, celery_id: str,
+         pipe: redis.client.Pipeline | None = None) -> None:
     """Send the Celery task named like the Conductor task, its input as keyword arguments;
-    ``GET /api/tasks/<id>`` answers for it like for any submission of its project.
+    ``GET /api/tasks/<id>`` answers for it like for any submission of its project (its
+    record written on ``pipe`` when given: the caller executes it).
     """
     carried = {
         headers.CONDUCTOR_WORKFLOW: task.workflow_id,
@@ -129,7 +163,7 @@ def send(task: ConductorTask, celery_id: str) -> None:
     }
     # The workflow was started for this project: the bridge vouches for the task.
     submissions.send(task.task_type, kwargs=dict(task.input), task_id=celery_id,
-                     project_id=task.project_id, headers=carried)
+                     project_id=task.project_id, headers=carried, pipe=pipe)
 
 
 def answer_from_celery(celery_id: str, callback_after: int = CALLBACK_AFTER_SECONDS) -> Answer:

@@ -22,6 +22,12 @@ thread when a later event of another process must not overtake them. The buffer 
 at exit (``atexit``; Celery's pool processes call :func:`flush` on
 ``worker_process_shutdown``).
 
+Task history records (:mod:`k1.history.capture`) travel in the same buffer as entries
+named :data:`HISTORY`: the flush queues their ``XADD`` on ``k1:history:stream``
+(:func:`k1.history.stream.add`) in the round trip of the events beside them, so a task's
+history costs its worker no round trip of its own. They are not Socket.IO events and
+count toward no metric.
+
 The publisher is a ``socketio.RedisManager(write_only=True)`` whose ``_publish`` puts the
 message python-socketio built into K1's own pipeline: the library keeps the wire format
 (the web process's ordinary Redis manager relays it to the rooms), the counters travel in
@@ -50,12 +56,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from k1.events import metrics
+from k1.history import stream as history_stream
 from k1.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 SOCKETIO_CHANNEL = "k1-socketio"  # the web process listens on the same channel
-PLATFORM_ROOM = "platform"
+PLATFORM_ROOM = "platform"  # every connection: platform-wide facts, no tenant's data
+OPERATORS_ROOM = "operators"  # operators' connections only
+OPERATORS = "operators"  # an event's ``audience`` when only operators may see it
 PUBLISH_TIMEOUT = 0.5  # seconds; Redis answers a PUBLISH in well under a millisecond
 PAUSE_AFTER_FAILURE = 5.0  # seconds without publishing after a failure: tasks stay fast
 MAX_BUFFERED = 10_000  # events waiting to be sent, at most: a Redis outage costs no memory
@@ -68,6 +77,8 @@ FLUSH_LINGER = 0.004
 EVENT_NAMES = ("task_event", "task_completed", "dlq_changed", "breaker_state",
                "schedule_fired", "workflow_event", "metrics", "limit_state")
 TASK_EVENT_TYPES = ("received", "started", "retried", "succeeded", "failed", "dead")
+# A buffer entry ``(HISTORY, record)`` is a task history record for the history stream.
+HISTORY = "k1:history"
 
 
 def project_room(project_id: str) -> str:
@@ -92,11 +103,16 @@ def make_event(type: str, **fields: Any) -> dict[str, Any]:
 
 
 def rooms_for(event: dict[str, Any]) -> list[str]:
+    """The rooms an event goes to: its project's and its user's; the operators' too when
+    its ``audience`` says so (it may name no project: tenants' data of no single one);
+    else, with none of these, everyone's."""
     rooms = []
     if event.get("project_id"):
         rooms.append(project_room(event["project_id"]))
     if event.get("user_id"):
         rooms.append(user_room(event["user_id"]))
+    if event.get("audience") == OPERATORS:
+        rooms.append(OPERATORS_ROOM)
     return rooms or [PLATFORM_ROOM]
 
 
@@ -154,7 +170,7 @@ def publish_in_caller_thread() -> None:
     For the web process: under eventlet its threads are green, and events are published
     from eventlet's pool of real threads (:func:`k1.web.offload.blocking`) too, which
     cannot wake a green flusher. Its events are few (replays, breaker resets) and never on
-    a task's path.
+    a task's path; its other entries are the history records of the tasks it submits.
     """
     _publisher().synchronous = True
 
@@ -236,7 +252,10 @@ class Publisher(socketio.RedisManager):
         try:
             self.pipe = self.client.pipeline(transaction=False)
             for name, event in batch:
-                self.emit(name, event, namespace="/", room=rooms_for(event))
+                if name == HISTORY:
+                    history_stream.add(self.pipe, event)
+                else:
+                    self.emit(name, event, namespace="/", room=rooms_for(event))
             metrics.count_events(self.pipe, batch)
             self.pipe.execute()
         except Exception as exc:  # a dashboard outage must never fail a task

@@ -276,11 +276,15 @@ def _display(name: str, value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def prometheus_text(dlq: dict[str, Any] | None, client: redis.Redis | None = None) -> bytes:
-    """Prometheus text exposition: raw all-time counters and the validation metrics."""
+def prometheus_text(dlq: dict[str, Any] | None, client: redis.Redis | None = None,
+                    others: Iterable[Any] = ()) -> bytes:
+    """Prometheus text exposition: raw all-time counters and the validation metrics, and
+    the series of ``others`` (collectors of other areas, e.g. :mod:`k1.flow.metrics`)."""
     client = client or get_redis()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(client, report(dlq, client)))
+    for collector in others:
+        registry.register(collector)
     return generate_latest(registry)
 
 

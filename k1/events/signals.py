@@ -33,6 +33,10 @@ and the events of one task still arrive in order:
   (:mod:`k1.recovery`) through the same buffer; Celery runs it before ``task_failure``,
   so a dead task's ``dead`` precedes its ``failed``.
 
+Each transition's task history record (:mod:`k1.history.capture`) goes into the same
+buffer where and when its event is published (so a ``received`` record too is captured by
+the child), and reaches Redis in the same round trip.
+
 A pool process sends its buffer when it shuts down (``worker_process_shutdown``); one
 killed outright loses what it had not sent yet (a few milliseconds of events).
 """
@@ -47,6 +51,7 @@ from celery import Task, current_task, signals
 
 from k1 import headers as k1_headers
 from k1.events import flush, make_event, publish
+from k1.history import capture as history
 from k1.settings import get_settings
 from k1.tasks.base import project_of
 
@@ -101,6 +106,7 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
                        **_request_fields(request))
     if request.eta:
         request.request_dict.pop(RECEIVED_EVENT, None)
+        history.capture(history.received(event, request))  # in the round trip below
         publish([("task_event", event)], wait=True)  # before its start, in another process
     else:
         request.request_dict[RECEIVED_EVENT] = event  # published by the child, before started
@@ -112,9 +118,13 @@ def on_prerun(sender: Task | None = None, task_id: str | None = None,
         return
     _started_at[task_id or ""] = time.monotonic()
     received = _take_received(task)
-    events = [("task_event", received)] if isinstance(received, dict) else []
-    publish([*events, ("task_event", make_event("started", state="STARTED",
-                                                **_task_fields(task)))])
+    events: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(received, dict):
+        events.append(("task_event", received))
+        history.capture(history.received(received, task.request))
+    started = make_event("started", state="STARTED", **_task_fields(task))
+    publish([*events, ("task_event", started)])
+    history.capture(history.record(started))
 
 
 def _take_received(task: Task) -> Any:
@@ -137,17 +147,20 @@ def on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None
               "runtime_ms": _runtime_ms(sender.request.id), "result": _short(result)}
     publish([("task_event", make_event("succeeded", **fields)),
              ("task_completed", make_event("succeeded", **fields))])
+    history.capture(history.record(make_event("succeeded", **fields)))
 
 
 def on_failure(sender: Task | None = None, exception: BaseException | None = None,
                **_: Any) -> None:
     if sender is None:
         return
-    publish([("task_event", make_event(
+    event = make_event(
         "failed", state="FAILURE", runtime_ms=_runtime_ms(sender.request.id),
         exception=type(exception).__name__, message=_short(str(exception)),
         **_task_fields(sender),
-    ))])
+    )
+    publish([("task_event", event)])
+    history.capture(history.record(event))
 
 
 def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None = None,
@@ -162,12 +175,14 @@ def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None
     exc = sys.exc_info()[1]  # K1Task retries from inside its except block
     deferrals_before = task.request.get(k1_headers.DEFERRALS) or 0
     deferred = (headers.get(k1_headers.DEFERRALS) or 0) > deferrals_before
-    publish([("task_event", make_event(
+    event = make_event(
         "retried", state="RETRY", runtime_ms=_runtime_ms(task.request.id),
         exception=type(exc).__name__ if exc else None,
         message=_short(str(exc)) if exc else None, eta=headers.get("eta"),
         deferred=deferred, **_task_fields(task),
-    ))], wait=True)  # before the retry's own received (worker main process)
+    )
+    history.capture(history.record(event))  # in the round trip below
+    publish([("task_event", event)], wait=True)  # before the retry's received (main process)
 
 
 def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
@@ -177,10 +192,14 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
     reason = "expired" if expired else "terminated" if terminated else "revoked"
     # Revoked before a pool child took it: its received was never published.
     received = None if request.time_start else request.request_dict.pop(RECEIVED_EVENT, None)
-    events = [("task_event", received)] if isinstance(received, dict) else []
-    publish([*events, ("task_event", make_event(
-        "failed", state="REVOKED", exception="Revoked", message=reason,
-        **_request_fields(request)))])
+    events: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(received, dict):
+        events.append(("task_event", received))
+        history.capture(history.received(received, request))
+    event = make_event("failed", state="REVOKED", exception="Revoked", message=reason,
+                       **_request_fields(request))
+    publish([*events, ("task_event", event)])
+    history.capture(history.record(event))
 
 
 def on_process_shutdown(**_: Any) -> None:

@@ -41,8 +41,16 @@ import redis
 from celery import signals
 
 from k1.connections import get_redis
-from k1.flow import queues, unique
-from k1.flow.gate import LimitExceeded, Slot, give_back, holding, reserve_start, take_slot
+from k1.flow import metrics, queues, unique
+from k1.flow.gate import (
+    KIND_RATE,
+    LimitExceeded,
+    Slot,
+    give_back,
+    holding,
+    reserve_start,
+    take_slot,
+)
 from k1.flow.limits import (
     PER_GLOBAL,
     InvalidLimit,
@@ -56,8 +64,8 @@ from k1.flow.unique import InvalidUnique, Superseded, Unique
 
 __all__ = ["CONCURRENCY_WAIT_MAX", "InvalidLimit", "InvalidUnique", "Limit", "LimitExceeded",
            "Limiter", "RateWait", "Superseded", "Unique", "admitted", "declared_limits",
-           "fleet_declared_limits", "limiter", "limits_in_force", "queues", "unique",
-           "wait_countdown"]
+           "fleet_declared_limits", "limiter", "limits_in_force", "metrics", "queues",
+           "unique", "wait_countdown"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +135,9 @@ def _publish_declared(**_: Any) -> None:
 class RateWait(LimitExceeded):
     """A task's start is reserved ``retry_after`` seconds from now under limit ``name``."""
 
+    def __init__(self, name: str, key: str, retry_after: float, kind: str = KIND_RATE) -> None:
+        super().__init__(name, key, retry_after, kind)
+
 
 @contextlib.contextmanager
 def admitted(task: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any],
@@ -166,7 +177,7 @@ def _take(limits: list[Limit], arguments: Mapping[str, Any], project_id: str | N
             key = limit.key_of(project_id, arguments)
             ok, delay = reserve_start(limit, key, MAX_RESERVATION)
             if not ok:
-                raise LimitExceeded(limit.name, key, delay - MAX_RESERVATION)
+                raise LimitExceeded(limit.name, key, delay - MAX_RESERVATION, KIND_RATE)
             if delay > RUN_NOW:
                 raise RateWait(limit.name, key, delay)
             time.sleep(delay)
@@ -229,7 +240,7 @@ class Limiter:
             if not ok:
                 if slot is not None:
                     give_back(slot)
-                raise LimitExceeded(self.name, self.key, delay)
+                raise LimitExceeded(self.name, self.key, delay, KIND_RATE)
             time.sleep(delay)
         if slot is not None:
             self._slots.append(slot)

@@ -5,19 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from k1.flow import fleet_declared_limits, gate, limits
+from k1.flow import fleet_declared_limits, gate, limits, metrics
 
 WORKERS_TIMEOUT = 1.0  # s to wait for workers to list their tasks (a name unknown here)
 
 
-def overview() -> list[dict[str, Any]]:
-    """Every limit in force (declared on a task or set at run time), with its live use."""
+def overview(scope: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """Every limit in force (declared on a task or set at run time), with its live use.
+
+    ``scope``: the projects a caller may see (None: every one, an operator). A key is
+    a tenant's data: a per-project limit shows such a caller only its projects' keys,
+    and a limit per argument value no key at all (its values may be any project's).
+    """
     from k1.celery import load_task_modules
 
     load_task_modules()
     runtime = limits.read_runtime()
     in_force = limits.effective(fleet_declared_limits(), runtime)
-    return [_described(in_force[name], runtime) for name in sorted(in_force)]
+    described = [_described(in_force[name], runtime) for name in sorted(in_force)]
+    if scope is not None:
+        for limit in described:
+            limit["usage"] = [use for use in limit["usage"]
+                              if _key_visible(limit["per"], str(use["key"]), scope)]
+    return described
+
+
+def _key_visible(per: str, key: str, scope: frozenset[str]) -> bool:
+    if per == limits.PER_GLOBAL:
+        return True
+    return per == limits.PER_PROJECT and key in scope
 
 
 def put(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,6 +65,7 @@ def delete(name: str) -> dict[str, Any] | None:
     code = fleet_declared_limits().get(name)
     if code is None:
         gate.forget(name)
+        metrics.forget_waits(name)
     return {"deleted": name, "now": _described(code, {}) if code else None}
 
 

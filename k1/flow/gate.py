@@ -18,12 +18,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
 from k1.connections import get_redis
-from k1.flow.limits import Limit
+from k1.flow.limits import PER_GLOBAL, PER_PROJECT, Limit
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,20 @@ class Slot:
         return f"limit {self.limit.name} lease {self.lease_id}"
 
 
-class LimitExceeded(Exception):
-    """A call over a limit; ``retry_after`` says when to try again. Raised in a K1 task, it
-    makes the task wait (re-enqueued, no attempt spent) like a limit on the task itself."""
+KIND_CONCURRENCY, KIND_RATE = "concurrency", "rate"  # the part of a limit that refused a call
 
-    def __init__(self, name: str, key: str, retry_after: float) -> None:
-        super().__init__(name, key, retry_after)  # args rebuild it (result backend, pickle)
-        self.name, self.key, self.retry_after = name, key, retry_after
+
+class LimitExceeded(Exception):
+    """A call over a limit; ``retry_after`` says when to try again, ``kind`` which part of
+    the limit refused it (:data:`KIND_CONCURRENCY` or :data:`KIND_RATE`). Raised in a K1
+    task, it makes the task wait (re-enqueued, no attempt spent) like a limit on the task
+    itself."""
+
+    def __init__(self, name: str, key: str, retry_after: float,
+                 kind: str = KIND_CONCURRENCY) -> None:
+        # args rebuild it (result backend, pickle)
+        super().__init__(name, key, retry_after, kind)
+        self.name, self.key, self.retry_after, self.kind = name, key, retry_after, kind
 
     def __str__(self) -> str:
         where = f" for {self.key!r}" if self.key else ""
@@ -202,12 +209,18 @@ def forget(name: str) -> None:
 
 
 def _announce(limit: Limit, key: str, state: str, used: int) -> None:
-    from k1.events import emit
+    from k1.events import OPERATORS, emit
 
     log.info("limit %s%s: %s (%s of %s running)", limit.name, f"[{key}]" if key else "",
              state, used, limit.concurrency)
+    # A key is a tenant's data: a project's key goes to that project and the operators,
+    # an argument value (any project's) only to the operators; a global limit's to all.
+    where: dict[str, Any] = (
+        {} if limit.per == PER_GLOBAL else
+        {"project_id": key, "audience": OPERATORS} if limit.per == PER_PROJECT else
+        {"audience": OPERATORS})
     emit("limit_state", type=state, name=limit.name, key=key, per=limit.per, state=state,
-         running=int(used), concurrency=limit.concurrency)
+         running=int(used), concurrency=limit.concurrency, **where)
 
 
 _scripts: dict[str, redis.commands.core.Script] = {}

@@ -37,6 +37,8 @@ WORKERS_KEY = "k1:flow:paused:{}:workers"  # set: workers that consumed a paused
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 CONTROL_TIMEOUT = 2.0  # seconds a broadcast waits for the workers' replies
 CONFIRM_TIMEOUT = 10.0  # seconds pause waits for every worker to have stopped consuming
+TOLD_KEY = "k1:flow:paused:{}:told:{}"  # a worker that missed the pause was told to stop
+TOLD_TTL = 2  # seconds: one cancel per worker and queue until it has surely acted on it
 
 
 class InvalidQueue(ValueError):
@@ -117,8 +119,37 @@ def check_not_paused(request: Any) -> None:
     except redis.RedisError as exc:  # the broker is Redis too: it is likely back soon
         log.warning("paused queues unreadable (%s); running the task", exc)
         return
-    if paused:
+    if paused and queue is not None:
+        _stop_consuming(request.hostname, queue)
         raise Reject(f"queue {queue} is paused", requeue=True)
+
+
+def _stop_consuming(worker: str | None, queue: str) -> None:
+    """A worker fetching from a paused queue missed the pause: stop it consuming the queue.
+
+    Otherwise it takes the handed-back message again at once, and hands it back again,
+    about a hundred times a second, until the resume. The worker joins the queue's
+    workers so that the resume reaches it; its cancel goes out first and the flag is read
+    again after joining, so that a resume racing this either finds the worker in its list
+    (and its add_consumer comes after the cancel) or is seen here (and the worker adds
+    itself back).
+    """
+    from k1.celery import app
+
+    if not worker:
+        return
+    try:
+        client = get_redis()
+        if not client.set(TOLD_KEY.format(queue, worker), 1, nx=True, ex=TOLD_TTL):
+            return  # told already, and not yet acted on
+        app.control.cancel_consumer(queue, destination=[worker])
+        client.sadd(WORKERS_KEY.format(queue), worker)
+        if not client.sismember(PAUSED_KEY, queue):
+            app.control.add_consumer(queue, destination=[worker])
+        log.warning("queue %s is paused but %s was consuming it; told it to stop", queue,
+                    worker)
+    except Exception as exc:  # the hand-back itself must happen: the task is not lost
+        log.warning("could not stop %s consuming paused queue %s (%s)", worker, queue, exc)
 
 
 @signals.celeryd_after_setup.connect

@@ -22,6 +22,9 @@ BUILTINS: tuple[ScheduleSpec, ...] = (
     ScheduleSpec("dlq-depth-snapshot", "k1.dlq.snapshot_depth", cron="*/15 * * * *",
                  builtin=True),
     ScheduleSpec("dlq-spool-drain", "k1.dlq.drain_spool", every=30, builtin=True),
+    # Task history housekeeping (k1.history.tasks).
+    ScheduleSpec("history-retention", "k1.history.enforce_retention", cron="30 2 * * *",
+                 builtin=True),
     # The nightly workflow (workflows/maintenance_workflow.json) through the Conductor
     # bridge. Created paused: it needs a Conductor server; `k1 schedule resume
     # nightly-workflow` turns it on. Its kwargs must match k1.conductor.start_workflow's

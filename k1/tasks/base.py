@@ -82,6 +82,8 @@ class K1Task(Task):
     unique: flow.Unique | None = None
     # The policy bounds attempts and deferrals; Celery's own cap (3) would cut them short.
     max_retries = None
+    # Records in task history when a run's message goes back to the queue (no signal does).
+    Request = "k1.history.worker:HandBackRequest"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -179,6 +181,7 @@ class K1Task(Task):
             carried[headers.LIMIT_RESERVED] = sorted(
                 {*(self.request.get(headers.LIMIT_RESERVED) or ()), exc.name})
         log.info("task %s[%s] waits %.2fs: %s", self.name, self.request.id, countdown, exc)
+        flow.metrics.record_wait(exc, countdown)
         self._publish_retry(exc, countdown, carried)
 
     def _retry_if_transient(self, exc: Exception) -> None:
@@ -221,6 +224,7 @@ class K1Task(Task):
                    kwargs: dict[str, Any], einfo: Any) -> None:
         """The task failed for good: write its dead letter and announce the death."""
         from k1.events import emit
+        from k1.history import capture as history
         from k1.recovery.breakers import states_snapshot
         from k1.recovery.dlq.store import DeadLetterStore
 
@@ -253,10 +257,11 @@ class K1Task(Task):
         log.error("task %s[%s] is dead after %d attempt(s): %s: %s (dead letter %s)",
                   self.name, task_id, fields["attempts"], fields["exception_type"], exc,
                   recorded.letter_id or recorded.outcome)
-        emit("task_event", type="dead", task_id=task_id, task_name=self.name,
+        event = emit("task_event", type="dead", task_id=task_id, task_name=self.name,
              project_id=fields["project_id"], user_id=fields["user_id"], state="FAILURE",
              attempt=fields["attempts"], exception=fields["exception_type"],
              message=fields["exception_message"][:500], letter_id=recorded.letter_id)
+        history.capture(history.record(event, worker=fields["worker"]))
 
 
 def _seconds_until(when: Any) -> float:

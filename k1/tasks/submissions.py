@@ -32,6 +32,7 @@ from k1 import headers as k1_headers
 from k1.celery import app, load_task_modules
 from k1.connections import get_redis
 from k1.flow import unique
+from k1.history import capture as history
 from k1.tasks import public_task_names
 
 if TYPE_CHECKING:
@@ -194,6 +195,7 @@ def dispatch(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | 
                              delay=_delay(options))
         if not claim.held:
             return Sent(claim.holder, duplicate_of=claim.holder, claim=claim)
+    sent_at = time.time()  # before sending: the task may start before apply_async returns
     try:
         if task is not None:
             result = task.apply_async(args=list(args), kwargs=kwargs, headers=stamped,
@@ -205,6 +207,13 @@ def dispatch(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | 
         if claim is not None:  # nothing was sent: the key is free again
             claim.release()
         raise
+    submitted = history.submitted(result.id, task_name, args, kwargs, project_id=project_id,
+                                  user_id=user_id, headers=stamped, ts=sent_at,
+                                  queue=options.get("queue"))
+    if pipe is not None:
+        history.add(pipe, submitted)
+    else:
+        history.capture(submitted)
     if project_id is not None:
         record(Submission(result.id, task_name, project_id, user_id, time.time(),
                           claim.redis_key if claim else None), pipe=pipe)

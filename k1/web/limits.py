@@ -15,7 +15,7 @@ from flask import Blueprint, jsonify
 from pydantic import BaseModel
 
 from k1.flow import admin, limits, queues
-from k1.web.auth import require_auth, require_operator
+from k1.web.auth import current_principal, require_auth, require_operator
 from k1.web.contract import Body, Error, responses, validate
 from k1.web.errors import Answer, APIError
 
@@ -67,7 +67,8 @@ class Queues(BaseModel):
 @require_auth
 @validate(tags=("flow",), resp=responses(HTTP_200=Limits))
 def list_limits() -> Answer:
-    return jsonify(limits=admin.overview())
+    principal = current_principal()
+    return jsonify(limits=admin.overview(None if principal.is_operator else principal.projects))
 
 
 @bp.put("/api/limits/<name>")

@@ -1,6 +1,7 @@
 """``GET /api/metrics`` (JSON) and ``GET /metrics`` (Prometheus text): the validation
-metrics beside their seed targets. Both need a bearer token; for Prometheus give the
-scrape job a long-lived one (``authorization: {credentials: <token>}``).
+metrics beside their seed targets; ``/metrics`` also has flow control's series (the waits
+limits caused, each limit's use: :mod:`k1.flow.metrics`). Both need a bearer token; for
+Prometheus give the scrape job a long-lived one (``authorization: {credentials: <token>}``).
 """
 
 from typing import Any
@@ -10,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from k1.events import metrics
+from k1.flow import admin
+from k1.flow import metrics as flow_metrics
 from k1.recovery.dlq.store import DeadLetterStore
 from k1.web.auth import require_auth
 from k1.web.contract import responses, validate
@@ -49,5 +52,6 @@ def validation_metrics() -> Answer:
 @require_auth
 @validate(tags=("metrics",), resp=responses(HTTP_200=None))
 def prometheus() -> Answer:
-    body = metrics.prometheus_text(blocking(dlq_stats))
+    limits = flow_metrics.Collector(admin.overview())
+    body = metrics.prometheus_text(blocking(dlq_stats), others=[limits])
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -35,7 +35,7 @@ from flask_socketio import emit as reply
 
 from k1.auth import InvalidToken, Principal, is_revoked, verify_token
 from k1.connections import get_redis
-from k1.events import PLATFORM_ROOM, metrics, project_room, user_room
+from k1.events import OPERATORS_ROOM, PLATFORM_ROOM, metrics, project_room, user_room
 from k1.tasks.submissions import SubmissionError, validate_project_id
 from k1.web.metrics import dlq_stats
 from k1.web.offload import blocking
@@ -115,6 +115,8 @@ def register(socketio: SocketIO) -> None:
         _principals(socketio)[_sid()] = principal
         join_room(user_room(principal.user_id))
         join_room(PLATFORM_ROOM)
+        if principal.is_operator:
+            join_room(OPERATORS_ROOM)
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # the real app
         _start_background_tasks(socketio, app)
         return True

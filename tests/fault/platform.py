@@ -32,7 +32,7 @@ import redis
 from celery import Celery
 
 from tests.conftest import LOGS, PORTS, k1_process
-from tests.support import ROOT, VENV_BIN, Process, RedisServer, free_port, wait_for
+from tests.support import ROOT, VENV_BIN, Process, RedisServer, free_port, run_k1, wait_for
 
 FIGURES = ROOT / "artifacts" / "fault"  # one JSON per scenario, summed up in docs/reliability.md
 QUEUE = "celery"  # the default queue: the platform has nothing else on its Redis
@@ -96,6 +96,19 @@ class Platform:
         process.wait_until(lambda: requests.get(f"{url}/api/health", timeout=2).ok, 60,
                            "health never answered 200")
         return process, url
+
+    def conductor_worker(self, label: str = "conductor") -> Process:
+        """``k1 conductor-worker`` (the Procfile's ``conductor``), polling once it returns;
+        the workflow files are registered first with ``k1 workflows register``. Needs
+        CONDUCTOR_SERVER_URL in the platform's ``env``.
+        """
+        registered = run_k1("workflows", "register", env=self.env)
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        process = self.process(label, str(VENV_BIN / "k1"), "conductor-worker",
+                               "--no-register")
+        process.wait_until(lambda: "conductor worker polling" in process.log_tail(400), 60,
+                           "did not start polling")
+        return process
 
 
 def pool_children(process: Process) -> list[int]:

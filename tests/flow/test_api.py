@@ -129,6 +129,32 @@ def test_pause_holds_the_queue_and_resume_releases_it_in_order_without_loss(
     # fetch before the others): the order the pause kept is the queue's, checked above.
 
 
+def test_a_worker_that_missed_the_pause_stops_consuming_instead_of_handing_back_in_a_loop(
+        operator, redis_client, services):
+    from k1.celery import app
+    from k1.flow.queues import PAUSED_KEY, _consumers_of
+
+    queue, tag = f"missed-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    worker = celery_worker(f"flow-missed-{tag[:6]}", concurrency=1, queues=queue,
+                           include=TASKS)
+    try:
+        # Paused behind the worker's back: as if it had missed the broadcast.
+        redis_client.sadd(PAUSED_KEY, queue)
+        [task_id] = send("tests.flow.hold", 1, queue=queue, project_id="acme", tag=tag)
+        # It hands the task back once, and stops fetching from the queue (it would
+        # otherwise take it again at once, a hundred times a second).
+        wait_for(lambda: not _consumers_of(app, queue), timeout=30, interval=0.5,
+                 message=lambda: f"{queue} still consumed: {_consumers_of(app, queue)}")
+        assert redis_client.llen(queue) == 1 and runs(tag) == []
+        resumed = operator.post(f"/api/queues/{queue}/resume")
+        assert resumed.status_code == 200, resumed.text
+        assert any(w.startswith("flow-missed-") for w in resumed.json()["workers"])
+        assert [row[-1] for row in wait_runs(tag, 1, timeout=60)] == [task_id]
+    finally:
+        redis_client.srem(PAUSED_KEY, queue)
+        worker.stop()
+
+
 def test_a_bad_queue_name_is_a_400(operator):
     answer = operator.post("/api/queues/bad%20name/pause")
     assert answer.status_code == 400 and answer.json()["error"].startswith("queue:")
@@ -151,3 +177,48 @@ def test_the_cli_sets_lists_and_deletes_limits_and_pauses_queues(flow_workers):
     assert queue in run_k1("queues", "list").stdout.split()
     assert run_k1("queues", "resume", queue).returncode == 0
     assert queue not in run_k1("queues", "list").stdout.split()
+
+
+def test_limit_keys_reach_only_whoever_may_see_their_project(web, worker, operator, make_token):
+    """A limit's key is a tenant's data: a per-project key is shown (API, events) to that
+    project and to operators, a per-argument key (any project's value) to operators only."""
+    from k1.flow.gate import give_back, take_slot
+    from k1.flow.limits import Limit
+
+    u = uuid.uuid4().hex[:8]
+    mine, theirs, value = f"p1-{u}", f"p2-{u}", f"secret-{u}"
+    by_project = Limit(f"test-keys-p-{u}", per="project", concurrency=1)
+    by_tag = Limit(f"test-keys-t-{u}", per="tag", concurrency=1)
+    for limit in (by_project, by_tag):
+        body = {"tasks": ["tests.flow.paced"], "per": limit.per, "concurrency": 1}
+        assert operator.put(f"/api/limits/{limit.name}", json=body).status_code == 200
+    slots = []
+    try:
+        with Listener(web, make_token(f"u-{u}", mine)) as user, \
+                Listener(web, make_token(f"ops-{u}", "*")) as ops:
+            assert user.subscribe(mine)["ok"]
+            # Each key saturates (its second slot refused); the user's own key last.
+            for limit, key in ((by_tag, value), (by_project, theirs), (by_project, mine)):
+                slot, _ = take_slot(limit, key)
+                slots.append(slot)
+                assert take_slot(limit, key)[0] is None
+            user.wait_for(lambda r: r.name == "limit_state" and r.data.get("key") == mine,
+                          timeout=30)  # the marker: what came before it has arrived too
+            for key in (theirs, value):
+                ops.wait_for(lambda r, key=key: r.name == "limit_state"
+                             and r.data.get("key") == key, timeout=30)
+            assert {r.data.get("key") for r in user.events(lambda r: r.name == "limit_state")
+                    } == {mine}
+        seen = {x["name"]: [use["key"] for use in x["usage"]] for x in
+                API(web, make_token(f"u-{u}", mine)).get("/api/limits").json()["limits"]}
+        assert (seen[by_project.name], seen[by_tag.name]) == ([mine], [])
+        everything = {x["name"]: {use["key"] for use in x["usage"]}
+                      for x in operator.get("/api/limits").json()["limits"]}
+        assert everything[by_project.name] == {mine, theirs}
+        assert everything[by_tag.name] == {value}
+    finally:
+        for slot in slots:
+            if slot is not None:
+                give_back(slot)
+        for limit in (by_project, by_tag):
+            operator.delete(f"/api/limits/{limit.name}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from k1.flow import CONCURRENCY_WAIT_MAX, Limit, LimitExceeded, RateWait, wait_countdown
@@ -51,3 +53,12 @@ def test_concurrency_waits_back_off_to_a_bound_and_rate_waits_are_exact():
     assert waits[0] < waits[3] and max(waits) <= CONCURRENCY_WAIT_MAX * 1.2
     assert min(waits[6:]) >= CONCURRENCY_WAIT_MAX
     assert wait_countdown(RateWait("a", "", 2.5), 40) == 2.5
+
+
+def test_a_refusal_says_which_part_of_the_limit_refused_and_survives_pickling():
+    # Celery stores the exception of a retry (a wait) in the result backend by its args.
+    for refusal, kind in ((LimitExceeded("a", "k", 0.0), "concurrency"),
+                          (LimitExceeded("a", "k", 40.0, "rate"), "rate"),
+                          (RateWait("a", "k", 2.5), "rate")):
+        copy = pickle.loads(pickle.dumps(refusal))
+        assert (type(copy), copy.name, copy.key, copy.kind) == (type(refusal), "a", "k", kind)

@@ -1,7 +1,8 @@
 """A Heroku-style deploy, run as a Procfile host would: honcho, configured only by the
 environment Heroku sets (postgres:// on a real PostgreSQL, rediss:// on a real TLS Redis
 with a self-signed certificate, PORT), the release phase twice at once, then a task, a
-schedule and a workflow complete and a Socket.IO client receives their events."""
+schedule and a workflow complete, a Socket.IO client receives their events and the task's
+history is recorded."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 SECRET = "heroku-secret-" + uuid.uuid4().hex + uuid.uuid4().hex
 FLOWER_AUTH = ("ops", "heroku-flower-password")
 PROJECT = "heroku"
-PROCESSES = ("web", "worker", "beat", "conductor", "flower")
+PROCESSES = ("web", "worker", "beat", "recorder", "conductor", "flower")
 START_TIMEOUT = 120  # s for every process to be up on a loaded 2-core machine
 DONE_TIMEOUT = 90  # s for a task, a schedule or a workflow to complete
 
@@ -122,6 +123,15 @@ def test_a_task_a_schedule_and_a_workflow_complete_and_their_events_arrive(
         arrived("workflow_event", {"workflow_id": workflow_id, "type": "completed"})
     assert api.get(f"{web}/api/tasks/{task_id}", timeout=10).json()["state"] == "SUCCESS"
     api.delete(f"{web}/api/scheduler/jobs/heroku-{unique}", timeout=10)
+    # The Procfile's recorder wrote the task's runs (rediss:// stream to postgres://).
+    def recorded_runs() -> list[str] | None:
+        body = api.get(f"{web}/api/tasks/{task_id}", timeout=10).json()
+        outcomes = [attempt["outcome"] for attempt in body["attempts"]]
+        return outcomes if outcomes[-1:] == ["succeeded"] else None
+
+    runs = deploy["app"].wait_until(recorded_runs, DONE_TIMEOUT,
+                                    "the recorder never wrote the task's history")
+    assert runs == ["retried", "succeeded"], runs
 
 
 def test_without_the_certificate_policy_the_logs_name_the_fix(

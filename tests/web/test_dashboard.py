@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -311,8 +312,64 @@ def test_every_panel_shows_what_the_api_has(
     open_tab(page, "dlq")
     expect(page.locator(f'#dlq-table tr[data-letter-id="{dead["id"]}"]')).to_be_visible()
 
-    for body in ("#breakers-body", "#schedules-body", "#workflows-body", "#dlq-body"):
+    for body in ("#breakers-body", "#schedules-body", "#workflows-body", "#dlq-body",
+                 "#limits-body"):
         assert page.locator(f"{body} .error").count() == 0, page.locator(body).inner_text()
+
+
+def test_the_limits_panel_shows_live_use_and_follows_limit_state(
+        web: str, worker: Process, page: Page, make_token: MakeToken, unique: str) -> None:
+    """A limit set at run time is listed, to an operator (its keys are argument values,
+    which only operators see: tests/flow/test_api.py), with its live use while real tasks
+    hold its slot; a saturate event updates the panel even while its tab
+    is hidden (a hidden panel is not polled: only the event can have done it)."""
+    from k1.flow.gate import give_back, take_slot
+    from k1.flow.limits import REFRESH_INTERVAL, Limit
+    from tests.flow.conftest import send, wait_runs
+
+    name, key = f"dash-{unique}", f"{unique} {HOSTILE}"  # the key is the task's `tag`
+    body = {"tasks": ["tests.flow.paced"], "per": "tag", "concurrency": 1, "rate": "600/m"}
+    operator = API(web, make_token(f"op-{unique}", "*"))
+    assert operator.put(f"/api/limits/{name}", json=body).status_code == 200
+    try:
+        sign_in(page, web, make_token(f"ada-{unique}", "*"))
+        open_tab(page, "limits")
+        row = page.locator(f'#limits-body tr[data-limit="{name}"]')
+        expect(row).to_have_attribute("data-source", "runtime")
+        cells = row.locator("td")
+        for column, text in enumerate(["tests.flow.paced", "tag", "1", "600/m"], start=1):
+            expect(cells.nth(column)).to_have_text(text)
+        expect(cells.nth(5)).to_have_text("no key used in the last 24 h")
+
+        # Workers re-read run-time limits at a task's start once their copy is this old.
+        time.sleep(REFRESH_INTERVAL + 0.2)
+        send("tests.flow.paced", 3, project_id=f"lim-{unique}", tag=key, ms=4000)
+        use = row.locator("ul.usage li")
+        expect(use).to_have_attribute("data-running", "1")
+        expect(use).to_have_attribute("data-saturated", "true")  # the others found it taken
+        expect(use.locator(".key")).to_have_text(key)
+        expect(use).to_contain_text("1 / 1 running")
+        screenshot_tabs(page, "limits")
+        wait_runs(key, 3, timeout=120)
+        expect(use).to_have_attribute("data-running", "0")  # polled: no event says it
+        expect(use).to_have_attribute("data-saturated", "false")
+
+        open_tab(page, "dlq")
+        limit = Limit(name, **{k: v for k, v in body.items() if k != "tasks"})
+        slot, _ = take_slot(limit, key)
+        assert slot is not None
+        try:
+            assert take_slot(limit, key)[0] is None  # refused: the key saturates
+            expect(use).to_have_attribute("data-saturated", "true")
+            expect(use).to_have_attribute("data-running", "1")
+            expect(page.locator('#feed li[data-type="limit"]').first).to_contain_text(
+                f"limit {name} [{key}] saturated")
+        finally:
+            give_back(slot)
+        expect(use).to_have_attribute("data-saturated", "false")  # the cleared event
+        assert page.evaluate("window.__k1_xss") is None and page.locator("img").count() == 0
+    finally:
+        assert operator.delete(f"/api/limits/{name}").status_code == 200
 
 
 def test_the_page_signs_out_when_its_token_expires(

@@ -13,6 +13,7 @@ import { connect, disconnect, serverNow, subscribe, unsubscribe } from "./live.j
 import { loadMetrics, onMetricsBroadcast } from "./metrics.js";
 import { loadBreakers } from "./panels/breakers.js";
 import { loadDlq } from "./panels/dlq.js";
+import { loadLimits } from "./panels/limits.js";
 import { addSchedule, loadSchedules } from "./panels/schedules.js";
 import { loadWorkflows } from "./panels/workflows.js";
 import { adopt, exchangeLinkToken, forget, savedToken, setProject, showSignIn, takeLinkToken }
@@ -21,6 +22,7 @@ import { state } from "./state.js";
 
 const HEALTH_POLL_MS = 10000;   // the banner notices a dependency going down within 10 s
 const RELOAD_DEBOUNCE_MS = 300;  // a burst of events reloads a panel once
+const LIMITS_POLL_MS = 5000;     // live use of the limits, while their tab is shown
 const MAX_TIMER_MS = 2 ** 31 - 1;  // setTimeout fires at once beyond this (24.8 days)
 
 // Server events: what each one changes on the page (every one also measures latency).
@@ -37,6 +39,11 @@ const HANDLERS = {
   },
   schedule_fired: () => debounce("schedules", loadSchedules, RELOAD_DEBOUNCE_MS),
   workflow_event: () => debounce("workflows", loadWorkflows, RELOAD_DEBOUNCE_MS),
+  limit_state: (event) => {
+    feedNote("limit", "limit " + event.name + (event.key ? " [" + event.key + "]" : "") + " "
+      + event.type + " (" + event.running + " of " + event.concurrency + " running)");
+    debounce("limits", loadLimits, RELOAD_DEBOUNCE_MS);
+  },
   metrics: onMetricsBroadcast,
   error: (refusal) => {
     // action "connection": the server is closing this connection (token expired or revoked)
@@ -68,6 +75,7 @@ function refreshAll() {
   loadBreakers();
   loadSchedules();
   loadWorkflows();
+  loadLimits();
 }
 
 function signIn(token) {
@@ -127,6 +135,12 @@ function selectTab(name) {
     button.setAttribute("aria-selected", String(button.dataset.tab === name));
   }
   for (const panel of document.querySelectorAll(".tab")) panel.hidden = panel.id !== "tab-" + name;
+  if (name === "limits" && state.token) loadLimits();  // its use moved on while hidden
+}
+
+// Slots taken and freed below a limit send no event: poll, but only a panel someone sees.
+function pollLimits() {
+  if (state.token && !$("tab-limits").hidden && !document.hidden) loadLimits();
 }
 
 // A module runs once the document is parsed: the elements below exist.
@@ -148,6 +162,7 @@ window.addEventListener("hashchange", signInWithLink);  // a link opened in this
 renderCounters();
 loadHealth();
 setInterval(loadHealth, HEALTH_POLL_MS);
+setInterval(pollLimits, LIMITS_POLL_MS);
 if (!(await signInWithLink())) {
   const saved = savedToken();
   if (saved) signIn(saved); else showSignIn("");

@@ -1,0 +1,206 @@
+"""Task history benchmark: what recording costs a worker, how fast the recorder writes,
+how fast history answers.
+
+    .venv/bin/python -m bench.history [--tasks 1000] [--rows 100000]
+
+Starts its own throwaway Redis and PostgreSQL (as the tests do) and prints:
+
+- worker throughput with ``K1_TASK_HISTORY`` on and off, interleaved in one run (goal: on
+  / off >= 0.98). No recorder runs meanwhile: the figure is the worker's own cost (the
+  records wait in the stream), not that of sharing two cores with a recorder and
+  PostgreSQL;
+- the recorder's ceiling: records written per second by one recorder draining the
+  backlog those runs left (three a task: received, started, succeeded);
+- ``GET /api/tasks`` search and ``GET /api/tasks/<id>`` latency through the web process
+  with ``--rows`` tasks in history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import (  # noqa: E402 - the path above makes tests importable
+    VENV_BIN,
+    PostgresServer,
+    Process,
+    RedisServer,
+    free_port,
+    wait_for,
+)
+
+
+def throughput(tasks: int, history: str, log_dir: Path) -> float:
+    """Tasks per second through one prefork worker (2 processes)."""
+    from k1.celery import app
+
+    name = f"bench-history-{history}@k1"
+    worker = Process(f"worker-history-{history}", [
+        str(VENV_BIN / "celery"), "-A", "k1.celery", "worker", "--loglevel", "WARNING",
+        "--concurrency", "2", "--hostname", name, "--without-mingle", "--without-gossip"],
+        {**os.environ, "K1_TASK_HISTORY": history}, log_dir).start()
+    try:
+        worker.wait_until(lambda: app.control.ping(destination=[name], timeout=0.5), 60,
+                          "did not answer ping")
+        for _ in range(20):  # warm up both pool processes
+            app.send_task("k1.tasks.demo.flaky", kwargs={"project_id": "bench"}).get(30)
+        started = time.perf_counter()
+        results = [app.send_task("k1.tasks.demo.flaky", kwargs={"project_id": "bench"},
+                                 headers={"k1_project_id": "bench"}) for _ in range(tasks)]
+        for result in results:
+            result.get(timeout=300)
+        return tasks / (time.perf_counter() - started)
+    finally:
+        worker.stop()
+
+
+def bench_throughput(tasks: int, log_dir: Path) -> None:
+    best = {"on": 0.0, "off": 0.0}
+    for history in ("off", "on", "off", "on"):
+        best[history] = max(best[history], throughput(tasks, history, log_dir))
+    print(f"# worker throughput, {tasks} no-op flaky tasks, best of 2 interleaved runs each")
+    print(f"K1_TASK_HISTORY=off: {best['off']:7.1f} tasks/s")
+    print(f"K1_TASK_HISTORY=on : {best['on']:7.1f} tasks/s")
+    print(f"ratio on/off: {best['on'] / best['off']:.3f}  (goal >= 0.98)", flush=True)
+
+
+def bench_recorder(client) -> None:  # type: ignore[no-untyped-def]
+    """One recorder drains the backlog the throughput runs left in the stream."""
+    from k1.history.recorder import Recorder
+    from k1.history.stream import STREAM_KEY
+
+    backlog = client.xlen(STREAM_KEY)
+    recorder = Recorder(client, name="bench")
+    recorder.ensure_group()
+    started = time.perf_counter()
+    while recorder.step():
+        pass
+    elapsed = time.perf_counter() - started
+    print(f"# recorder ceiling: one recorder drains the {backlog} records those runs left "
+          f"(batch {recorder.batch})")
+    print(f"{backlog / elapsed:8.0f} records/s, {recorder.written} new "
+          f"(load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def load_rows(rows: int) -> None:
+    """Tasks and their runs inserted server-side (generate_series): a million in a minute
+    or two, where the recorder would take far longer; the shapes are the recorder's.
+    """
+    from sqlalchemy import text
+
+    from k1.db import get_engine
+
+    tasks = text("""
+        INSERT INTO task_history (task_id, task_name, project_id, user_id, queue, state,
+            created_at, submitted_at, started_at, finished_at, queue_wait_ms, runtime_ms,
+            worker, attempts, args, kwargs, result, error_type, error_message, search_text,
+            updated_at)
+        SELECT md5(g::text), 'k1.tasks.demo.flaky', 'p' || (g % 50), 'bench', 'celery',
+            CASE WHEN g % 20 = 0 THEN 'FAILURE' ELSE 'SUCCESS' END,
+            now() - (:rows - g) * interval '1 second', now() - (:rows - g) * interval '1 second',
+            now() - (:rows - g) * interval '1 second' + interval '2 ms',
+            now() - (:rows - g) * interval '1 second' + interval '5 ms', 2, 3,
+            'w' || (g % 8) || '@bench', 1, '[]'::jsonb,
+            jsonb_build_object('project_id', 'p' || (g % 50), 'n', g),
+            CASE WHEN g % 20 = 0 THEN NULL ELSE '{''runs'': 1}' END,
+            CASE WHEN g % 20 = 0 THEN 'ValueError' END,
+            CASE WHEN g % 20 = 0 THEN 'bad input number ' || g END,
+            '[] {"n": ' || g || ', "project_id": "p' || (g % 50) || '"}'
+                || CASE WHEN g % 20 = 0 THEN ' ValueError bad input number ' || g ELSE '' END,
+            now()
+        FROM generate_series(1, :rows) AS g""")
+    runs = text("""
+        INSERT INTO task_attempts (task_id, run, attempt, received_at, started_at, ended_at,
+            worker, outcome, runtime_ms)
+        SELECT task_id, 1, 1, submitted_at, started_at, finished_at, worker,
+            CASE WHEN state = 'FAILURE' THEN 'failed' ELSE 'succeeded' END, runtime_ms
+        FROM task_history t
+        WHERE NOT EXISTS (SELECT 1 FROM task_attempts a WHERE a.task_id = t.task_id)""")
+    with get_engine().begin() as connection:
+        connection.execute(tasks, {"rows": rows})
+        connection.execute(runs)
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM ANALYZE task_history"))
+        connection.execute(text("VACUUM ANALYZE task_attempts"))
+
+
+def bench_reads(rows: int, web: str, token: str) -> None:
+    import requests
+
+    from k1.db import get_engine
+
+    with get_engine().connect() as connection:
+        some = [row[0] for row in connection.exec_driver_sql(
+            "SELECT task_id FROM task_history ORDER BY random() LIMIT 200")]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    queries = [{}, {"project_id": "p3"}, {"state": "SUCCESS", "worker": "w1@bench"},
+               {"q": "number 4242"}, {"q": some[0][:8]}, {"since": "2000-01-01", "limit": 100}]
+    for label, calls in (("search", [("/api/tasks", q) for q in queries] * 40),
+                         ("task page", [(f"/api/tasks/{t}", {}) for t in some])):
+        samples = []
+        for path, params in calls:
+            started = time.perf_counter()
+            response = session.get(web + path, params=params, timeout=30)
+            samples.append((time.perf_counter() - started) * 1000)
+            assert response.ok, response.text
+        samples.sort()
+        print(f"{label:10s} with {rows} tasks: p50 {statistics.median(samples):6.1f} ms, "
+              f"p95 {samples[int(len(samples) * 0.95) - 1]:6.1f} ms "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="k1-bench-history-"))
+    base.chmod(0o755)
+    logs = ROOT / "artifacts" / "logs" / "bench-history"
+    logs.mkdir(parents=True, exist_ok=True)
+    redis_server = RedisServer(free_port(), base / "redis", logs).start()
+    postgres = PostgresServer(free_port(), base / "pg" / "data", logs).start()
+    port = free_port()
+    os.environ.update(REDIS_URL=redis_server.url, DATABASE_URL=postgres.url,
+                      K1_SECRET_KEY="bench-" + uuid.uuid4().hex * 2, K1_DATA_DIR=str(base),
+                      K1_LOG_LEVEL="WARNING", PORT=str(port), K1_HOST="127.0.0.1")
+    processes: list[Process] = []
+    try:
+        from k1.auth import create_token
+        from k1.db.migrate import upgrade
+
+        upgrade()
+        print(f"# K1 history benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+              f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        bench_throughput(args.tasks, logs)
+        bench_recorder(redis_server.client())
+        load_rows(args.rows)
+        web = Process("bench-web", [sys.executable, "-m", "k1.web"], os.environ, logs).start()
+        processes.append(web)
+        url = f"http://127.0.0.1:{port}"
+        import requests
+
+        wait_for(lambda: requests.get(f"{url}/api/health", timeout=2).ok, timeout=60,
+                 message="web never healthy")
+        bench_reads(args.rows, url, create_token("bench", ("*",),
+                                                 secret=os.environ["K1_SECRET_KEY"], ttl=3600))
+    finally:
+        for process in processes:
+            process.stop()
+        postgres.stop()
+        redis_server.stop()
+
+
+if __name__ == "__main__":
+    main()
