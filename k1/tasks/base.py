@@ -131,8 +131,11 @@ class K1Task(Task):
     def _skip_duplicate(self, exc: flow.Superseded) -> NoReturn:
         """This run's key is held by another task (its claim expired while it was queued
         and another sending took it): it does not run, and says so as revoked."""
+        from k1.events.signals import on_superseded
+
         log.warning("task %s[%s] not run: %s", self.name, self.request.id, exc)
         self.backend.mark_as_revoked(self.request.id, reason=str(exc), request=self.request)
+        on_superseded(self, str(exc))
         raise Ignore(str(exc)) from exc
 
     def check_arguments(self, arguments: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ from k1.flow import InvalidUnique, Unique
 from k1.flow.unique import key_of
 from k1.tasks.base import K1Task
 from tests.conftest import API, celery_worker, k1_process
+from tests.events.sockets import Listener
 from tests.flow.conftest import TASKS, runs, wait_runs
 from tests.flow.tasks import STARTED, TEST_LEASE
 from tests.support import free_port, wait_for
@@ -251,10 +252,16 @@ def test_a_run_whose_key_was_taken_while_it_waited_does_not_run(
     try:
         wait_for(lambda: redis_client.lrange(STARTED.format(tag), 0, -1) == [holder],
                  timeout=60, message="the new holder never started")
-        late = celery_worker("unique-later", concurrency=1, queues="unique-later",
-                             include=TASKS)
-        wait_for(lambda: _state(ops, stale.task_id) == "REVOKED", timeout=60,
-                 message=lambda: f"{stale.task_id} is {_state(ops, stale.task_id)}")
+        with Listener(unique_web, make_token("ada", project)) as listener:
+            listener.subscribe(project)
+            late = celery_worker("unique-later", concurrency=1, queues="unique-later",
+                                 include=TASKS)
+            wait_for(lambda: _state(ops, stale.task_id) == "REVOKED", timeout=60,
+                     message=lambda: f"{stale.task_id} is {_state(ops, stale.task_id)}")
+            said = listener.wait_for(lambda r: r.name == "task_event"
+                                     and r.data.get("task_id") == stale.task_id
+                                     and r.data.get("state") == "REVOKED", timeout=30)
+        assert said.data["exception"] == "Superseded", said.data
     finally:
         if late is not None:
             late.stop()
