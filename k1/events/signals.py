@@ -202,6 +202,18 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
     history.capture(history.record(event))
 
 
+def on_superseded(task: Task, reason: str) -> None:
+    """A run that did not happen: another task holds its unique key (:mod:`k1.flow.unique`
+    marks it revoked; no Celery signal says so)."""
+    if not get_settings().task_events:
+        return
+    event = make_event("failed", state="REVOKED", exception="Superseded",
+                       message=_short(reason), runtime_ms=_runtime_ms(task.request.id),
+                       **_task_fields(task))
+    publish([("task_event", event)])
+    history.capture(history.record(event))
+
+
 def on_process_shutdown(**_: Any) -> None:
     flush()  # a pool process ends with os._exit: atexit would not run
 

@@ -1,4 +1,5 @@
-"""Flow control across the fleet: concurrency and rate limits per key, and pausable queues.
+"""Flow control across the fleet: concurrency and rate limits per key, unique tasks
+(:mod:`k1.flow.unique`), and pausable queues.
 
 On a task (checked when the task is defined)::
 
@@ -40,7 +41,7 @@ import redis
 from celery import signals
 
 from k1.connections import get_redis
-from k1.flow import metrics, queues
+from k1.flow import metrics, queues, unique
 from k1.flow.gate import (
     KIND_RATE,
     LimitExceeded,
@@ -59,10 +60,12 @@ from k1.flow.limits import (
     effective,
     read_runtime,
 )
+from k1.flow.unique import InvalidUnique, Superseded, Unique
 
-__all__ = ["CONCURRENCY_WAIT_MAX", "InvalidLimit", "Limit", "LimitExceeded", "Limiter",
-           "RateWait", "admitted", "declared_limits", "fleet_declared_limits", "limiter",
-           "limits_in_force", "metrics", "queues", "wait_countdown"]
+__all__ = ["CONCURRENCY_WAIT_MAX", "InvalidLimit", "InvalidUnique", "Limit", "LimitExceeded",
+           "Limiter", "RateWait", "Superseded", "Unique", "admitted", "declared_limits",
+           "fleet_declared_limits", "limiter", "limits_in_force", "metrics", "queues",
+           "unique", "wait_countdown"]
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -104,6 +104,18 @@ class Slot:
     def redis_key(self) -> str:
         return CONCURRENCY_KEY.format(self.limit.name, self.key)
 
+    @property
+    def lease(self) -> float:
+        return self.limit.lease
+
+    def renew(self) -> bool:
+        """Extend the lease; False if it had expired (another may hold the slot now)."""
+        return bool(script(RENEW)(keys=[self.redis_key],
+                                   args=[int(self.lease * 1000), self.lease_id]))
+
+    def __str__(self) -> str:
+        return f"limit {self.limit.name} lease {self.lease_id}"
+
 
 KIND_CONCURRENCY, KIND_RATE = "concurrency", "rate"  # the part of a limit that refused a call
 
@@ -130,7 +142,7 @@ def take_slot(limit: Limit, key: str) -> tuple[Slot | None, int]:
     slots in use. Emits ``limit_state`` when the key becomes saturated."""
     assert limit.concurrency is not None
     slot = Slot(limit, key, uuid.uuid4().hex)
-    taken, used, fresh = _script(ACQUIRE)(
+    taken, used, fresh = script(ACQUIRE)(
         keys=[slot.redis_key, SATURATED_KEY.format(limit.name, key),
               KEYS_INDEX.format(limit.name)],
         args=[limit.concurrency, int(limit.lease * 1000), slot.lease_id, key, KEY_MEMORY])
@@ -138,15 +150,15 @@ def take_slot(limit: Limit, key: str) -> tuple[Slot | None, int]:
         _announce(limit, key, "saturated", used)
     if not taken:
         return None, int(used)
-    _renewer().hold(slot)
+    renewer().hold(slot)
     return slot, int(used)
 
 
 def give_back(slot: Slot) -> None:
     """Release a slot (idempotent); emits ``limit_state`` when the key clears."""
-    _renewer().drop(slot)
+    renewer().drop(slot)
     assert slot.limit.concurrency is not None
-    used, cleared = _script(RELEASE)(
+    used, cleared = script(RELEASE)(
         keys=[slot.redis_key, SATURATED_KEY.format(slot.limit.name, slot.key)],
         args=[slot.limit.concurrency, slot.lease_id])
     if cleared:
@@ -157,7 +169,7 @@ def reserve_start(limit: Limit, key: str, max_delay: float) -> tuple[bool, float
     """Reserve the next start under ``limit``'s rate if it is at most ``max_delay`` seconds
     away: ``(True, delay)``; else ``(False, delay)`` and nothing is reserved."""
     assert limit.interval is not None
-    reserved, delay_ms = _script(RATE)(
+    reserved, delay_ms = script(RATE)(
         keys=[RATE_KEY.format(limit.name, key), KEYS_INDEX.format(limit.name)],
         args=[limit.interval * 1000, max_delay * 1000, key, KEY_MEMORY])
     return bool(reserved), float(delay_ms) / 1000
@@ -214,69 +226,81 @@ def _announce(limit: Limit, key: str, state: str, used: int) -> None:
 _scripts: dict[str, redis.commands.core.Script] = {}
 
 
-def _script(source: str) -> redis.commands.core.Script:
+def script(source: str) -> redis.commands.core.Script:
     # register_script caches the SHA and falls back to EVAL after a Redis restart.
-    script = _scripts.get(source)
-    if script is None:
-        script = _scripts[source] = get_redis().register_script(source)
-    return script
+    found = _scripts.get(source)
+    if found is None:
+        found = _scripts[source] = get_redis().register_script(source)
+    return found
+
+
+class Lease(Protocol):
+    """Something held in Redis for ``lease`` seconds unless renewed (a concurrency slot,
+    a unique task's claim)."""
+
+    @property
+    def lease_id(self) -> str: ...
+
+    @property
+    def lease(self) -> float: ...
+
+    def renew(self) -> bool: ...
 
 
 class _Renewer:
-    """Renews the slots this process holds, every third of their lease, in a daemon thread
-    (started on first use, so in each pool process after the fork)."""
+    """Renews the leases this process holds, every third of their lease, in a daemon
+    thread (started on first use, so in each pool process after the fork)."""
 
     def __init__(self) -> None:
-        self.held: dict[str, Slot] = {}
+        self.held: dict[str, Lease] = {}
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def hold(self, slot: Slot) -> None:
+    def hold(self, lease: Lease) -> None:
         with self.lock:
-            self.held[slot.lease_id] = slot
+            self.held[lease.lease_id] = lease
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="k1-flow-leases",
                                                daemon=True)
                 self.thread.start()
         self.wake.set()
 
-    def drop(self, slot: Slot) -> None:
+    def drop(self, lease: Lease) -> None:
         with self.lock:
-            self.held.pop(slot.lease_id, None)
+            self.held.pop(lease.lease_id, None)
 
     def _run(self) -> None:
         while True:
             with self.lock:
-                slots = list(self.held.values())
-            every = min((slot.limit.lease for slot in slots), default=60.0) / 3
+                leases = list(self.held.values())
+            every = min((lease.lease for lease in leases), default=60.0) / 3
             self.wake.clear()
             self.wake.wait(every)
-            for slot in slots:
+            for lease in leases:
                 with self.lock:
-                    if slot.lease_id not in self.held:
+                    if lease.lease_id not in self.held:
                         continue
                 try:
-                    if not _script(RENEW)(keys=[slot.redis_key],
-                                          args=[int(slot.limit.lease * 1000), slot.lease_id]):
-                        log.warning("limit %s: lease %s had expired before its renewal",
-                                    slot.limit.name, slot.lease_id)
+                    if not lease.renew():
+                        log.warning("%s had expired before its renewal", lease)
                 except redis.RedisError as exc:
-                    log.warning("limit %s: lease renewal failed (%s)", slot.limit.name, exc)
+                    log.warning("%s: renewal failed (%s)", lease, exc)
 
 
 _renewers: dict[int, _Renewer] = {}
 
 
-def _renewer() -> _Renewer:
+def renewer() -> _Renewer:
+    """This process's lease renewer."""
     import os
 
-    # One per process: a pool process forked from a parent that held slots starts afresh.
+    # One per process: a pool process forked from a parent that held leases starts afresh.
     pid = os.getpid()
-    renewer = _renewers.get(pid)
-    if renewer is None:
-        renewer = _renewers[pid] = _Renewer()
-    return renewer
+    found = _renewers.get(pid)
+    if found is None:
+        found = _renewers[pid] = _Renewer()
+    return found
 
 
 @contextlib.contextmanager

@@ -11,6 +11,10 @@ A failure is classified (:mod:`k1.recovery.errors`):
 - non-transient, or out of attempts: the task fails for good and its dead letter is
   written (:class:`~k1.recovery.dlq.store.DeadLetterStore`).
 
+A task declared ``unique`` (:mod:`k1.flow.unique`) keeps its key claimed through all of
+the above but the last, which releases it, as success does; a run whose key another task
+holds is not run (revoked as a duplicate).
+
 Every K1 task takes ``project_id`` so that its events reach the right room and its dead
 letters the right project, and performs its side effects through ``self.effects`` so that
 they happen once however often the task runs (:mod:`k1.tasks.effects`)::
@@ -32,10 +36,10 @@ import random
 import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from celery import Task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry
 
 from k1 import flow, headers
 from k1.recovery.errors import ErrorTable, Kind, classify
@@ -65,6 +69,8 @@ class K1Task(Task):
         task is submitted (a 400) and again when it runs (a dead letter); None passes, as
         an argument not given.
     :cvar limits: :class:`k1.flow.Limit` s on this task's runs, checked when it is defined.
+    :cvar unique: a :class:`k1.flow.Unique` (or True): queued or running at most once per
+        key (:mod:`k1.flow.unique`), checked when it is defined.
     """
 
     public: ClassVar[bool] = False
@@ -73,6 +79,7 @@ class K1Task(Task):
     retry_policy: RetryPolicy = DEFAULT_POLICY
     error_classes: ErrorTable = ()
     limits: tuple[flow.Limit, ...] = ()
+    unique: flow.Unique | None = None
     # The policy bounds attempts and deferrals; Celery's own cap (3) would cut them short.
     max_retries = None
     # Records in task history when a run's message goes back to the queue (no signal does).
@@ -80,16 +87,37 @@ class K1Task(Task):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        name = cls.name or cls.__name__
         if "limits" in cls.__dict__:  # @app.task(limits=[...]) makes a subclass
-            cls.limits = flow.limits.check_declared(cls.limits, cls.name or cls.__name__)
+            cls.limits = flow.limits.check_declared(cls.limits, name)
+        if "unique" in cls.__dict__:
+            cls.unique = flow.unique.check_declared(cls.unique, name, getattr(cls, "run", None))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flow.queues.check_not_paused(self.request)
+        project = project_of(self, kwargs)
+        try:
+            claim = flow.unique.hold(self, args, kwargs, project)
+        except flow.Superseded as exc:
+            self._skip_duplicate(exc)
+        try:
+            result = self._run_admitted(args, kwargs, project)
+        except Retry as retry:  # still queued: the claim lasts until it is due, and more
+            flow.unique.let_go(claim, keep_for=_seconds_until(retry.when))
+            raise
+        except BaseException:  # dead (on_failure releases the claim) or handed back
+            flow.unique.let_go(claim, keep_for=0.0)
+            raise
+        flow.unique.let_go(claim)
+        return result
+
+    def _run_admitted(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      project: str | None) -> Any:
         try:
             if self.argument_limits:  # a message sent around submit() is held to them too
                 self.check_arguments(inspect.signature(self.run).bind(*args, **kwargs).arguments)
             reserved = frozenset(self.request.get(headers.LIMIT_RESERVED) or ())
-            with flow.admitted(self, args, kwargs, project_of(self, kwargs), reserved):
+            with flow.admitted(self, args, kwargs, project, reserved):
                 return self.run(*args, **kwargs)
         except Retry:
             raise
@@ -99,6 +127,16 @@ class K1Task(Task):
         except Exception as exc:
             self._retry_if_transient(exc)
             raise
+
+    def _skip_duplicate(self, exc: flow.Superseded) -> NoReturn:
+        """This run's key is held by another task (its claim expired while it was queued
+        and another sending took it): it does not run, and says so as revoked."""
+        from k1.events.signals import on_superseded
+
+        log.warning("task %s[%s] not run: %s", self.name, self.request.id, exc)
+        self.backend.mark_as_revoked(self.request.id, reason=str(exc), request=self.request)
+        on_superseded(self, str(exc))
+        raise Ignore(str(exc)) from exc
 
     def check_arguments(self, arguments: Mapping[str, Any]) -> None:
         """Raise ValueError naming the first argument outside :attr:`argument_limits`."""
@@ -218,6 +256,7 @@ class K1Task(Task):
             "idempotency_key": self.request.get(headers.IDEMPOTENCY_KEY) or task_id,
         }
         recorded = DeadLetterStore().record(fields)
+        flow.unique.release_for(self, task_id, args, kwargs, fields["project_id"])
         log.error("task %s[%s] is dead after %d attempt(s): %s: %s (dead letter %s)",
                   self.name, task_id, fields["attempts"], fields["exception_type"], exc,
                   recorded.letter_id or recorded.outcome)
@@ -226,6 +265,13 @@ class K1Task(Task):
              attempt=fields["attempts"], exception=fields["exception_type"],
              message=fields["exception_message"][:500], letter_id=recorded.letter_id)
         history.capture(history.record(event, worker=fields["worker"]))
+
+
+def _seconds_until(when: Any) -> float:
+    """A retry's ``when`` (a countdown in seconds or an ETA) as seconds from now."""
+    if isinstance(when, datetime):
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return float(when) if isinstance(when, int | float) else 0.0
 
 
 def project_of(task: Task, kwargs: dict[str, Any] | None = None) -> str | None:

@@ -9,6 +9,10 @@ first checks that the caller may start the task and that its arguments fit::
 
     task_id = submit("k1.tasks.demo.flaky", kwargs={"fail_times": 1}, project_id="acme")
     task_id = send("k1.conductor.prune_executions", project_id=None)   # trusted caller
+
+A task declared unique (:mod:`k1.flow.unique`) claims its key here first; a duplicate is
+not sent and the id returned is the holder's. :func:`start` and :func:`dispatch` (what
+:func:`submit` and :func:`send` wrap) say so: ``Sent(task_id, duplicate_of, claim)``.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from celery.result import AsyncResult
+from celery.utils import uuid
 from celery.utils.time import maybe_timedelta
 
 from k1 import headers as k1_headers
 from k1.celery import app, load_task_modules
 from k1.connections import get_redis
+from k1.flow import unique
 from k1.history import capture as history
 from k1.tasks import public_task_names
 
@@ -51,6 +58,7 @@ class Submission:
     project_id: str
     user_id: str | None
     submitted_at: float
+    unique_key: str | None = None  # the Redis key of its unique claim (k1.flow.unique)
 
 
 def validate_project_id(value: Any, field: str = "project_id") -> str:
@@ -101,7 +109,14 @@ def check_arguments(task_name: str, args: Sequence[Any] = (),
             raise SubmissionError(str(exc)) from None
 
 
-def submit(
+def submit(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+           **options: Any) -> str:
+    """Start ``task_name`` on behalf of a client (the options of :func:`start`); returns the
+    task id (for a duplicate of a unique task, the id of the task queued or running)."""
+    return start(task_name, args, kwargs, **options).task_id
+
+
+def start(
     task_name: str,
     args: Sequence[Any] = (),
     kwargs: dict[str, Any] | None = None,
@@ -111,8 +126,8 @@ def submit(
     operator: bool = False,
     headers: dict[str, Any] | None = None,
     **options: Any,
-) -> str:
-    """Start ``task_name`` for ``project_id`` on behalf of a client; returns the task id.
+) -> Sent:
+    """:func:`submit`, saying whether the submission was a duplicate.
 
     The task must be public (``operator``: or operator-only, for an operator's token), the
     project id valid, and the arguments must fit; ``project_id`` is passed as a keyword.
@@ -131,8 +146,8 @@ def submit(
             f"kwargs.project_id {kwargs['project_id']!r} differs from project_id {project_id!r}"
         )
     check_arguments(task_name, args, kwargs)
-    return send(task_name, args, kwargs, project_id=project_id, user_id=user_id,
-                headers=headers, **options)
+    return dispatch(task_name, args, kwargs, project_id=project_id, user_id=user_id,
+                    headers=headers, **options)
 
 
 def send(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
@@ -141,22 +156,57 @@ def send(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
          pipe: redis.client.Pipeline | None = None, **options: Any) -> str:
     """Send a task the caller vouches for (no public/argument checks), with K1's project and
     user headers, and record the submission (GET /api/tasks/<id>) when project_id is set --
-    on ``pipe`` when given (the caller executes it), else at once. Returns the task id.
+    on ``pipe`` when given (the caller executes it), else at once. Returns the task id: for
+    a unique task whose key is held, the holder's (nothing is sent; see :func:`dispatch`).
 
     ``options`` are Celery's ``apply_async`` options (``task_id``, ``queue``, ``countdown``,
     ``soft_time_limit``...). A task not registered in this process is sent by name.
     """
+    return dispatch(task_name, args, kwargs, project_id=project_id, user_id=user_id,
+                    headers=headers, producer=producer, pipe=pipe, **options).task_id
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What sending a task did: ``task_id`` is the task that will do the work; for a
+    duplicate of a unique task, that is the holder of the key (``duplicate_of``) and
+    ``claim`` says which key."""
+
+    task_id: str
+    duplicate_of: str | None = None
+    claim: unique.Claim | None = None
+
+
+def dispatch(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+             *, project_id: str | None, user_id: str | None = None,
+             headers: dict[str, Any] | None = None, producer: Any = None,
+             pipe: redis.client.Pipeline | None = None, **options: Any) -> Sent:
+    """:func:`send`, saying whether the task was a duplicate. A task declared unique
+    (:mod:`k1.flow.unique`) first claims its key: if another task holds it, nothing is
+    sent or recorded and that task is the answer."""
     stamped = {**(headers or {}), k1_headers.PROJECT: project_id, k1_headers.USER: user_id}
     stamped = {name: value for name, value in stamped.items() if value is not None}
     load_task_modules()
     task = app.tasks.get(task_name)
+    claim = None
+    if task is not None and unique.declared(task) is not None:
+        options["task_id"] = options.get("task_id") or uuid()
+        claim = unique.claim(task, args, kwargs, project_id, options["task_id"],
+                             delay=_delay(options))
+        if not claim.held:
+            return Sent(claim.holder, duplicate_of=claim.holder, claim=claim)
     sent_at = time.time()  # before sending: the task may start before apply_async returns
-    if task is not None:
-        result = task.apply_async(args=list(args), kwargs=kwargs, headers=stamped,
-                                  producer=producer, **options)
-    else:
-        result = app.send_task(task_name, args=list(args), kwargs=kwargs, headers=stamped,
-                               producer=producer, **options)
+    try:
+        if task is not None:
+            result = task.apply_async(args=list(args), kwargs=kwargs, headers=stamped,
+                                      producer=producer, **options)
+        else:
+            result = app.send_task(task_name, args=list(args), kwargs=kwargs,
+                                   headers=stamped, producer=producer, **options)
+    except BaseException:
+        if claim is not None:  # nothing was sent: the key is free again
+            claim.release()
+        raise
     submitted = history.submitted(result.id, task_name, args, kwargs, project_id=project_id,
                                   user_id=user_id, headers=stamped, ts=sent_at,
                                   queue=options.get("queue"))
@@ -165,8 +215,19 @@ def send(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None
     else:
         history.capture(submitted)
     if project_id is not None:
-        record(Submission(result.id, task_name, project_id, user_id, time.time()), pipe=pipe)
-    return result.id
+        record(Submission(result.id, task_name, project_id, user_id, time.time(),
+                          claim.redis_key if claim else None), pipe=pipe)
+    return Sent(result.id, claim=claim)
+
+
+def _delay(options: Mapping[str, Any]) -> float:
+    """Seconds until a task sent with ``options`` is due (its countdown or ETA)."""
+    countdown, eta = options.get("countdown"), options.get("eta")
+    if isinstance(countdown, int | float):
+        return float(countdown)
+    if isinstance(eta, datetime):
+        return (eta - datetime.now(eta.tzinfo or UTC)).total_seconds()
+    return 0.0
 
 
 def record(submission: Submission, pipe: redis.client.Pipeline | None = None) -> None:
@@ -177,6 +238,7 @@ def record(submission: Submission, pipe: redis.client.Pipeline | None = None) ->
         "project_id": submission.project_id,
         "user_id": submission.user_id or "",
         "submitted_at": submission.submitted_at,
+        "unique_key": submission.unique_key or "",
     }
     ttl = int(maybe_timedelta(app.conf.result_expires).total_seconds())  # as long as results
     target = pipe if pipe is not None else get_redis().pipeline()
@@ -191,7 +253,7 @@ def lookup(task_id: str) -> Submission | None:
         return None
     return Submission(
         task_id, fields["task"], fields["project_id"], fields["user_id"] or None,
-        float(fields["submitted_at"]),
+        float(fields["submitted_at"]), fields.get("unique_key") or None,
     )
 
 
@@ -211,9 +273,11 @@ def status(submission: Submission) -> dict[str, Any]:
         "result": None,
         "error": None,
     }
+    if submission.unique_key:
+        body["unique"] = unique.describe(submission.unique_key, submission.task_id)
     if state == "SUCCESS":
         body["result"] = result.result
-    elif state in ("FAILURE", "RETRY"):
+    elif state in ("FAILURE", "RETRY", "REVOKED"):
         exc = result.result
         body["error"] = {"type": type(exc).__name__, "message": str(exc)}
     return body

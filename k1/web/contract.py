@@ -90,6 +90,27 @@ class Accepted(BaseModel):
     task_id: str
 
 
+class UniqueClaim(BaseModel):
+    """The claim of a unique task's key (k1.flow.unique)."""
+
+    held: bool
+    holder: str | None = None
+    per: str | list[str] | None = None
+    key: str | None = None
+    since: int | None = None
+    duplicates: int | None = None
+    expires_in: float | None = None
+
+
+class Duplicate(BaseModel):
+    """A unique task whose key is already held: nothing was started; ``task_id`` (and
+    ``duplicate_of``) is the task queued or running for that key."""
+
+    task_id: str
+    duplicate_of: str
+    unique: UniqueClaim
+
+
 # Answers any protected route may give, whatever it does.
 COMMON_ERRORS = {"HTTP_400": Error, "HTTP_401": Error, "HTTP_429": Error, "HTTP_503": Error}
 

@@ -19,18 +19,20 @@ from k1.tasks.submissions import (
     NotAllowed,
     SubmissionError,
     lookup,
+    start,
     status,
-    submit,
     validate_project_id,
 )
 from k1.web.auth import authorize_project, current_principal, require_auth
 from k1.web.contract import (
     Accepted,
     Body,
+    Duplicate,
     Error,
     Name,
     ProjectId,
     Query,
+    UniqueClaim,
     responses,
     validate,
 )
@@ -55,14 +57,17 @@ class TaskStatus(BaseModel):
     state: str
     result: Any = None
     error: Any = None
+    unique: UniqueClaim | None = None  # a unique task: its claim, while it holds one
 
 
 @bp.post("/api/tasks")
 @require_auth
-@validate(json=NewTask, tags=("tasks",), resp=responses(HTTP_202=Accepted, HTTP_403=Error))
+@validate(json=NewTask, tags=("tasks",),
+          resp=responses(HTTP_202=Accepted, HTTP_200=Duplicate, HTTP_403=Error))
 def create_task(json: NewTask) -> Answer:
     """Start a public task for a project the token grants (an operator-only task: for an
-    operator's token only, else 403)."""
+    operator's token only, else 403): 202. A task declared unique whose key is held
+    already starts nothing: 200 with the id of the task queued or running for it."""
     try:
         project_id = validate_project_id(json.project_id)
     except SubmissionError as exc:
@@ -70,13 +75,16 @@ def create_task(json: NewTask) -> Answer:
     authorize_project(project_id)
     principal = current_principal()
     try:
-        task_id = submit(json.task, json.args, json.kwargs, project_id=project_id,
-                         user_id=principal.user_id, operator=principal.is_operator)
+        sent = start(json.task, json.args, json.kwargs, project_id=project_id,
+                     user_id=principal.user_id, operator=principal.is_operator)
     except NotAllowed as exc:
         raise APIError(403, str(exc)) from None
     except SubmissionError as exc:
         raise APIError(400, str(exc)) from None
-    return jsonify(task_id=task_id), 202
+    if sent.duplicate_of is not None and sent.claim is not None:
+        return jsonify(task_id=sent.task_id, duplicate_of=sent.duplicate_of,
+                       unique=sent.claim.describe()), 200
+    return jsonify(task_id=sent.task_id), 202
 
 
 @bp.get("/api/tasks/<task_id>")

@@ -8,7 +8,8 @@ import time
 
 from k1.celery import app
 from k1.connections import get_redis
-from k1.flow import Limit, limiter
+from k1.flow import Limit, Unique, limiter
+from k1.recovery.errors import TransientError
 from k1.tasks.base import K1Task
 
 RUNS = "k1:test:flow:runs:{}"  # list of "start end pid attempt task_id"
@@ -54,3 +55,20 @@ def guarded(self: K1Task, project_id: str, tag: str) -> float:
     """A limiter (5 per second per tag) around the "external call": the recorded run."""
     with limiter("test-guard", tag, rate="5/s"):
         return _hold(self, tag, 0)
+
+
+@app.task(base=K1Task, bind=True, name="tests.flow.single", public=True, unique=True)
+def single(self: K1Task, project_id: str, tag: str, ms: int = 0, fail_times: int = 0) -> float:
+    """:func:`hold`, unique per arguments; its first ``fail_times`` attempts fail
+    transiently (after recording their run)."""
+    started = _hold(self, tag, ms)
+    if self.attempt() <= fail_times:
+        raise TransientError(f"attempt {self.attempt()} of {tag} fails")
+    return started
+
+
+@app.task(base=K1Task, bind=True, name="tests.flow.single_short", public=True,
+          unique=Unique(per="project", ttl=TEST_LEASE))
+def single_short(self: K1Task, project_id: str, tag: str, ms: int = 0) -> float:
+    """:func:`hold`, unique per project with a claim of :data:`TEST_LEASE` seconds."""
+    return _hold(self, tag, ms)

@@ -108,7 +108,7 @@ def test_the_description_is_openapi_3_1_and_covers_every_route(contract_web: str
     }
     new_task = spec["paths"]["/api/tasks"]["post"]
     assert new_task["requestBody"]["content"]["application/json"]["schema"]
-    assert {"202", "400", "401", "403", "429", "503"} <= set(new_task["responses"])
+    assert {"200", "202", "400", "401", "403", "429", "503"} <= set(new_task["responses"])
     assert spec["paths"]["/api/health"]["get"]["security"] == []  # no token needed
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
 
