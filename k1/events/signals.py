@@ -79,11 +79,17 @@ def _attempt(task: Task) -> int:
 
 
 def _request_fields(request: Any) -> dict[str, Any]:
-    """Fields of a worker-side ``celery.worker.request.Request`` (not yet running)."""
-    headers = request.request_dict
+    """Fields of a worker-side ``celery.worker.request.Request`` (not yet running), or of
+    the task ``Context`` Celery builds from one (``task_revoked`` passes that), which
+    carries the message headers as its own fields."""
+    headers = getattr(request, "request_dict", None)
+    if headers is None:  # a Context
+        headers, task_name = vars(request), request.task
+    else:
+        task_name = request.task_name
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
     return {
-        "task_id": request.id, "task_name": request.task_name,
+        "task_id": request.id, "task_name": task_name,
         "project_id": kwargs.get("project_id") or headers.get(k1_headers.PROJECT),
         "user_id": headers.get(k1_headers.USER),
         "attempt": (headers.get("retries") or 0) - (headers.get(k1_headers.DEFERRALS) or 0) + 1,
@@ -190,8 +196,10 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
     if request is None:
         return
     reason = "expired" if expired else "terminated" if terminated else "revoked"
-    # Revoked before a pool child took it: its received was never published.
-    received = None if request.time_start else request.request_dict.pop(RECEIVED_EVENT, None)
+    # ``request`` is the task's Context (Celery 5.7), built from the worker's request
+    # dict. Revoked or expired before a pool child took it, the received event handed to
+    # the child is still in it, unpublished; a terminated run's child published it.
+    received = None if terminated else request.get(RECEIVED_EVENT)
     events: list[tuple[str, dict[str, Any]]] = []
     if isinstance(received, dict):
         events.append(("task_event", received))

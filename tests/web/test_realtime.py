@@ -320,3 +320,25 @@ def test_sigterm_drops_sockets_answers_requests_in_flight_and_exits(services, ma
     finally:
         client.disconnect()
         web.stop()
+
+
+def test_a_revoked_task_is_announced_failed_as_revoked(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+    """Celery hands task_revoked the task's Context, not the worker's request: the
+    handler must read that, or the event never goes out (it raised AttributeError)."""
+    import uuid
+
+    from k1.celery import app
+    from k1.tasks.submissions import send
+
+    project, task_id = f"rev-{unique}", str(uuid.uuid4())
+    app.control.revoke(task_id)  # before it is sent: the worker discards it on receipt
+    with Listener(web, make_token(f"u-{unique}", project)) as listener:
+        assert listener.subscribe(project)["ok"]
+        send("k1.tasks.demo.flaky", kwargs={"project_id": project}, project_id=project,
+             task_id=task_id)
+        event = listener.wait_for(lambda r: r.name == "task_event"
+                                  and r.data.get("task_id") == task_id, timeout=30)
+    assert (event.data["type"], event.data["state"], event.data["message"]) == (
+        "failed", "REVOKED", "revoked"), event.data
+    assert event.data["task_name"] == "k1.tasks.demo.flaky" and event.data[
+        "project_id"] == project
