@@ -10,7 +10,7 @@ from k1.history.views import with_history
 
 def found(state: str, *outcomes: str) -> tuple[Any, list[Any]]:
     row = SimpleNamespace(state=state, letter_id=None, workflow_id=None, conductor_task_id=None,
-                          schedule=None, replay_of=None)
+                          schedule=None, replay_of=None, replay_edited=None)
     attempts = [SimpleNamespace(attempt=1, run=n, worker="w", outcome=outcome, received_at=None,
                                 started_at=None, ended_at=None, runtime_ms=None,
                                 exception_type=None, exception_message=None)
@@ -36,4 +36,5 @@ def test_history_answers_what_the_backend_never_heard_of() -> None:
     assert body["state"] == "RECEIVED" and body["attempts"][0]["outcome"] == "running"
     assert with_history({"state": "PENDING"}, None) == {
         "state": "PENDING", "attempts": [], "links": dict.fromkeys(
-            ("dead_letter_id", "workflow_id", "conductor_task_id", "schedule", "replay_of"))}
+            ("dead_letter_id", "workflow_id", "conductor_task_id", "schedule", "replay_of",
+             "replay_edited"))}
