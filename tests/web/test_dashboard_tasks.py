@@ -123,4 +123,15 @@ def test_search_open_a_task_and_replay_its_dead_letter_edited(
     expect(page.locator(f'#task-page .task-head[data-task-id="{failing}"]')).to_be_visible()
     expect(page.locator("#task-page .task-links .dead-letter")).to_contain_text(
         f"replayed as {replay_id}")
+    expect(page.locator("#task-page .letter-actions")).to_have_count(0)  # replayed: no buttons
+
+    # Run again: a new task with the same arguments (POST /api/tasks), opened at once
+    page.locator('#task-page [data-action="run-again"]').click()
+    again = page.locator("#task-page .task-head")
+    expect(again).not_to_have_attribute("data-task-id", failing)
+    expect(again).to_have_attribute("data-state", "FAILURE", timeout=60_000)
+    again_id = again.get_attribute("data-task-id")
+    assert page.url.endswith(f"#task={again_id}"), page.url
+    wait_history(api, str(again_id), lambda b: b["kwargs"] == {
+        "project_id": project, "permanent": True, "key": needle})
     assert page.evaluate("window.__k1_xss") is None and page.locator("img").count() == 0
