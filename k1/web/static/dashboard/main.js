@@ -71,6 +71,7 @@ function watchExpiry() {
 
 function refreshAll() {
   if (!state.token) return;
+  loadTasks();
   loadHealth();
   loadMetrics();
   loadDlq();
@@ -78,7 +79,6 @@ function refreshAll() {
   loadSchedules();
   loadWorkflows();
   loadLimits();
-  loadTasks();
 }
 
 function signIn(token) {
