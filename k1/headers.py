@@ -13,6 +13,7 @@ DEFERRALS = "k1_deferrals"  # times an open breaker deferred the task
 CONDUCTOR_WORKFLOW = "k1_conductor_workflow_id"
 CONDUCTOR_TASK = "k1_conductor_task_id"
 REPLAY_OF = "k1_replay_of"  # the dead letter a replayed task came from
+REPLAY_EDITED = "k1_replay_edited"  # what a replay changed: "args", "kwargs" or "args,kwargs"
 SCHEDULE = "k1_schedule"  # the schedule a task was sent for (beat and "run now")
 DUE_AT = "k1_due_at"  # epoch seconds the fire was due at (beat fires only)
 LIMIT_WAITS = "k1_limit_waits"  # times a limit made the task wait (k1.flow; no attempt spent)

@@ -10,8 +10,8 @@ in the same pipelined round trip as the events beside it; the recorder
 
 A record is the transition's ``task_event`` (:func:`k1.events.make_event`: type, task_id,
 task_name, project_id, user_id, state, attempt, ts, worker...) plus, for ``submitted``
-and ``received``, the arguments and links (queue, schedule, replay_of, workflow_id,
-conductor_task_id) and, for every record, a random ``id`` that makes a second delivery
+and ``received``, the arguments and links (queue, schedule, replay_of, replay_edited,
+workflow_id, conductor_task_id) and, for every record, a random ``id`` that makes a second delivery
 of the same record a no-op in the database. Types: the ``task_event`` types plus
 ``submitted`` (:func:`k1.tasks.submissions.send`) and ``lost`` / ``requeued`` (the worker
 gave the message back to the queue, :class:`k1.history.worker.HandBackRequest`).
@@ -53,6 +53,7 @@ def links(headers: Any) -> dict[str, Any]:
     """The links a task's K1 headers carry (schedule, replay, Conductor ids)."""
     get = headers.get if hasattr(headers, "get") else (lambda _key: None)
     return {"schedule": get(k1_headers.SCHEDULE), "replay_of": get(k1_headers.REPLAY_OF),
+            "replay_edited": get(k1_headers.REPLAY_EDITED),
             "workflow_id": get(k1_headers.CONDUCTOR_WORKFLOW),
             "conductor_task_id": get(k1_headers.CONDUCTOR_TASK)}
 

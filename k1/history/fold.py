@@ -27,7 +27,7 @@ from typing import Any
 # A task's life in order, to order records stamped with the same time.
 RANK = {"submitted": 0, "received": 1, "started": 2, "lost": 3, "requeued": 3, "retried": 3,
         "failed": 3, "dead": 3, "succeeded": 3}
-LINKS = ("schedule", "replay_of", "workflow_id", "conductor_task_id")
+LINKS = ("schedule", "replay_of", "replay_edited", "workflow_id", "conductor_task_id")
 IDENTITY = ("task_name", "project_id", "user_id", "queue", "args", "kwargs")
 
 

@@ -77,6 +77,8 @@ class TaskRun(Base):
     conductor_task_id: Mapped[str | None] = mapped_column(String(255))
     schedule: Mapped[str | None] = mapped_column(String(255))
     replay_of: Mapped[str | None] = mapped_column(String(255))
+    # What an edited replay changed ("args", "kwargs", "args,kwargs"); None: sent as it was.
+    replay_edited: Mapped[str | None] = mapped_column(String(32))
     search_text: Mapped[str] = mapped_column(Text, default="")  # args, kwargs, error
     updated_at: Mapped[datetime | None] = mapped_column(Time)
 

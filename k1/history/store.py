@@ -163,6 +163,7 @@ def as_dict(row: TaskRun) -> dict[str, Any]:
     for key, value in body.items():
         if isinstance(value, datetime):
             body[key] = iso_time(value)
+    body["replay_edited"] = edited(row.replay_edited)
     return body
 
 
@@ -179,7 +180,13 @@ def links_of(row: TaskRun | None) -> dict[str, Any]:
     """What a task is linked to (all None when history has no row)."""
     return {"dead_letter_id": row and row.letter_id, "workflow_id": row and row.workflow_id,
             "conductor_task_id": row and row.conductor_task_id,
-            "schedule": row and row.schedule, "replay_of": row and row.replay_of}
+            "schedule": row and row.schedule, "replay_of": row and row.replay_of,
+            "replay_edited": edited(row.replay_edited if row else None)}
+
+
+def edited(replay_edited: str | None) -> list[str] | None:
+    """What an edited replay changed, as a list (``["kwargs"]``); None: no edit."""
+    return replay_edited.split(",") if replay_edited else None
 
 
 # -- housekeeping ----------------------------------------------------------------------

@@ -18,15 +18,21 @@ def with_history(body: dict[str, Any],
     what it never heard of (a task received but not started) or has forgotten.
     """
     if found is None:
-        return {**body, "attempts": [], "links": store.links_of(None)}
+        return {**body, **arguments(None), "attempts": [], "links": store.links_of(None)}
     row, attempts = found
     state = body.get("state")
     requeued = row.state in ("REQUEUED", "RECEIVED") and any(
         a.outcome in ("lost", "requeued") for a in attempts)
     if (state == "STARTED" and requeued) or (state == "PENDING" and row.state != "PENDING"):
         body = {**body, "state": row.state}
-    return {**body, "attempts": [store.attempt_as_dict(a) for a in attempts],
+    return {**body, **arguments(row), "attempts": [store.attempt_as_dict(a) for a in attempts],
             "links": store.links_of(row)}
+
+
+def arguments(row: TaskRun | None) -> dict[str, Any]:
+    """The task's queue and arguments as history holds them (None when it has no row;
+    arguments past 1,000 characters of JSON are a string ending in ``…[truncated]``)."""
+    return {"queue": row and row.queue, "args": row and row.args, "kwargs": row and row.kwargs}
 
 
 def from_history(row: TaskRun, attempts: list[TaskAttempt]) -> dict[str, Any]:
@@ -40,7 +46,7 @@ def from_history(row: TaskRun, attempts: list[TaskAttempt]) -> dict[str, Any]:
         "state": row.state, "retries": max(row.attempts - 1, 0),
         "date_done": store.iso_time(row.finished_at) if row.state in FINAL else None,
         "result": row.result if row.state == "SUCCESS" else None, "error": error,
-        "attempts": [store.attempt_as_dict(a) for a in attempts],
+        **arguments(row), "attempts": [store.attempt_as_dict(a) for a in attempts],
         "links": store.links_of(row),
     }
 

@@ -135,19 +135,33 @@ def start(
     :class:`SubmissionError` for anything else that is wrong.
     """
     project_id = validate_project_id(project_id)
+    check_startable(task_name, operator=operator)
+    kwargs = with_project(kwargs, project_id)
+    check_arguments(task_name, args, kwargs)
+    return dispatch(task_name, args, kwargs, project_id=project_id, user_id=user_id,
+                    headers=headers, **options)
+
+
+def check_startable(task_name: str, *, operator: bool = False) -> None:
+    """Raise unless a client may start ``task_name``: :class:`NotAllowed` for an
+    operator-only task and a non-operator, :class:`SubmissionError` for a task that is not
+    public (or does not exist)."""
     known = public_task_names(operator=operator)
     if task_name not in known:
         if task_name in public_task_names(operator=True):
             raise NotAllowed(f"task {task_name!r} acts platform-wide: operators only")
         raise SubmissionError(f"unknown task {task_name!r}; known tasks: {', '.join(known)}")
+
+
+def with_project(kwargs: Mapping[str, Any] | None, project_id: str) -> dict[str, Any]:
+    """``kwargs`` with ``project_id`` (a public task works for the project it is started
+    for); :class:`SubmissionError` when they name another project."""
     kwargs = dict(kwargs or {})
     if kwargs.setdefault("project_id", project_id) != project_id:
         raise SubmissionError(
             f"kwargs.project_id {kwargs['project_id']!r} differs from project_id {project_id!r}"
         )
-    check_arguments(task_name, args, kwargs)
-    return dispatch(task_name, args, kwargs, project_id=project_id, user_id=user_id,
-                    headers=headers, **options)
+    return kwargs
 
 
 def send(task_name: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,

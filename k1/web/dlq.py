@@ -24,6 +24,9 @@ from k1.recovery.dlq.filters import (
 from k1.recovery.dlq.models import STATUSES
 from k1.recovery.dlq.store import (
     DeadLetterStore,
+    Edit,
+    EditInvalid,
+    EditNotAllowed,
     LetterNotFound,
     ReplayRefused,
     letter_as_dict,
@@ -80,6 +83,12 @@ class QuarantinePage(BaseModel):
 
 class ReplayOne(Body):
     force: bool = False
+    args: list[Any] | None = Field(
+        None, description="replay with these positional arguments instead of the letter's "
+                          "(checked like a new submission; omitted or null: the letter's)")
+    kwargs: dict[str, Any] | None = Field(
+        None, description="replay with these keyword arguments instead of the letter's "
+                          "(checked like a new submission; omitted or null: the letter's)")
 
 
 class ReplayMatching(Body, Filters):
@@ -112,6 +121,8 @@ class Replayed(BaseModel):
     status: str
     replay_task_id: str | None
     replay_count: int
+    edited: list[str] = Field(description="the arguments the replay changed: [], "
+                                          "['args'], ['kwargs'] or both")
 
 
 class ReplayedMatching(BaseModel):
@@ -133,6 +144,17 @@ def _not_found(exc: LetterNotFound) -> Answer:
 @bp.errorhandler(ReplayRefused)
 def _refused(exc: ReplayRefused) -> Answer:
     return error_response(APIError(409, str(exc)))
+
+
+@bp.errorhandler(EditInvalid)
+def _bad_edit(exc: EditInvalid) -> Answer:
+    return error_response(APIError(400, str(exc),
+                                   detail={"field": exc.field, "problem": exc.problem}))
+
+
+@bp.errorhandler(EditNotAllowed)
+def _edit_not_allowed(exc: EditNotAllowed) -> Answer:
+    return error_response(APIError(403, str(exc)))
 
 
 @bp.errorhandler(FilterError)
@@ -197,11 +219,17 @@ def show(letter_id: int) -> Answer:
 @bp.post(f"{LETTER}/replay")
 @require_auth
 @validate(json=ReplayOne, body_required=False, tags=("dlq",),
-          resp=responses(HTTP_200=Replayed, HTTP_404=Error, HTTP_409=Error))
+          resp=responses(HTTP_200=Replayed, HTTP_403=Error, HTTP_404=Error, HTTP_409=Error))
 def replay(letter_id: int, json: ReplayOne) -> Answer:
-    letter = blocking(store.replay, letter_id, force=json.force, scope=_scope())
+    """Send the letter's task again. With ``args`` and/or ``kwargs``, an edited replay:
+    the arguments are checked like a new submission by this token (a task it may start,
+    arguments that fit: else 403, 400 naming the field) and history records the task as
+    an edited replay of the letter."""
+    principal = current_principal()
+    edit = Edit(json.args, json.kwargs, principal.user_id, principal.is_operator)
+    letter = blocking(store.replay, letter_id, force=json.force, scope=_scope(), edit=edit)
     return jsonify(id=letter.id, status=letter.status, replay_task_id=letter.replay_task_id,
-                   replay_count=letter.replay_count)
+                   replay_count=letter.replay_count, edited=list(edit.fields))
 
 
 @bp.post("/api/dlq/replay")

@@ -36,7 +36,7 @@ def test_attempts_appear_in_order_with_their_workers(
     assert starts == sorted(starts) and None not in starts
     assert all(a["ended_at"] >= a["started_at"] for a in attempts)
     assert set(body["links"]) == {"dead_letter_id", "workflow_id", "conductor_task_id",
-                                  "schedule", "replay_of"}
+                                  "schedule", "replay_of", "replay_edited"}
 
 
 def test_a_dead_task_links_its_dead_letter(api: API, worker: Process, recorder: Process) -> None:
@@ -106,4 +106,5 @@ def test_a_replay_links_the_dead_letter_it_came_from(
     assert replayed.status_code == 200, replayed.text
     body = wait_history(operator, replayed.json()["replay_task_id"], finished)
     assert body["links"]["replay_of"] == str(letter_id)
+    assert body["links"]["replay_edited"] is None  # sent as it was
     assert body["task"] == "k1.tasks.demo.flaky" and body["project_id"] == "acme"

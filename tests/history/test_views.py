@@ -9,8 +9,9 @@ from k1.history.views import with_history
 
 
 def found(state: str, *outcomes: str) -> tuple[Any, list[Any]]:
-    row = SimpleNamespace(state=state, letter_id=None, workflow_id=None, conductor_task_id=None,
-                          schedule=None, replay_of=None)
+    row = SimpleNamespace(state=state, queue="celery", args=[1], kwargs={"k": "v"},
+                          letter_id=None, workflow_id=None, conductor_task_id=None,
+                          schedule=None, replay_of=None, replay_edited=None)
     attempts = [SimpleNamespace(attempt=1, run=n, worker="w", outcome=outcome, received_at=None,
                                 started_at=None, ended_at=None, runtime_ms=None,
                                 exception_type=None, exception_message=None)
@@ -34,6 +35,9 @@ def test_history_lagging_behind_the_backend_does_not_override_it() -> None:
 def test_history_answers_what_the_backend_never_heard_of() -> None:
     body = with_history({"state": "PENDING"}, found("RECEIVED", "running"))
     assert body["state"] == "RECEIVED" and body["attempts"][0]["outcome"] == "running"
+    assert (body["queue"], body["args"], body["kwargs"]) == ("celery", [1], {"k": "v"})
     assert with_history({"state": "PENDING"}, None) == {
-        "state": "PENDING", "attempts": [], "links": dict.fromkeys(
-            ("dead_letter_id", "workflow_id", "conductor_task_id", "schedule", "replay_of"))}
+        "state": "PENDING", "queue": None, "args": None, "kwargs": None, "attempts": [],
+        "links": dict.fromkeys(
+            ("dead_letter_id", "workflow_id", "conductor_task_id", "schedule", "replay_of",
+             "replay_edited"))}

@@ -4,6 +4,7 @@
     store.record(fields)                    # idempotent; spooled in Redis if the DB is down
     page, cursor = store.query(LetterFilter(task="k1.tasks.demo.flaky"), limit=50)
     store.replay(letter_id)                 # re-sends the task, marks the letter replayed
+    store.replay(letter_id, edit=Edit(kwargs={...}, user_id="ada"))  # with edited arguments
     store.stats()                           # {depth, by_task, by_exception, oldest_at, ...}
 
 A narrow façade over the modules that each change for one reason -- :mod:`.storable`
@@ -29,13 +30,13 @@ from k1.events import emit
 from k1.recovery.dlq import quarantine, replay, rows, spool, stats
 from k1.recovery.dlq.filters import LetterFilter
 from k1.recovery.dlq.models import DeadLetter
-from k1.recovery.dlq.replay import ReplayRefused
+from k1.recovery.dlq.replay import Edit, EditInvalid, EditNotAllowed, ReplayRefused
 from k1.recovery.dlq.rows import Inserted, LetterNotFound, letter_as_dict
 from k1.recovery.dlq.spool import SPOOL_KEY
 from k1.recovery.dlq.storable import storable
 
-__all__ = ["SPOOL_KEY", "DeadLetterStore", "LetterNotFound", "Recorded", "ReplayRefused",
-           "letter_as_dict"]
+__all__ = ["SPOOL_KEY", "DeadLetterStore", "Edit", "EditInvalid", "EditNotAllowed",
+           "LetterNotFound", "Recorded", "ReplayRefused", "letter_as_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,15 @@ class DeadLetterStore:
     # -- operator actions --------------------------------------------------------------
 
     def replay(self, letter_id: int, *, force: bool = False,
-               scope: frozenset[str] | None = None) -> DeadLetter:
-        """Send the letter's task again (same args, kwargs, project, idempotency key)
-        and mark the letter replayed with the new task id.
+               scope: frozenset[str] | None = None, edit: Edit | None = None) -> DeadLetter:
+        """Send the letter's task again (same args, kwargs, project, idempotency key;
+        ``edit``: other arguments, checked like a new submission) and mark the letter
+        replayed with the new task id.
         """
-        letter = replay.replay(letter_id, force=force, scope=scope)
+        letter = replay.replay(letter_id, force=force, scope=scope, edit=edit)
         self._announce("replayed", letter.id, _fields_of(letter),
-                       replay_task_id=letter.replay_task_id)
+                       replay_task_id=letter.replay_task_id,
+                       edited=list(edit.fields) if edit else [])
         return letter
 
     def replay_matching(self, filters: LetterFilter, *, force: bool = False,

@@ -15,6 +15,7 @@ import { loadBreakers } from "./panels/breakers.js";
 import { loadDlq } from "./panels/dlq.js";
 import { loadLimits } from "./panels/limits.js";
 import { addSchedule, loadSchedules } from "./panels/schedules.js";
+import { initTasks, loadTasks, onTaskEvent } from "./panels/tasks.js";
 import { loadWorkflows } from "./panels/workflows.js";
 import { adopt, exchangeLinkToken, forget, savedToken, setProject, showSignIn, takeLinkToken }
   from "./session.js";
@@ -29,6 +30,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;  // setTimeout fires at once beyond this (24.8
 const HANDLERS = {
   task_event: (event) => {
     showTaskEvent(event);
+    onTaskEvent(event);
     if (event.type === "dead") debounce("dlq", loadDlq, RELOAD_DEBOUNCE_MS);
   },
   task_completed: () => {},  // the succeeded task_event shows it; this one only measures latency
@@ -69,6 +71,7 @@ function watchExpiry() {
 
 function refreshAll() {
   if (!state.token) return;
+  loadTasks();
   loadHealth();
   loadMetrics();
   loadDlq();
@@ -155,6 +158,7 @@ $("project-input").addEventListener("change", (e) => changeProject(e.target.valu
 $("dlq-filters").addEventListener("submit", (e) => { e.preventDefault(); loadDlq(); });
 $("schedule-add").addEventListener("submit", addSchedule);
 $("run-task").addEventListener("submit", runTask);
+initTasks();
 for (const button of document.querySelectorAll(".tabs button")) {
   button.addEventListener("click", () => selectTab(button.dataset.tab));
 }

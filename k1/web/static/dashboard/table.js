@@ -34,6 +34,29 @@ export function dataTable({ columns, items, empty, rowAttrs, id }) {
 
 const latest = new WeakMap();  // panel body -> number of its newest load
 
+/** A keyset-paged list ({items, next_cursor}) as a table in `body`: the first page of
+ * pathFor(null), then a "Load more" button that appends pathFor(cursor) while there is a
+ * next page. Returns the first page's data, like loadPanel. */
+export async function loadPages(body, pathFor, { columns, empty, rowAttrs, id }) {
+  const data = await loadPanel(body, pathFor(null), (page) => dataTable({
+    id, columns, items: page.items, rowAttrs, empty }));
+  const offerMore = (cursor) => {
+    body.querySelector(".more")?.remove();
+    if (cursor) body.append(el("button", { type: "button", class: "more", text: "Load more",
+      onclick: (e) => more(e.currentTarget, cursor) }));
+  };
+  const more = async (button, cursor) => {
+    button.disabled = true;
+    const result = await api("GET", pathFor(cursor));
+    if (!result.ok) { button.replaceWith(errorNote(result, "span")); return; }
+    const tbody = body.querySelector("tbody");
+    for (const item of result.data.items) tbody.append(tableRow(columns, item, rowAttrs));
+    offerMore(result.data.next_cursor);
+  };
+  if (data) offerMore(data.next_cursor);
+  return data;
+}
+
 /** GET `path` and put render(data) in `body`, or the API's error. Returns the data, or
  * null on an error or when a newer load of the same body overtook this one. */
 export async function loadPanel(body, path, render) {

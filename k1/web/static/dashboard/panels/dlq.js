@@ -1,11 +1,11 @@
 /* Dead letters: GET /api/dlq (filters, cursor paging), GET /api/dlq/stats, GET /api/dlq/<id>,
- * POST /api/dlq/<id>/replay, DELETE /api/dlq/<id>. */
+ * POST /api/dlq/<id>/replay (as it was, or with edited args/kwargs), DELETE /api/dlq/<id>. */
 
 import { api, errorNote, errorText, seg } from "../api.js";
 import { $, badge, clear, el, fmtTime, json } from "../dom.js";
 import { feedNote } from "../feed.js";
 import { state } from "../state.js";
-import { dataTable, loadPanel, tableRow } from "../table.js";
+import { loadPages } from "../table.js";
 
 const PAGE_SIZE = 50;
 const CONFIRM_MS = 4000;  // how long "Confirm discard" waits for its second click
@@ -23,8 +23,6 @@ const COLUMNS = [
 ];
 const rowAttrs = (l) => ({ "data-letter-id": l.id, "data-task-id": l.task_id });
 
-let cursor = null;  // the next page of the shown list, null at its end
-
 function query(next) {
   const form = $("dlq-filters");
   const params = new URLSearchParams();
@@ -41,30 +39,10 @@ function query(next) {
 }
 
 /** The stats line and the first page of dead letters matching the filters. */
-export async function loadDlq() {
+export function loadDlq() {
   loadStats();
-  const body = $("dlq-body");
-  const data = await loadPanel(body, query(null), (page) => dataTable({
-    id: "dlq-table", columns: COLUMNS, items: page.items, rowAttrs,
-    empty: "No dead letters match." }));
-  if (data) setCursor(body, data.next_cursor);
-}
-
-async function loadMore(button) {
-  button.disabled = true;
-  const body = $("dlq-body");
-  const result = await api("GET", query(cursor));
-  if (!result.ok) { button.replaceWith(errorNote(result, "span")); return; }
-  const tbody = body.querySelector("tbody");
-  for (const letter of result.data.items) tbody.append(tableRow(COLUMNS, letter, rowAttrs));
-  setCursor(body, result.data.next_cursor);
-}
-
-function setCursor(body, next) {
-  cursor = next || null;
-  body.querySelector(".more")?.remove();
-  if (cursor) body.append(el("button", { type: "button", class: "more", text: "Load more",
-    onclick: (e) => loadMore(e.currentTarget) }));
+  return loadPages($("dlq-body"), query, { id: "dlq-table", columns: COLUMNS, rowAttrs,
+    empty: "No dead letters match." });
 }
 
 async function loadStats() {
@@ -110,8 +88,60 @@ async function toggleDetail(row, letter) {
     el("pre", { class: "traceback", text: full.traceback || "(no traceback)" }),
     el("h3", { text: "args / kwargs" }),
     el("pre", { text: json({ args: full.args, kwargs: full.kwargs }) }),
-    full.breaker_states ? el("pre", { text: "breakers: " + json(full.breaker_states) }) : null);
+    full.breaker_states ? el("pre", { text: "breakers: " + json(full.breaker_states) }) : null,
+    full.task_id ? el("a", { href: "#task=" + seg(full.task_id), text: "its task's history" }) : null,
+    full.status === "dead" && result.ok ? editReplayForm(full, (replayed) => {
+      feedNote("dlq", "replayed " + full.task_name + (replayed.edited.length ? " with edited "
+        + replayed.edited.join(", ") : "") + " as " + replayed.replay_task_id);
+      loadDlq();
+    }) : null);
   row.after(el("tr", { class: "detail" }, cell));
+}
+
+/** Which of `text`'s args/kwargs differ from the letter's, as the replay body; or an
+ * error naming the field that is not the JSON it must be. */
+function editedBody(letter, form) {
+  const body = {};
+  for (const [name, kind] of [["args", "a JSON list"], ["kwargs", "a JSON object"]]) {
+    let value;
+    try { value = JSON.parse(form.elements[name].value); } catch (err) {
+      return { error: name + ": not JSON (" + err.message + ")" };
+    }
+    const isList = Array.isArray(value);
+    if ((name === "args") !== isList || value === null || typeof value !== "object") {
+      return { error: name + ": must be " + kind };
+    }
+    if (JSON.stringify(value) !== JSON.stringify(letter[name])) body[name] = value;
+  }
+  return { body };
+}
+
+/** "Edit and replay": the letter's args and kwargs as JSON to edit; only what changed is
+ * sent (POST /api/dlq/<id>/replay {args?, kwargs?}); the server checks it like a new
+ * submission and says which field it refuses. onReplayed(answer) after a replay. */
+export function editReplayForm(letter, onReplayed) {
+  const out = el("span", { class: "note", role: "status" });
+  const form = el("form", { class: "edit-replay", "data-letter-id": letter.id },
+    el("h3", { text: "Edit and replay" }),
+    el("label", { text: "args (JSON list)" },
+      el("textarea", { name: "args", rows: 2, spellcheck: "false" })),
+    el("label", { text: "kwargs (JSON object)" },
+      el("textarea", { name: "kwargs", rows: 4, spellcheck: "false" })),
+    el("div", {}, el("button", { type: "submit", class: "primary", text: "Replay edited" }), " ", out));
+  form.elements.args.value = JSON.stringify(letter.args ?? []);
+  form.elements.kwargs.value = JSON.stringify(letter.kwargs ?? {}, null, 2);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const edited = editedBody(letter, form);
+    if (edited.error) { out.textContent = edited.error; out.className = "error"; return; }
+    form.querySelector("button").disabled = true;
+    const result = await api("POST", "/api/dlq/" + seg(letter.id) + "/replay", edited.body);
+    form.querySelector("button").disabled = false;
+    out.className = result.ok ? "note" : "error";
+    out.textContent = result.ok ? "replayed as " + result.data.replay_task_id : errorText(result);
+    if (result.ok) onReplayed(result.data);
+  });
+  return form;
 }
 
 async function replay(letter, button, force) {
