@@ -57,6 +57,11 @@ DONE_TIMEOUT = 120  # s for a batch, a schedule window or a workflow to complete
 TASKS = 80  # the batch: ~400 events, well inside the run time budget on 2 cores
 RETRY_EVERY = 4  # every 4th task of the batch fails once: retries (ETA path) too
 FIRES = 12  # due times of the every-second schedule looked at (the fire log keeps 20)
+# A node holds at most its concurrency (2, prefetch 1 with acks_late) of tasks: tasks this
+# long, more at once than one node holds, must run on both nodes. Without it the lighter
+# load may all land on one (seen: 12 one-per-second fires, all on worker.2).
+HOLD_MS = 2_500
+HELD = 4  # the batch's first tasks hold their slots: more than one node's 2
 # honcho's log: "07:50:01 worker.2   | <the process's line>", and its own lines
 # "07:49:58 system     | worker.2 started (pid=4242)".
 HONCHO_LINE = re.compile(r"^\S+ (?P<process>[a-z]+\.\d+|system)\s+\| (?P<text>.*)$")
@@ -223,10 +228,12 @@ def test_every_event_reaches_a_client_on_each_web_once_and_metrics_agree(
         start, start_marker = quiet_agreement(cluster, mine, one)
 
         expected: Counter[tuple[str, str, str]] = Counter()
+        outcomes: dict[str, list[str]] = {}  # task id -> its attempts' outcomes
         for i in range(TASKS):
             retrying = i % RETRY_EVERY == 0
             answer = apis[i % 2].post("/api/tasks", json={
-                "task": FLAKY, "project_id": project, "kwargs": {"fail_times": int(retrying)}})
+                "task": FLAKY, "project_id": project,
+                "kwargs": {"fail_times": int(retrying), "sleep_ms": HOLD_MS if i < HELD else 0}})
             assert answer.status_code == 202, answer.text
             task_id = answer.json()["task_id"]
             runs = 2 if retrying else 1
@@ -236,6 +243,7 @@ def test_every_event_reaches_a_client_on_each_web_once_and_metrics_agree(
                              (task_id, "task_completed", "succeeded"): 1})
             if retrying:
                 expected[(task_id, "task_event", "retried")] = 1
+            outcomes[task_id] = ["retried", "succeeded"] if retrying else ["succeeded"]
 
         for listener in (one, two):
             wait_for(lambda listener=listener: not expected - project_counts(listener, project),
@@ -266,6 +274,20 @@ def test_every_event_reaches_a_client_on_each_web_once_and_metrics_agree(
     nodes = {r.data["worker"] for r in window
              if r.name == "task_event" and r.data.get("project_id") == project}
     assert nodes == cluster.nodes, f"the batch ran on {nodes}, not on both of {cluster.nodes}"
+    # Two recorders share the history stream (one consumer group): each attempt is
+    # written once, whichever recorder took it.
+    recorded: dict[str, list[str]] = {}
+
+    def all_recorded() -> bool:
+        for task_id in outcomes.keys() - recorded.keys():
+            attempts = apis[1].get(f"/api/tasks/{task_id}").json()["attempts"]
+            if attempts and attempts[-1]["outcome"] == "succeeded":
+                recorded[task_id] = [attempt["outcome"] for attempt in attempts]
+        return recorded.keys() == outcomes.keys()
+
+    wait_for(all_recorded, timeout=DONE_TIMEOUT, interval=1, message=lambda: "the "
+             f"recorders never wrote {len(outcomes) - len(recorded)} tasks' history")
+    assert recorded == outcomes, {k: v for k, v in recorded.items() if v != outcomes[k]}
     cluster.check_running()
 
 
@@ -278,7 +300,8 @@ def test_two_beats_fire_each_due_time_once_and_both_nodes_run_the_tasks(
         for listener in (one, two):
             assert listener.subscribe(project)["ok"], listener.summary()
         created = cluster.api(1, mine).post("/api/scheduler/jobs", json={
-            "name": name, "task": FLAKY, "every": 1, "project_id": project})
+            "name": name, "task": FLAKY, "every": 1, "project_id": project,
+            "kwargs": {"sleep_ms": HOLD_MS}})  # ~3 running at once: both nodes take some
         assert created.status_code == 201, created.text
 
         def fired(listener: Listener) -> list[dict[str, Any]]:
