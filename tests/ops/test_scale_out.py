@@ -157,6 +157,11 @@ def test_the_procfile_runs_two_of_each_with_distinct_worker_nodes(cluster: Clust
     # The worker line names each node after its dyno (honcho's process name here).
     assert {node.split("@")[0] for node in cluster.nodes} == {"worker.1", "worker.2"}, \
         cluster.nodes
+    # Both Conductor workers registered workflows/ at once, neither failed: the loser of
+    # a create got 500 "already exists" and stopped registering the rest (every run).
+    assert not cluster.lines("workflows not registered"), cluster.lines("not registered")
+    registered = {process for process, _ in cluster.lines("k1 conductor-worker: workflow ")}
+    assert registered == {"conductor.1", "conductor.2"}, cluster.lines("conductor-worker")
     # Two beats run; exactly one holds the lock (RedBeat's), the other waits for it.
     assert len(cluster.lines("beat: Acquired lock")) == 1, cluster.lines("beat:")
 
