@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from k1.auth import create_signin_token, create_token
 from k1.scheduling.entry import schedule_id
 from k1.scheduling.history import FIRE_LOG_KEY
+from k1.web.realtime import METRICS_INTERVAL
 from tests.conductor.conftest import conductor_server  # noqa: F401 - the session's server
 from tests.conftest import API, BASE, LOGS
 from tests.events.sockets import Listener, drain, marker_index
@@ -64,6 +65,9 @@ HOLD_MS = 2_500
 HELD = 4  # the batch's first tasks hold their slots: more than one node's 2
 # honcho's log: "07:50:01 worker.2   | <the process's line>", and its own lines
 # "07:49:58 system     | worker.2 started (pid=4242)".
+# Two ``metrics`` broadcasts come at least the broadcaster's lease (0.9 x 5 s) apart, minus
+# a clock's tick; two web processes each sending its own would come closer.
+MIN_BROADCAST_GAP = METRICS_INTERVAL * 0.9 - 0.1
 HONCHO_LINE = re.compile(r"^\S+ (?P<process>[a-z]+\.\d+|system)\s+\| (?P<text>.*)$")
 STARTED = re.compile(r"^(?P<process>[a-z]+\.\d+) started \(pid=\d+\)$")
 
@@ -265,6 +269,8 @@ def test_every_event_reaches_a_client_on_each_web_once_and_metrics_agree(
                                  and r.data.get("project_id") == project)
         assert not leaked, leaked[:5]
         window = one.events()[marker_index(one, start_marker):marker_index(one, end_marker)]
+        broadcasts = {index: [r.data["generated_at"] for r in listener.events(
+            lambda r: r.name == "metrics")] for index, listener in enumerate((one, two))}
 
     # Both web processes read the same figures (quiet_agreement compared them) ...
     (api_1, metrics_1), (api_2, metrics_2) = end
@@ -279,6 +285,11 @@ def test_every_event_reaches_a_client_on_each_web_once_and_metrics_agree(
     nodes = {r.data["worker"] for r in window
              if r.name == "task_event" and r.data.get("project_id") == project}
     assert nodes == cluster.nodes, f"the batch ran on {nodes}, not on both of {cluster.nodes}"
+    # The live ``metrics`` event: one web process sends it per interval (a lease shorter
+    # than the interval), whichever it is, and each client gets it once.
+    for sent in broadcasts.values():
+        gaps = [round(b - a, 2) for a, b in itertools.pairwise(sent)]
+        assert all(gap >= MIN_BROADCAST_GAP for gap in gaps), (broadcasts, gaps)
     # Two recorders share the history stream (one consumer group): each attempt is
     # written once, whichever recorder took it.
     recorded: dict[str, list[str]] = {}
