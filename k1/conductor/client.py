@@ -17,7 +17,8 @@ ConductorUnavailable   connection refused, timeout, HTTP 5xx / 429     transient
 ConductorBreakerOpen   the "conductor" breaker is open                 deferred until it
                                                                        may half-open
 ConductorNotFound      HTTP 404                                        dead
-ConductorConflict      HTTP 409 (e.g. the definition exists)           dead
+ConductorConflict      HTTP 409 (e.g. the definition exists), or 500   dead
+                       saying "already exists" (a concurrent create)
 ConductorRejected      other HTTP 4xx (bad definition, bad input)      dead
 =====================  =============================================  =====================
 """
@@ -61,6 +62,9 @@ INT64 = (-(2**63), 2**63 - 1)  # Conductor reads JSON numbers as Java longs or d
 REQUEST_FAULT_MARKERS = ("JSON parse error", "out of range of", "Cannot deserialize",
                          "NumberFormatException", "not a valid", "HttpMessageNotReadable",
                          "MethodArgumentTypeMismatch", "Failed to convert value")
+# Two creates of one definition at once both pass Conductor's existence check; the loser's
+# insert then fails and the server answers 500 with the message its 409 carries.
+CONFLICT_MARKERS = ("already exists",)
 
 
 class ConductorError(Exception):
@@ -112,7 +116,8 @@ class ConductorNotFound(ConductorRejected):
 
 
 class ConductorConflict(ConductorRejected):
-    """HTTP 409: e.g. a workflow definition with that name and version exists."""
+    """HTTP 409, or a 500 that says "already exists": e.g. a workflow definition with that
+    name and version exists (a concurrent create's loser gets the 500)."""
 
 
 class ConductorClient:
@@ -274,8 +279,13 @@ def _blames_request(response: requests.Response) -> bool:
     """The answer says the request was wrong, not that the server is failing."""
     if not is_transient_status(response.status_code):
         return True
-    return response.status_code == 500 and any(
-        marker in _message(response) for marker in REQUEST_FAULT_MARKERS)
+    return response.status_code == 500 and _says(
+        response, REQUEST_FAULT_MARKERS + CONFLICT_MARKERS)
+
+
+def _says(response: requests.Response, markers: tuple[str, ...]) -> bool:
+    message = _message(response)
+    return any(marker in message for marker in markers)
 
 
 def _translate(response: requests.Response, method: str, path: str) -> ConductorError:
@@ -283,7 +293,7 @@ def _translate(response: requests.Response, method: str, path: str) -> Conductor
     text = f"{method} {path}: HTTP {status}: {_message(response)}"[:2000]
     if status == 404:
         return ConductorNotFound(text, status)
-    if status == 409:
+    if status == 409 or (status == 500 and _says(response, CONFLICT_MARKERS)):
         return ConductorConflict(text, status)
     if _blames_request(response):
         return ConductorRejected(text, status)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,32 @@ def test_register_is_idempotent_and_a_change_needs_a_new_version(
     assert old["workflowVersion"] == 1 and "score" not in old["output"]
     assert new["workflowVersion"] == 2 and new["output"]["score"] == 2
     assert json.loads(json.dumps(new["output"]))["report"].startswith("Profile report")
+
+
+RACING_FILES = 4  # fresh workflows two registrations create at once: one race each
+
+
+def test_two_registrations_at_once_both_succeed(tmp_path: Path, conductor: ConductorClient,
+                                                unique: str) -> None:
+    """Two conductor workers starting together (a deploy with conductor=2) register the
+    same new files at once. The loser of a create answers "already exists" with 500 when
+    both passed Conductor's existence check (its insert then fails), not 409: it must
+    read as registered meanwhile, and the other files must still be registered."""
+    names = [f"race_probe_{unique}_{i}" for i in range(RACING_FILES)]
+    files = validate(load_files([write_json(tmp_path / f"{name}.json", probe_workflow(name))
+                                 for name in names]))
+    together = threading.Barrier(2)
+
+    def start_a_worker() -> list[str]:
+        client = ConductorClient(conductor.base_url)
+        together.wait(timeout=30)
+        return [o.action for o in register(client, files)]
+
+    with ThreadPoolExecutor(2) as pool:
+        runs = [future.result() for future in [pool.submit(start_a_worker) for _ in range(2)]]
+    for index, name in enumerate(names):
+        assert conductor.get_workflow_def(name, 1) is not None, name
+        assert "created" in (runs[0][index], runs[1][index]), runs
 
 
 def test_k1_options_are_checked_and_operator_only_is_read(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -11,7 +12,7 @@ from typing import Any
 
 import socketio
 
-from k1.events import emit
+from k1.events import Publisher, emit, make_event
 from tests.support import wait_for
 
 
@@ -80,14 +81,37 @@ class Listener:
                 for r in self.events()][-30:]
 
 
-def drain(*listeners: Listener) -> None:
+def drain(*listeners: Listener, redis_url: str | None = None) -> str:
     """Return once everything this process published before the call has reached these
     listeners: a platform marker (every connection gets it) sent now arrives after it,
     because the web process relays the channel in order. So "nothing arrived" is proven by
     the marker, not by a sleep. (For events of another process, call it once one of them
-    has been seen arriving: the web process has then relayed everything before it.)"""
+    has been seen arriving: the web process has then relayed everything before it.)
+    ``redis_url``: the marker goes through that Redis (a platform of the test's own), sent
+    before the call returns. Returns the marker's name (:func:`marker_index` finds it)."""
     marker = f"marker-{uuid.uuid4().hex}"
-    emit("breaker_state", type="marker", name=marker)
+    if redis_url is None:
+        emit("breaker_state", type="marker", name=marker)
+    else:
+        sent = _publisher(redis_url).publish(
+            [("breaker_state", make_event("marker", name=marker))], wait=True)
+        assert sent, f"the marker {marker} could not be published on {redis_url}"
     for listener in listeners:
-        listener.wait_for(lambda r: r.name == "breaker_state" and isinstance(r.data, dict)
-                          and r.data.get("name") == marker, what=f"the marker {marker}")
+        listener.wait_for(lambda r: _is_marker(r, marker), what=f"the marker {marker}")
+    return marker
+
+
+def marker_index(listener: Listener, marker: str) -> int:
+    """Where ``marker`` is in what ``listener`` received (events before it: ``[:index]``)."""
+    received = listener.events()
+    return next(i for i, r in enumerate(received) if _is_marker(r, marker))
+
+
+def _is_marker(received: Received, marker: str) -> bool:
+    return (received.name == "breaker_state" and isinstance(received.data, dict)
+            and received.data.get("name") == marker)
+
+
+@functools.cache
+def _publisher(redis_url: str) -> Publisher:
+    return Publisher(redis_url)

@@ -16,11 +16,11 @@ import requests
 
 from k1.auth import create_token
 from tests.conductor.conftest import conductor_server  # noqa: F401 - the session's server
-from tests.conftest import BASE, LOGS
+from tests.conftest import BASE
 from tests.events.sockets import Listener
 from tests.ops.conftest import TLSRedis
-from tests.ops.support import fresh_database
-from tests.support import ROOT, VENV_BIN, Process, free_port
+from tests.ops.support import fresh_database, honcho, procfile_env
+from tests.support import ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,21 +34,11 @@ DONE_TIMEOUT = 90  # s for a task, a schedule or a workflow to complete
 
 def heroku_env(tls_redis: TLSRedis, database_url: str, conductor_url: str,
                external_url: str, **extra: str) -> dict[str, str]:
-    """Only what a Heroku app has: config vars and a PATH; no .env, no test settings."""
-    return {
-        "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(BASE),
-        "LANG": "C.UTF-8", "DATABASE_URL": database_url, "REDIS_URL": tls_redis.url,
-        "K1_REDIS_SSL_CERT_REQS": "none", "K1_SECRET_KEY": SECRET,
-        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH), "FLOWER_PORT": str(free_port()),
-        "CONDUCTOR_SERVER_URL": conductor_url, "K1_EXTERNAL_SERVICE_URL": external_url,
-        "K1_HOST": "127.0.0.1", "K1_DATA_DIR": str(BASE / "heroku-data"), **extra,
-    }
-
-
-def honcho(name: str, env: dict[str, str], port: int, *processes: str) -> Process:
-    """The Procfile under honcho, as `heroku local` / a Procfile host runs it."""
-    return Process(name, [str(VENV_BIN / "honcho"), "start", "-e", "/dev/null", "-f",
-                          str(ROOT / "Procfile"), "-p", str(port), *processes], env, LOGS)
+    return procfile_env(
+        redis_url=tls_redis.url, database_url=database_url, conductor_url=conductor_url,
+        external_url=external_url, secret=SECRET, K1_REDIS_SSL_CERT_REQS="none",
+        FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH), FLOWER_PORT=str(free_port()),
+        K1_DATA_DIR=str(BASE / "heroku-data"), **extra)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +73,7 @@ def test_every_process_is_healthy_over_tls(deploy: dict[str, Any]) -> None:
         lambda: requests.get(f"{flower}/api/workers", params={"refresh": "true"},
                              auth=FLOWER_AUTH, timeout=10).json(),
         START_TIMEOUT, "Flower never listed the worker")
-    assert any(name.startswith("worker@") for name in workers)
+    assert any(name.startswith("worker.1@") for name in workers), workers  # honcho's name
     check = subprocess.run([str(VENV_BIN / "k1"), "check"], env=env, cwd=BASE,
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
