@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import datetime
 
 from k1.celery import app
 from k1.connections import get_redis
@@ -14,6 +15,10 @@ from k1.tasks.base import K1Task
 
 RUNS = "k1:test:flow:runs:{}"  # list of "start end pid attempt task_id"
 STARTED = RUNS + ":started"  # task ids, as each run starts
+# When each run was let through: its reserved start (the ETA a rate limit sent it back
+# with) or, admitted at once, its start. A loaded worker starts a run late after its ETA,
+# which a limit cannot prevent; what the limit decides is this.
+ADMITTED = RUNS + ":admitted"
 TEST_LEASE = 3.0  # seconds: a SIGKILLed holder's slot must free within a test's patience
 
 
@@ -24,6 +29,9 @@ def _now() -> float:
 
 def _hold(task: K1Task, tag: str, ms: int) -> float:
     started = _now()
+    eta = task.request.eta
+    admitted = datetime.fromisoformat(eta).timestamp() if isinstance(eta, str) else started
+    get_redis().rpush(ADMITTED.format(tag), str(admitted))
     get_redis().rpush(STARTED.format(tag), str(task.request.id))
     time.sleep(ms / 1000)
     get_redis().rpush(RUNS.format(tag), f"{started} {_now()} {os.getpid()} {task.attempt()} "

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import celery_worker
 from tests.flow.conftest import TASKS, max_overlap, send, wait_runs
-from tests.flow.tasks import STARTED, TEST_LEASE
+from tests.flow.tasks import ADMITTED, STARTED, TEST_LEASE
 from tests.support import wait_for
 
 
@@ -78,9 +78,15 @@ def test_observed_rate_stays_within_ten_percent_of_the_limit(flow_workers, runti
     observed = (count - 1) / (starts[-1] - starts[0])
     print(f"observed {observed:.2f}/s under a {rate}/s limit")
     assert abs(observed - rate) <= rate * 0.10, f"observed {observed:.2f}/s, limit {rate}/s"
-    # No window of one second holds more starts than the limit allows (+1 at the edges).
-    for i, start in enumerate(starts):
-        assert sum(1 for s in starts[i:] if s < start + 1.0) <= rate + 1
+    # No window of one second holds more admissions than the limit allows (+1 at the
+    # edges). Admissions, not starts: a run let through at its reserved time may start
+    # late on a loaded worker, and bunch with the next ones (tests/flow/tasks.py).
+    from k1.connections import get_redis
+
+    admitted = sorted(float(x) for x in get_redis().lrange(ADMITTED.format(tag), 0, -1))
+    assert len(admitted) == count
+    for i, at in enumerate(admitted):
+        assert sum(1 for a in admitted[i:] if a < at + 1.0) <= rate + 1, admitted
     assert {attempt for *_, attempt, _ in rows} == {1}
 
 

@@ -49,9 +49,13 @@ def test_a_retry_goes_to_the_back_of_its_queue(flow_workers, redis_client):
     """The documented choice (docs/flow.md): a retry due in ~1 s is published behind the
     backlog queued when its task failed, and waits for it (the figure is printed)."""
     from k1.celery import app
+    from k1.flow.queues import pause, resume
 
     ahead, behind_tag, key = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
     queued_behind = BACKLOG // 2
+    # All queued before any runs: sent while the workers run, the failed task's retry
+    # could be published before the last of those "behind" it were (a slow sender).
+    pause("celery")
     try:
         with app.producer_or_acquire() as producer:
             for tag, count in ((ahead, BACKLOG // 4), (None, 1), (behind_tag, queued_behind)):
@@ -62,6 +66,7 @@ def test_a_retry_goes_to_the_back_of_its_queue(flow_workers, redis_client):
                     else:
                         app.send_task("tests.flow.hold", producer=producer, kwargs={
                             "project_id": "acme", "tag": tag, "ms": USER_TASK_MS})
+        resume("celery")
         runs_key = f"k1:flaky:{key}:runs"
         wait_for(lambda: redis_client.llen(runs_key) == 2, timeout=180,
                  message="the retry never ran")
@@ -71,4 +76,5 @@ def test_a_retry_goes_to_the_back_of_its_queue(flow_workers, redis_client):
               f"{before} of the {queued_behind} tasks queued behind the failed run")
         assert before >= queued_behind * 0.9, f"the retry jumped the queue ({before} before)"
     finally:
+        resume("celery")  # again, if sending failed
         redis_client.delete("celery")
