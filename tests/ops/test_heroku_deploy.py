@@ -124,15 +124,25 @@ def test_a_task_a_schedule_and_a_workflow_complete_and_their_events_arrive(
     assert runs == ["retried", "succeeded"], runs
 
 
-def test_without_the_certificate_policy_the_logs_name_the_fix(
+def test_without_the_certificate_policy_the_logs_and_health_name_the_fix(
     tls_redis: TLSRedis, services: dict[str, object],
 ) -> None:
     env = heroku_env(tls_redis, fresh_database("k1_heroku_nocert"), "", "http://127.0.0.1:1")
     del env["K1_REDIS_SSL_CERT_REQS"], env["CONDUCTOR_SERVER_URL"]
-    app = honcho("heroku-nocert", env, free_port(), "worker").start()
+    port = free_port()
+    app = honcho("heroku-nocert", env, port, "web", "worker").start()
     try:
         app.wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in app.log_tail(400) and
                        "set K1_REDIS_SSL_CERT_REQS=none" in app.log_tail(400),
                        START_TIMEOUT, "the logs never named K1_REDIS_SSL_CERT_REQS=none")
+
+        def health() -> dict[str, Any] | None:
+            answer = requests.get(f"http://127.0.0.1:{port}/api/health", timeout=10)
+            return answer.json() if answer.status_code == 503 else None
+
+        redis = app.wait_until(lambda: (health() or {}).get("redis"), START_TIMEOUT,
+                               "the web process's health never answered 503")
+        assert redis["status"] == "down" and "CERTIFICATE_VERIFY_FAILED" in redis["error"]
+        assert "K1_REDIS_SSL_CERT_REQS=none" in redis["fix"], redis
     finally:
         app.stop(timeout=40)
