@@ -172,9 +172,11 @@ def queues(paused: set[str], client: redis.Redis | None = None,
     if not names:
         return []
     current = broker.rate_bucket(now)
-    buckets = range(current - RATE_WINDOW // broker.RATE_BUCKET + 1, current + 1)
-    # The window: whole buckets back from the current, partly elapsed one.
-    window = now - buckets[0] * broker.RATE_BUCKET
+    buckets = range(current - RATE_WINDOW // broker.RATE_BUCKET, current + 1)
+    # The window's start falls inside the oldest bucket: the part of its count that is
+    # inside the window is taken as spread evenly over the bucket.
+    oldest_part = ((buckets[1] * broker.RATE_BUCKET) - (now - RATE_WINDOW)) / broker.RATE_BUCKET
+    weights = [max(0.0, min(1.0, oldest_part))] + [1.0] * (len(buckets) - 1)
     pipe = client.pipeline(transaction=False)
     for name in names:
         for key in broker.queue_lists(name):
@@ -191,13 +193,13 @@ def queues(paused: set[str], client: redis.Redis | None = None,
         lists = replies[index * per_queue:(index + 1) * per_queue]
         stamps = [_enqueued_at(tail) for tail in lists[1::2] if tail is not None]
         known = [stamp for stamp in stamps if stamp is not None]
-        enqueued = sum(int(counts[i][index] or 0) for i in range(0, len(counts), 2))
-        dequeued = sum(int(counts[i][index] or 0) for i in range(1, len(counts), 2))
+        enqueued = sum(w * int(c[index] or 0) for w, c in zip(weights, counts[0::2], strict=True))
+        dequeued = sum(w * int(c[index] or 0) for w, c in zip(weights, counts[1::2], strict=True))
         answer.append({
             "queue": name, "depth": sum(lists[0::2]), "paused": name in paused,
             "oldest_age_s": round(max(0.0, now - min(known)), 3) if known else None,
-            "enqueue_rate": round(enqueued / window, 4),
-            "dequeue_rate": round(dequeued / window, 4),
+            "enqueue_rate": round(enqueued / RATE_WINDOW, 4),
+            "dequeue_rate": round(dequeued / RATE_WINDOW, 4),
         })
     return answer
 
