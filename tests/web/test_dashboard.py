@@ -452,3 +452,44 @@ def test_the_forms_and_buttons_act(
     row = page.locator('#workflows-body tr[data-workflow="profile_workflow"]')
     row.get_by_role("button", name="Start").click()
     expect(row.locator(".note")).to_contain_text("conductor not configured")
+
+
+def test_the_queues_and_workers_panels_show_the_fleet_live(
+        web: str, worker: Process, page: Page, make_token: MakeToken, unique: str) -> None:
+    """Real queued messages (a paused queue nobody consumes) and a real task running on the
+    session worker; both panels follow changes while shown (polled: no event says so)."""
+    from k1.broker import queue_lists
+    from k1.celery import app
+    from k1.connections import get_redis
+    from tests.flow.conftest import send
+
+    queue = f"dash-{unique}"
+    operator = API(web, make_token(f"op-{unique}", "*"))
+    assert operator.post(f"/api/queues/{queue}/pause").status_code == 200
+    try:
+        for _ in range(2):
+            app.send_task("tests.flow.hold", kwargs={"project_id": "x", "tag": unique},
+                          queue=queue)
+        sign_in(page, web, make_token(f"ada-{unique}", "*"))
+        open_tab(page, "queues")
+        row = page.locator(f'#queues-body tr[data-queue="{queue}"]')
+        expect(row).to_have_attribute("data-depth", "2")
+        expect(row.locator(".badge")).to_have_text("paused")
+        expect(row.locator("td").nth(3)).not_to_have_text("0.0")  # 2 in over the last minute
+        app.send_task("tests.flow.hold", kwargs={"project_id": "x", "tag": unique}, queue=queue)
+        expect(row).to_have_attribute("data-depth", "3")
+        screenshot_tabs(page, "queues")
+
+        [task_id] = send("tests.flow.hold", 1, project_id=f"fleet-{unique}", tag=unique,
+                         ms=6000)
+        open_tab(page, "workers")
+        host = page.locator('#workers-body tr[data-worker="worker@k1test"]')
+        expect(host).to_contain_text("prefork, concurrency 2")
+        running = host.locator(f'li[data-task-id="{task_id}"]')
+        expect(running).to_contain_text("tests.flow.hold")
+        screenshot_tabs(page, "workers")
+        expect(running).to_have_count(0, timeout=60_000)  # it ended: the panel follows
+        assert page.locator("#queues-body .error, #workers-body .error").count() == 0
+    finally:
+        assert operator.post(f"/api/queues/{queue}/resume").status_code == 200
+        get_redis().delete(*queue_lists(queue))

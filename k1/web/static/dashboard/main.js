@@ -13,6 +13,7 @@ import { connect, disconnect, serverNow, subscribe, unsubscribe } from "./live.j
 import { loadMetrics, onMetricsBroadcast } from "./metrics.js";
 import { loadBreakers } from "./panels/breakers.js";
 import { loadDlq } from "./panels/dlq.js";
+import { loadQueues, loadWorkers, watchFleet } from "./panels/fleet.js";
 import { loadLimits } from "./panels/limits.js";
 import { addSchedule, loadSchedules } from "./panels/schedules.js";
 import { loadWorkflows } from "./panels/workflows.js";
@@ -76,6 +77,8 @@ function refreshAll() {
   loadSchedules();
   loadWorkflows();
   loadLimits();
+  loadQueues();
+  loadWorkers();
 }
 
 function signIn(token) {
@@ -163,6 +166,7 @@ renderCounters();
 loadHealth();
 setInterval(loadHealth, HEALTH_POLL_MS);
 setInterval(pollLimits, LIMITS_POLL_MS);
+watchFleet();
 if (!(await signInWithLink())) {
   const saved = savedToken();
   if (saved) signIn(saved); else showSignIn("");
