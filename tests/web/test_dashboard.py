@@ -45,6 +45,7 @@ DLQ_PAGE = 50  # PAGE_SIZE in panels/dlq.js
 # A token short enough to wait for, long enough for a loaded machine to sign in with it.
 TOKEN_TTL_S = 15
 DEAD_WITHIN = 60  # s: a failing task dies after its retries (about 4 s on an idle machine)
+FLEET_SHOWN_MS = 20_000  # a running task reaches the Workers tab within 5 s + 3 s when idle
 
 
 @pytest.fixture(scope="module")
@@ -462,6 +463,7 @@ def test_the_queues_and_workers_panels_show_the_fleet_live(
     from k1.celery import app
     from k1.connections import get_redis
     from tests.flow.conftest import send
+    from tests.flow.tasks import STARTED
 
     queue = f"dash-{unique}"
     operator = API(web, make_token(f"op-{unique}", "*"))
@@ -477,16 +479,20 @@ def test_the_queues_and_workers_panels_show_the_fleet_live(
         expect(row.locator(".badge")).to_have_text("paused")
         expect(row.locator("td").nth(3)).not_to_have_text("0.0")  # 2 in over the last minute
         app.send_task("tests.flow.hold", kwargs={"project_id": "x", "tag": unique}, queue=queue)
-        expect(row).to_have_attribute("data-depth", "3")
+        expect(row).to_have_attribute("data-depth", "3", timeout=FLEET_SHOWN_MS)  # polled
         screenshot_tabs(page, "queues")
 
         [task_id] = send("tests.flow.hold", 1, project_id=f"fleet-{unique}", tag=unique,
-                         ms=6000)
+                         ms=10_000)
+        # The session worker may still be busy with earlier tests' tasks: wait for the start.
+        wait_for(lambda: get_redis().lrange(STARTED.format(unique), 0, -1), timeout=60,
+                 message="the task never started")
         open_tab(page, "workers")
         host = page.locator('#workers-body tr[data-worker="worker@k1test"]')
         expect(host).to_contain_text("prefork, concurrency 2")
         running = host.locator(f'li[data-task-id="{task_id}"]')
-        expect(running).to_contain_text("tests.flow.hold")
+        # Within an inspect interval (5 s) and a poll (3 s), with room for a loaded machine.
+        expect(running).to_contain_text("tests.flow.hold", timeout=FLEET_SHOWN_MS)
         screenshot_tabs(page, "workers")
         expect(running).to_have_count(0, timeout=60_000)  # it ended: the panel follows
         assert page.locator("#queues-body .error, #workers-body .error").count() == 0
