@@ -132,6 +132,8 @@ def test_rates_move_and_workers_show_the_tasks_they_run_to_whom_may_see_them(
         assert fresh_queue in seen["queues"] and "celery" in seen["queues"], seen
         assert 0 <= seen["heartbeat_age_s"] < 10, seen
         task = next(t for t in seen["active"] if t["id"] == long_id)
+        assert set(task) == {"id", "name", "project_id", "queue", "started_at", "runtime_s",
+                             "worker_pid"}, task  # never its arguments
         assert task["name"] == "tests.flow.hold" and task["project_id"] == "acme", task
         assert task["queue"] == fresh_queue and task["runtime_s"] > 0, task
 
@@ -231,3 +233,23 @@ def test_a_worker_leaves_the_list_when_it_stops_and_is_counted_while_online(
 
 def _hosts(api: API) -> set[str]:
     return {w["hostname"] for w in api.get("/api/workers").json()["workers"]}
+
+
+def test_a_heartbeat_expires_after_twice_its_frequency_and_is_forgotten_an_hour_later(
+        redis_client):
+    from k1.events import heartbeats
+
+    host, beat_at = f"gone-{uuid.uuid4().hex[:6]}@k1test", 1_000_000.0
+    pipe = redis_client.pipeline()
+    heartbeats.add(pipe, {"hostname": host, "ts": beat_at, "freq": 2.0, "active": 0,
+                          "processed": 3, "pid": 1, "offline": False})
+    pipe.execute()
+
+    def listed(now: float) -> bool:
+        return host in {b["hostname"] for b in heartbeats.online(redis_client, now)}
+
+    assert listed(beat_at + 3.9)
+    assert not listed(beat_at + 4.1)  # Celery's rule: expired after 2 x freq
+    assert redis_client.hexists(heartbeats.HEARTBEATS_KEY, host)  # kept a while
+    assert not listed(beat_at + 4 + heartbeats.FORGET_AFTER + 1)
+    assert not redis_client.hexists(heartbeats.HEARTBEATS_KEY, host)  # forgotten
