@@ -21,6 +21,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "events": {"worker_send_task_events": True, "task_send_sent_event": True},
     # not a durability setting: acks_late with Celery's default prefetch, listed last
     "prefetch4": {"worker_prefetch_multiplier": 4},
+    # K1's broker transport (k1/broker.py: doorbell wait, one Lua fetch into unacked)
+    "k1_transport": {"broker_transport": "k1.broker:Transport"},
 }
 
 app = Celery("bench", broker=os.environ.get("REDIS_URL", ""))

@@ -57,7 +57,8 @@ LOAD_S = 8.0  # seconds of load for the memory figures
 RSS_SAMPLE_S = 0.2
 
 K1_WORKER_EVENTS = "K1 + worker events (-E)"
-ALL = [name for name in SETTINGS if name != "prefetch4"]  # K1's durability settings
+# K1's durability settings (not prefetch4, nor the transport, which have their own rows)
+ALL = [name for name in SETTINGS if name not in ("prefetch4", "k1_transport")]
 
 
 def configurations(extra: bool) -> list[tuple[str, list[str] | None]]:
@@ -73,6 +74,8 @@ def configurations(extra: bool) -> list[tuple[str, list[str] | None]]:
     # acks_late alone keeps a crashed worker's tasks (unacked, they come back); prefetch 1
     # only decides how many wait in a worker: what does it cost?
     configs.append(("durable, prefetch 4", [*ALL, "prefetch4"]))
+    # What K1's transport costs: every send rings a doorbell, every fetch runs a script.
+    configs.append(("durable + K1 transport", [*ALL, "k1_transport"]))
     if extra:
         configs += [("stock + results", ["results"]),
                     ("stock + results + track_started", ["results", "track_started"]),
@@ -95,8 +98,8 @@ class PlatformBench(Bench):
 
         app = Celery("bench-sender", broker=self.redis.url)
         app.conf.update(task_serializer="json", accept_content=["json"])
-        for name in ALL if settings is None else settings:
-            if name == "events":
+        for name in [*ALL, "k1_transport"] if settings is None else settings:
+            if name in ("events", "k1_transport"):  # K1's own clients send through it
                 app.conf.update(SETTINGS[name])
         return app
 
@@ -122,8 +125,9 @@ class PlatformBench(Bench):
         deadline = time.monotonic() + timeout
         while client.llen(QUEUE) or client.hlen(UNACKED):
             if time.monotonic() > deadline:
+                held = [raw[:300] for raw in client.hvals(UNACKED)[:3]]
                 raise TimeoutError(f"{client.llen(QUEUE)} queued, {client.hlen(UNACKED)} "
-                                   f"unacked after {timeout:.0f} s")
+                                   f"unacked after {timeout:.0f} s: {held}")
             time.sleep(DRAIN_POLL_S)
         client.close()
 

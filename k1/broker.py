@@ -65,11 +65,13 @@ def queue_lists(queue: str) -> list[str]:
 # KEYS: unacked hash, unacked index, the dequeue counter, the queues' doorbells (n), then
 # the queues' lists in the order to try them (kombu's BRPOP order: priority first, then
 # the queue cycle).
-# ARGV: now, n, the counter's TTL, the queues' names (n; "" for one not counted), then for
-# each list (at the same index as its key) the number (1..n) of the queue it belongs to.
-# Returns {list key, message} or nil. The message is recorded exactly as kombu's QoS
-# records it ([payload, exchange, routing key] under its delivery tag), built from the raw
-# text so that it is restored byte for byte.
+# ARGV: now, n, the counter's TTL, then per queue "1" if its consumer acknowledges (else
+# the message is not recorded: a no_ack consumer, such as a control reply's, never acks
+# it), then per queue its name as the counter's field ("" for one not counted), then per
+# list the number (1..n) of its queue (ARGV[i + n] goes with KEYS[i]).
+# Returns {list key, message, 1 if recorded} or nil. The message is recorded exactly as
+# kombu's QoS records it ([payload, exchange, routing key] under its delivery tag), built
+# from the raw text so that it is restored byte for byte.
 FETCH = """
 local n = tonumber(ARGV[2])
 local function enc(value)
@@ -79,30 +81,35 @@ end
 for i = 4 + n, #KEYS do
   local raw = redis.call('RPOP', KEYS[i])
   if raw then
-    local queue = tonumber(ARGV[i])
-    if ARGV[3 + queue] ~= '' then
-      redis.call('HINCRBY', KEYS[3], ARGV[3 + queue], 1)
+    local queue = tonumber(ARGV[i + n])
+    local field = ARGV[3 + n + queue]
+    if field ~= '' then
+      redis.call('HINCRBY', KEYS[3], field, 1)
       redis.call('EXPIRE', KEYS[3], ARGV[3])
     end
-    local ok, message = pcall(cjson.decode, raw)
-    local properties = ok and type(message) == 'table' and message['properties']
-    local tag = type(properties) == 'table' and properties['delivery_tag']
-    if type(tag) == 'string' then
-      local info = properties['delivery_info']
-      if type(info) ~= 'table' then info = {} end
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
-      local record = '[' .. raw .. ',' .. enc(info['exchange']) .. ','
-                     .. enc(info['routing_key']) .. ']'
-      redis.call('HSET', KEYS[1], tag, record)
+    local recorded = 0
+    if ARGV[3 + queue] == '1' then
+      local ok, message = pcall(cjson.decode, raw)
+      local properties = ok and type(message) == 'table' and message['properties']
+      local tag = type(properties) == 'table' and properties['delivery_tag']
+      if type(tag) == 'string' then
+        local info = properties['delivery_info']
+        if type(info) ~= 'table' then info = {} end
+        local record = '[' .. raw .. ',' .. enc(info['exchange']) .. ','
+                       .. enc(info['routing_key']) .. ']'
+        redis.call('ZADD', KEYS[2], ARGV[1], tag)
+        redis.call('HSET', KEYS[1], tag, record)
+        recorded = 1
+      end
     end
     -- More waiting in this queue and nobody woken for it: ring for the next worker.
     local left = 0
     for j = 4 + n, #KEYS do
-      if tonumber(ARGV[j]) == queue then left = left + redis.call('LLEN', KEYS[j]) end
+      if tonumber(ARGV[j + n]) == queue then left = left + redis.call('LLEN', KEYS[j]) end
     end
     local doorbell = KEYS[3 + queue]
     if left > 0 and redis.call('LLEN', doorbell) == 0 then redis.call('LPUSH', doorbell, 1) end
-    return {KEYS[i], raw}
+    return {KEYS[i], raw, recorded}
   end
 end
 return nil
@@ -144,6 +151,19 @@ class Channel(kombu_redis.Channel):
                              "its fetch script names its keys itself")
         self._fetching: list[str] = []  # the queues of the outstanding doorbell wait
         self._fetch_script: Any = None
+        self._no_ack_queues: set[str] = set()  # consumed without acknowledgements
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        cancelled = super().basic_cancel(consumer_tag)
+        if queue not in self._tag_to_queue.values():
+            self._no_ack_queues.discard(queue)
+        return cancelled
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))
@@ -168,11 +188,10 @@ class Channel(kombu_redis.Channel):
             fetched = self._fetch(self._fetching)
             if fetched is None:
                 raise virtual.Empty()
-            key, raw = fetched
+            key, raw, recorded = fetched
             payload = loads(raw)
-            tag = (payload.get("properties") or {}).get("delivery_tag")
-            if isinstance(tag, str):
-                self.qos.recorded.add(tag)
+            if recorded:
+                self.qos.recorded.add(payload["properties"]["delivery_tag"])
             queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
             self.connection._deliver(payload, queue)
@@ -181,24 +200,26 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None  # type: ignore[assignment]  # as kombu's own read does
             self._flush_brpop_reauth()
 
-    def _fetch(self, queues: list[str]) -> tuple[str, str] | None:
-        """Move the next message of ``queues`` into the unacked records; (list, message)."""
+    def _fetch(self, queues: list[str]) -> tuple[str, str, bool] | None:
+        """Take the next message of ``queues``, moved into the unacked records unless its
+        queue is consumed without acknowledgements: (list, message, recorded)."""
         lists = [(self._q_for_pri(queue, pri), number)
                  for pri in self.priority_steps for number, queue in enumerate(queues, 1)]
         now = time()
         keys = [self.unacked_key, self.unacked_index_key, DEQUEUED.format(rate_bucket(now)),
                 *(DOORBELL.format(queue) for queue in queues), *(key for key, _ in lists)]
-        args = [now, len(queues), RATE_TTL, *(_counted(queue) for queue in queues),
-                *(number for _, number in lists)]
+        acks = ["0" if queue in self._no_ack_queues else "1" for queue in queues]
+        args = [now, len(queues), RATE_TTL, *acks, *(_counted(queue) for queue in queues),
+                *(n for _, n in lists)]
         with self.conn_or_acquire() as client:
             if self._fetch_script is None:
                 self._fetch_script = client.register_script(FETCH)
             found = self._fetch_script(keys=keys, args=args, client=client)
         if not found:
             return None
-        key, raw = found
+        key, raw, recorded = found
         return (key.decode() if isinstance(key, bytes) else key,
-                raw.decode() if isinstance(raw, bytes) else raw)
+                raw.decode() if isinstance(raw, bytes) else raw, bool(recorded))
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         """Kombu's publish, plus a token on the queue's doorbell and a count, in one round

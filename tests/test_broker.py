@@ -68,8 +68,9 @@ def test_a_fetched_message_is_recorded_unacknowledged_in_the_same_step(
     channel = k1_connection.channel()
     fetched = channel._fetch([queue.name])
     assert fetched is not None
-    key, raw = fetched
+    key, raw, recorded = fetched
     payload = json.loads(raw)
+    assert recorded
     tag = payload["properties"]["delivery_tag"]
     assert key == queue.name and client.llen(queue.name) == 0
     recorded, exchange, routing_key = json.loads(client.hget(channel.unacked_key, tag))
@@ -96,3 +97,21 @@ def test_every_message_is_consumed_once_even_from_a_producer_that_does_not_ring(
     unacked = redis_server_.client().hvals(k1_connection.default_channel.unacked_key)
     assert [raw for raw in unacked if json.loads(raw)[2] == queue.routing_key] == [], (
         "acknowledged messages are still recorded as unacknowledged")
+
+
+def test_a_consumer_without_acknowledgements_leaves_no_unacknowledged_record(
+        k1_connection, queue, redis_server_):
+    """Such a consumer (a control command's reply, for one) never acks: a record would be
+    restored after the visibility timeout, the message delivered a second time."""
+    publish(k1_connection, queue, count=2)
+    received: list[object] = []
+    with k1_connection.Consumer(queue, accept=["json"], no_ack=True,
+                                callbacks=[lambda body, message: received.append(body)]):
+        for _ in range(20):
+            if len(received) == 2:
+                break
+            with contextlib.suppress(TimeoutError):
+                k1_connection.drain_events(timeout=2)
+    assert len(received) == 2
+    unacked = redis_server_.client().hvals(k1_connection.default_channel.unacked_key)
+    assert [raw for raw in unacked if json.loads(raw)[2] == queue.routing_key] == []
