@@ -86,7 +86,8 @@ task_routes = {
 }
 
 imports = ("k1.tasks.analysis", "k1.tasks.demo", "k1.scheduling.history", "k1.events.signals",
-           "k1.recovery.dlq.tasks", "k1.conductor.tasks", "k1.flow.queues", "k1.history.tasks")
+           "k1.recovery.dlq.tasks", "k1.conductor.tasks", "k1.flow.queues", "k1.history.tasks",
+           "k1.flow.fleet")
 
 # RedBeat, extended by K1 (time zones, catch-up policy, fire accounting; k1.scheduling).
 beat_scheduler = "k1.scheduling.beat:K1Scheduler"

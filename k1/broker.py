@@ -21,6 +21,15 @@ costs latency, not the message: a worker whose wait times out (``brpop_timeout``
 fetches anyway, and a fetch that leaves messages behind rings again for the next worker.
 
 **A closed channel fails as a lost connection does** (see :meth:`Channel._connparams`).
+
+**Each queue's traffic is counted where it already happens**, for ``GET /api/queues``'s
+rates: a publish adds one to the queue's enqueue counter in the pipeline that pushes the
+message and rings the doorbell, the fetch script adds one to its dequeue counter: no round
+trip of their own, on every producer and worker of the fleet, whatever sent the message
+(the API, a retry, beat, the Conductor bridge). The counters are hashes per
+``RATE_BUCKET`` seconds (field: the queue), kept for ``RATE_TTL``; a handed-back message
+fetched again counts as dequeued again. A publish also stamps the message with its time
+(property ``ENQUEUED_AT``), from which the oldest waiting message's age is read.
 """
 
 from __future__ import annotations
@@ -35,12 +44,31 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 DOORBELL = "_k1.doorbell.{}"  # per queue: tokens that wake a waiting worker
 DOORBELL_TOKENS = 64  # more than idle workers ever wait on one queue: enough to wake them all
+ENQUEUED = "k1:queues:enqueued:{}"  # per time bucket: hash queue -> messages published
+DEQUEUED = "k1:queues:dequeued:{}"  # per time bucket: hash queue -> messages fetched
+RATE_BUCKET = 10  # seconds per counter: a rate over the last minute spans 6 of them
+RATE_TTL = 180  # seconds a counter is kept: the last minute's, with room for clock skew
+ENQUEUED_AT = "k1_enqueued_at"  # message property: epoch seconds it was published
+PIDBOX = ".pidbox"  # control replies' queues end so (kombu): not counted, not workload
 
-# KEYS: unacked hash, unacked index, the queues' doorbells (n), then the queues' lists in
-# the order to try them (kombu's BRPOP order: priority first, then the queue cycle).
-# ARGV: now, n, then per queue "1" if its consumer acknowledges (else the message is not
-# recorded: a no_ack consumer, such as a control reply's, never acks it), then per list
-# the number (1..n) of its queue (ARGV[i] goes with KEYS[i]).
+
+def rate_bucket(ts: float) -> int:
+    return int(ts // RATE_BUCKET)
+
+
+def queue_lists(queue: str) -> list[str]:
+    """The Redis lists holding ``queue``'s messages: kombu keeps one per priority step
+    (kombu's ``Channel._q_for_pri`` with its default steps; K1 sets none of its own)."""
+    return [f"{queue}{Channel.sep}{step}" if step else queue
+            for step in kombu_redis.PRIORITY_STEPS]
+
+# KEYS: unacked hash, unacked index, the dequeue counter, the queues' doorbells (n), then
+# the queues' lists in the order to try them (kombu's BRPOP order: priority first, then
+# the queue cycle).
+# ARGV: now, n, the counter's TTL, then per queue "1" if its consumer acknowledges (else
+# the message is not recorded: a no_ack consumer, such as a control reply's, never acks
+# it), then per queue its name as the counter's field ("" for one not counted), then per
+# list the number (1..n) of its queue (ARGV[i + n] goes with KEYS[i]).
 # Returns {list key, message, 1 if recorded} or nil. The message is recorded exactly as
 # kombu's QoS records it ([payload, exchange, routing key] under its delivery tag), built
 # from the raw text so that it is restored byte for byte.
@@ -50,12 +78,17 @@ local function enc(value)
   if value == nil then return 'null' end
   return cjson.encode(value)
 end
-for i = 3 + n, #KEYS do
+for i = 4 + n, #KEYS do
   local raw = redis.call('RPOP', KEYS[i])
   if raw then
-    local queue = tonumber(ARGV[i])
+    local queue = tonumber(ARGV[i + n])
+    local field = ARGV[3 + n + queue]
+    if field ~= '' then
+      redis.call('HINCRBY', KEYS[3], field, 1)
+      redis.call('EXPIRE', KEYS[3], ARGV[3])
+    end
     local recorded = 0
-    if ARGV[2 + queue] == '1' then
+    if ARGV[3 + queue] == '1' then
       local ok, message = pcall(cjson.decode, raw)
       local properties = ok and type(message) == 'table' and message['properties']
       local tag = type(properties) == 'table' and properties['delivery_tag']
@@ -71,10 +104,10 @@ for i = 3 + n, #KEYS do
     end
     -- More waiting in this queue and nobody woken for it: ring for the next worker.
     local left = 0
-    for j = 3 + n, #KEYS do
-      if tonumber(ARGV[j]) == queue then left = left + redis.call('LLEN', KEYS[j]) end
+    for j = 4 + n, #KEYS do
+      if tonumber(ARGV[j + n]) == queue then left = left + redis.call('LLEN', KEYS[j]) end
     end
-    local doorbell = KEYS[2 + queue]
+    local doorbell = KEYS[3 + queue]
     if left > 0 and redis.call('LLEN', doorbell) == 0 then redis.call('LPUSH', doorbell, 1) end
     return {KEYS[i], raw, recorded}
   end
@@ -172,15 +205,16 @@ class Channel(kombu_redis.Channel):
         queue is consumed without acknowledgements: (list, message, recorded)."""
         lists = [(self._q_for_pri(queue, pri), number)
                  for pri in self.priority_steps for number, queue in enumerate(queues, 1)]
-        keys = [self.unacked_key, self.unacked_index_key,
+        now = time()
+        keys = [self.unacked_key, self.unacked_index_key, DEQUEUED.format(rate_bucket(now)),
                 *(DOORBELL.format(queue) for queue in queues), *(key for key, _ in lists)]
         acks = ["0" if queue in self._no_ack_queues else "1" for queue in queues]
+        args = [now, len(queues), RATE_TTL, *acks, *(_counted(queue) for queue in queues),
+                *(n for _, n in lists)]
         with self.conn_or_acquire() as client:
             if self._fetch_script is None:
                 self._fetch_script = client.register_script(FETCH)
-            found = self._fetch_script(
-                keys=keys, args=[time(), len(queues), *acks, *(n for _, n in lists)],
-                client=client)
+            found = self._fetch_script(keys=keys, args=args, client=client)
         if not found:
             return None
         key, raw, recorded = found
@@ -188,23 +222,32 @@ class Channel(kombu_redis.Channel):
                 raw.decode() if isinstance(raw, bytes) else raw, bool(recorded))
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """Kombu's publish, plus a token on the queue's doorbell, in one round trip."""
+        """Kombu's publish, plus a token on the queue's doorbell and a count, in one round
+        trip."""
+        now = time()
+        properties = message.get("properties") if isinstance(message, dict) else None
+        if isinstance(properties, dict):
+            properties[ENQUEUED_AT] = now
         batch = kwargs.get("_publish_batch")
         if batch is not None:
             super()._put(queue, message, **kwargs)
-            self._ring(batch.add, queue)
+            self._ring(batch.add, queue, now)
             return
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
             pipeline = _PipelineBatch(pipe)
             super()._put(queue, message, _publish_batch=pipeline)
-            self._ring(pipeline.add, queue)
+            self._ring(pipeline.add, queue, now)
             pipe.execute()
 
     @staticmethod
-    def _ring(add: Any, queue: str) -> None:
+    def _ring(add: Any, queue: str, now: float) -> None:
         doorbell = DOORBELL.format(queue)
         add("lpush", doorbell, 1)
         add("ltrim", doorbell, 0, DOORBELL_TOKENS - 1)
+        if _counted(queue):
+            counter = ENQUEUED.format(rate_bucket(now))
+            add("hincrby", counter, queue, 1)
+            add("expire", counter, RATE_TTL)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         """Kombu's connection parameters; a connection error once the channel is closed.
@@ -224,6 +267,11 @@ class Channel(kombu_redis.Channel):
             raise RedisConnectionError("this channel's broker connection is closed")
         params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
         return params
+
+
+def _counted(queue: str) -> str:
+    """The queue's name as its counters' field, "" for one not counted (control replies)."""
+    return "" if queue.endswith(PIDBOX) else queue
 
 
 class Transport(kombu_redis.Transport):

@@ -26,7 +26,8 @@ Task history records (:mod:`k1.history.capture`) travel in the same buffer as en
 named :data:`HISTORY`: the flush queues their ``XADD`` on ``k1:history:stream``
 (:func:`k1.history.stream.add`) in the round trip of the events beside them, so a task's
 history costs its worker no round trip of its own. They are not Socket.IO events and
-count toward no metric.
+count toward no metric. A worker's Celery heartbeats travel the same way, as entries
+named :data:`HEARTBEAT` (:mod:`k1.events.heartbeats`).
 
 The publisher is a ``socketio.RedisManager(write_only=True)`` whose ``_publish`` puts the
 message python-socketio built into K1's own pipeline: the library keeps the wire format
@@ -55,7 +56,7 @@ import socketio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from k1.events import metrics
+from k1.events import heartbeats, metrics
 from k1.history import stream as history_stream
 from k1.settings import get_settings
 
@@ -79,6 +80,8 @@ EVENT_NAMES = ("task_event", "task_completed", "dlq_changed", "breaker_state",
 TASK_EVENT_TYPES = ("received", "started", "retried", "succeeded", "failed", "dead")
 # A buffer entry ``(HISTORY, record)`` is a task history record for the history stream.
 HISTORY = "k1:history"
+# A buffer entry ``(HEARTBEAT, record)`` is a worker's Celery heartbeat (k1.events.heartbeats).
+HEARTBEAT = "k1:heartbeat"
 
 
 def project_room(project_id: str) -> str:
@@ -254,6 +257,8 @@ class Publisher(socketio.RedisManager):
             for name, event in batch:
                 if name == HISTORY:
                     history_stream.add(self.pipe, event)
+                elif name == HEARTBEAT:
+                    heartbeats.add(self.pipe, event)
                 else:
                     self.emit(name, event, namespace="/", room=rooms_for(event))
             metrics.count_events(self.pipe, batch)

@@ -37,12 +37,16 @@ Each transition's task history record (:mod:`k1.history.capture`) goes into the 
 buffer where and when its event is published (so a ``received`` record too is captured by
 the child), and reaches Redis in the same round trip.
 
+The worker's Celery heartbeats are kept too (:func:`on_heartbeat`, whatever
+``K1_TASK_EVENTS`` says: they are the fleet's view, not task events).
+
 A pool process sends its buffer when it shuts down (``worker_process_shutdown``); one
 killed outright loses what it had not sent yet (a few milliseconds of events).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -50,7 +54,7 @@ from typing import Any
 from celery import Task, current_task, signals
 
 from k1 import headers as k1_headers
-from k1.events import flush, make_event, publish
+from k1.events import HEARTBEAT, flush, make_event, publish
 from k1.history import capture as history
 from k1.settings import get_settings
 from k1.tasks.base import project_of
@@ -222,6 +226,27 @@ def on_superseded(task: Task, reason: str) -> None:
     history.capture(history.record(event))
 
 
+def on_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Keep the heartbeat Celery's ``Heart`` (``sender``) is sending (k1.events.heartbeats).
+
+    The signal does not say which event it precedes: ``worker-online`` and
+    ``worker-offline`` are both sent while the Heart has no timer (before it starts one, after
+    it cancelled it), heartbeats while it has one.
+    """
+    from celery.worker.state import active_requests, all_total_count
+
+    if sender is None:
+        return
+    beating = getattr(sender, "k1_beating", False)
+    offline = beating and sender.tref is None
+    sender.k1_beating = not offline
+    publish([(HEARTBEAT, {
+        "hostname": sender.eventer.hostname, "ts": time.time(), "freq": sender.interval,
+        "active": len(active_requests), "processed": all_total_count[0],
+        "pid": os.getpid(), "offline": offline,
+    })])
+
+
 def on_process_shutdown(**_: Any) -> None:
     flush()  # a pool process ends with os._exit: atexit would not run
 
@@ -242,3 +267,4 @@ def connect() -> bool:
 
 
 connect()
+signals.heartbeat_sent.connect(on_heartbeat, weak=False)

@@ -1,8 +1,11 @@
-"""Flow control over HTTP: limits with their live use, and pausing queues.
+"""Flow control over HTTP: limits with their live use, queues, and the workers.
 
 ``GET /api/limits`` · ``PUT /api/limits/<name>`` · ``DELETE /api/limits/<name>`` ·
-``GET /api/queues`` · ``POST /api/queues/<name>/pause`` · ``POST /api/queues/<name>/resume``.
-Reading needs a token, changing an operator token (limits and queues are fleet-wide).
+``GET /api/queues`` · ``POST /api/queues/<name>/pause`` · ``POST /api/queues/<name>/resume`` ·
+``GET /api/workers``. Reading needs a token, changing an operator token (limits and queues
+are fleet-wide). Queues and workers are the fleet's shape, shown to every signed-in user;
+the tasks a worker runs are tenants' data: a project token sees its projects' only
+(:func:`k1.flow.fleet.workers`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 from pydantic import BaseModel
 
-from k1.flow import admin, limits, queues
+from k1.flow import admin, fleet, limits, queues
 from k1.web.auth import current_principal, require_auth, require_operator
 from k1.web.contract import Body, Error, responses, validate
 from k1.web.errors import Answer, APIError
@@ -59,8 +62,47 @@ class QueueState(BaseModel):
     workers: list[str]
 
 
+class QueueOut(BaseModel):
+    queue: str
+    depth: int  # messages waiting, every priority list of the queue
+    paused: bool
+    oldest_age_s: float | None  # seconds the oldest waiting message has waited; None: none
+    enqueue_rate: float  # messages published per second over the last minute
+    dequeue_rate: float  # messages fetched by workers per second over the last minute
+
+
 class Queues(BaseModel):
     paused: list[str]
+    queues: list[QueueOut]
+    rate_window_s: int
+
+
+class ActiveTask(BaseModel):
+    id: str
+    name: str | None
+    project_id: str | None
+    queue: str | None
+    started_at: float | None
+    runtime_s: float | None
+    worker_pid: int | None
+
+
+class WorkerOut(BaseModel):
+    hostname: str
+    pid: int | None
+    last_heartbeat: float
+    heartbeat_age_s: float
+    active_count: int | None  # tasks it runs now, every project's (its heartbeat's count)
+    processed: int | None  # tasks it has run since it started
+    pool: str | None  # None until the next inspect has reached a worker new online
+    concurrency: int | None
+    queues: list[str] | None
+    active: list[ActiveTask]  # the caller's projects' only, unless an operator
+
+
+class Workers(BaseModel):
+    workers: list[WorkerOut]
+    inspected_at: float | None
 
 
 @bp.get("/api/limits")
@@ -97,7 +139,17 @@ def delete_limit(name: str) -> Answer:
 @require_auth
 @validate(tags=("flow",), resp=responses(HTTP_200=Queues))
 def list_queues() -> Answer:
-    return jsonify(paused=queues.paused_queues())
+    paused = queues.paused_queues()
+    return jsonify(paused=paused, queues=fleet.queues(set(paused)),
+                   rate_window_s=fleet.RATE_WINDOW)
+
+
+@bp.get("/api/workers")
+@require_auth
+@validate(tags=("flow",), resp=responses(HTTP_200=Workers))
+def list_workers() -> Answer:
+    principal = current_principal()
+    return jsonify(fleet.workers(None if principal.is_operator else set(principal.projects)))
 
 
 @bp.post("/api/queues/<name>/pause")

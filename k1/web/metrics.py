@@ -1,6 +1,7 @@
 """``GET /api/metrics`` (JSON) and ``GET /metrics`` (Prometheus text): the validation
 metrics beside their seed targets; ``/metrics`` also has flow control's series (the waits
-limits caused, each limit's use: :mod:`k1.flow.metrics`). Both need a bearer token; for
+limits caused, each limit's use: :mod:`k1.flow.metrics`) and the fleet's (queue depths and
+oldest messages' ages, workers online: :mod:`k1.flow.fleet`). Both need a bearer token; for
 Prometheus give the scrape job a long-lived one (``authorization: {credentials: <token>}``).
 """
 
@@ -10,8 +11,8 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from k1.events import metrics
-from k1.flow import admin
+from k1.events import heartbeats, metrics
+from k1.flow import admin, fleet, queues
 from k1.flow import metrics as flow_metrics
 from k1.recovery.dlq.store import DeadLetterStore
 from k1.web.auth import require_auth
@@ -53,5 +54,7 @@ def validation_metrics() -> Answer:
 @validate(tags=("metrics",), resp=responses(HTTP_200=None))
 def prometheus() -> Answer:
     limits = flow_metrics.Collector(admin.overview())
-    body = metrics.prometheus_text(blocking(dlq_stats), others=[limits])
+    fleet_series = fleet.Collector(fleet.queues(set(queues.paused_queues())),
+                                   len(heartbeats.online()))
+    body = metrics.prometheus_text(blocking(dlq_stats), others=[limits, fleet_series])
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -45,6 +45,7 @@ DLQ_PAGE = 50  # PAGE_SIZE in panels/dlq.js
 # A token short enough to wait for, long enough for a loaded machine to sign in with it.
 TOKEN_TTL_S = 15
 DEAD_WITHIN = 60  # s: a failing task dies after its retries (about 4 s on an idle machine)
+FLEET_SHOWN_MS = 20_000  # a running task reaches the Workers tab within 5 s + 3 s when idle
 
 
 @pytest.fixture(scope="module")
@@ -452,3 +453,49 @@ def test_the_forms_and_buttons_act(
     row = page.locator('#workflows-body tr[data-workflow="profile_workflow"]')
     row.get_by_role("button", name="Start").click()
     expect(row.locator(".note")).to_contain_text("conductor not configured")
+
+
+def test_the_queues_and_workers_panels_show_the_fleet_live(
+        web: str, worker: Process, page: Page, make_token: MakeToken, unique: str) -> None:
+    """Real queued messages (a paused queue nobody consumes) and a real task running on the
+    session worker; both panels follow changes while shown (polled: no event says so)."""
+    from k1.broker import queue_lists
+    from k1.celery import app
+    from k1.connections import get_redis
+    from tests.flow.conftest import send
+    from tests.flow.tasks import STARTED
+
+    queue = f"dash-{unique}"
+    operator = API(web, make_token(f"op-{unique}", "*"))
+    assert operator.post(f"/api/queues/{queue}/pause").status_code == 200
+    try:
+        for _ in range(2):
+            app.send_task("tests.flow.hold", kwargs={"project_id": "x", "tag": unique},
+                          queue=queue)
+        sign_in(page, web, make_token(f"ada-{unique}", "*"))
+        open_tab(page, "queues")
+        row = page.locator(f'#queues-body tr[data-queue="{queue}"]')
+        expect(row).to_have_attribute("data-depth", "2")
+        expect(row.locator(".badge")).to_have_text("paused")
+        expect(row.locator("td").nth(3)).not_to_have_text("0.0")  # 2 in over the last minute
+        app.send_task("tests.flow.hold", kwargs={"project_id": "x", "tag": unique}, queue=queue)
+        expect(row).to_have_attribute("data-depth", "3", timeout=FLEET_SHOWN_MS)  # polled
+        screenshot_tabs(page, "queues")
+
+        [task_id] = send("tests.flow.hold", 1, project_id=f"fleet-{unique}", tag=unique,
+                         ms=10_000)
+        # The session worker may still be busy with earlier tests' tasks: wait for the start.
+        wait_for(lambda: get_redis().lrange(STARTED.format(unique), 0, -1), timeout=60,
+                 message="the task never started")
+        open_tab(page, "workers")
+        host = page.locator('#workers-body tr[data-worker="worker@k1test"]')
+        expect(host).to_contain_text("prefork, concurrency 2")
+        running = host.locator(f'li[data-task-id="{task_id}"]')
+        # Within an inspect interval (5 s) and a poll (3 s), with room for a loaded machine.
+        expect(running).to_contain_text("tests.flow.hold", timeout=FLEET_SHOWN_MS)
+        screenshot_tabs(page, "workers")
+        expect(running).to_have_count(0, timeout=60_000)  # it ended: the panel follows
+        assert page.locator("#queues-body .error, #workers-body .error").count() == 0
+    finally:
+        assert operator.post(f"/api/queues/{queue}/resume").status_code == 200
+        get_redis().delete(*queue_lists(queue))

@@ -13,6 +13,7 @@ import { connect, disconnect, serverNow, subscribe, unsubscribe } from "./live.j
 import { loadMetrics, onMetricsBroadcast } from "./metrics.js";
 import { loadBreakers } from "./panels/breakers.js";
 import { loadDlq } from "./panels/dlq.js";
+import { loadQueues, loadWorkers, watchFleet } from "./panels/fleet.js";
 import { loadLimits } from "./panels/limits.js";
 import { addSchedule, loadSchedules } from "./panels/schedules.js";
 import { initTasks, loadTasks, onTaskEvent } from "./panels/tasks.js";
@@ -79,6 +80,8 @@ function refreshAll() {
   loadSchedules();
   loadWorkflows();
   loadLimits();
+  loadQueues();
+  loadWorkers();
 }
 
 function signIn(token) {
@@ -167,6 +170,7 @@ renderCounters();
 loadHealth();
 setInterval(loadHealth, HEALTH_POLL_MS);
 setInterval(pollLimits, LIMITS_POLL_MS);
+watchFleet();
 if (!(await signInWithLink())) {
   const saved = savedToken();
   if (saved) signIn(saved); else showSignIn("");
