@@ -4,6 +4,10 @@ They travel with a task through retries and replays (Celery keeps custom headers
 are read back from ``task.request``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 PROJECT = "k1_project_id"  # the project a task works for: rooms, DLQ scope
 USER = "k1_user_id"  # who started it
 RETRY_POLICY = "k1_retry"  # per-call retry policy overrides: {"attempts": 5, ...}
@@ -18,3 +22,10 @@ SCHEDULE = "k1_schedule"  # the schedule a task was sent for (beat and "run now"
 DUE_AT = "k1_due_at"  # epoch seconds the fire was due at (beat fires only)
 LIMIT_WAITS = "k1_limit_waits"  # times a limit made the task wait (k1.flow; no attempt spent)
 LIMIT_RESERVED = "k1_limit_reserved"  # rate limits whose start this message has reserved
+
+
+def project_of(task: Any, kwargs: dict[str, Any] | None = None) -> str | None:
+    """The project a running task works for: its ``project_id`` kwarg, else its header."""
+    kwargs = kwargs if kwargs is not None else (task.request.kwargs or {})
+    value = kwargs.get("project_id") or task.request.get(PROJECT)
+    return None if value is None else str(value)

@@ -57,7 +57,6 @@ from k1 import headers as k1_headers
 from k1.events import HEARTBEAT, flush, make_event, publish
 from k1.history import capture as history
 from k1.settings import get_settings
-from k1.tasks.base import project_of
 
 MAX_TEXT = 500  # characters of an exception message or result kept in an event
 # Request-dict key carrying a task's unpublished ``received`` event from the worker's main
@@ -70,7 +69,7 @@ _started_at: dict[str, float] = {}  # task id -> monotonic start, in this pool p
 def _task_fields(task: Task) -> dict[str, Any]:
     request = task.request
     return {
-        "task_id": request.id, "task_name": task.name, "project_id": project_of(task),
+        "task_id": request.id, "task_name": task.name, "project_id": k1_headers.project_of(task),
         "user_id": request.get(k1_headers.USER), "attempt": _attempt(task),
         "worker": request.hostname,
     }

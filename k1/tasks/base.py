@@ -95,7 +95,7 @@ class K1Task(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flow.queues.check_not_paused(self.request)
-        project = project_of(self, kwargs)
+        project = headers.project_of(self, kwargs)
         try:
             claim = flow.unique.hold(self, args, kwargs, project)
         except flow.Superseded as exc:
@@ -239,7 +239,7 @@ class K1Task(Task):
             "queue": (self.request.delivery_info or {}).get("routing_key"),
             "args": list(args or ()),
             "kwargs": dict(kwargs or {}),
-            "project_id": project_of(self, kwargs),
+            "project_id": headers.project_of(self, kwargs),
             "user_id": self.request.get(headers.USER),
             "exception_type": type(exc).__name__,
             "exception_message": str(exc)[:MAX_MESSAGE],
@@ -272,10 +272,3 @@ def _seconds_until(when: Any) -> float:
     if isinstance(when, datetime):
         return max(0.0, (when - datetime.now(UTC)).total_seconds())
     return float(when) if isinstance(when, int | float) else 0.0
-
-
-def project_of(task: Task, kwargs: dict[str, Any] | None = None) -> str | None:
-    """The project a task runs for: its ``project_id`` kwarg, else its header."""
-    kwargs = kwargs if kwargs is not None else (task.request.kwargs or {})
-    value = kwargs.get("project_id") or task.request.get(headers.PROJECT)
-    return None if value is None else str(value)
