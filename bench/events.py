@@ -138,13 +138,17 @@ class EventsBench(Bench):
             worker.stop()
 
 
-def publish_cpu(redis_url: str, tasks: int, pace: float) -> dict[str, float]:
-    """CPU microseconds per task of K1's event path, per publishing candidate."""
+def publish_cpu(redis_url: str, tasks: int, pace: float,
+                lingers: tuple[float, ...] = ()) -> dict[str, float]:
+    """CPU microseconds per task of K1's event path, per publishing candidate (and per
+    linger in ``lingers``, beside the default's)."""
     from k1.events import FLUSH_LINGER, Publisher, make_event
 
     results = {}
-    for candidate, linger, wait in (("sync", 0.0, True), ("buffered", 0.0, False),
-                                    ("linger", FLUSH_LINGER, False)):
+    candidates = [("sync", 0.0, True), ("buffered", 0.0, False),
+                  ("linger", FLUSH_LINGER, False)]
+    candidates += [(f"linger {linger * 1000:g} ms", linger, False) for linger in lingers]
+    for candidate, linger, wait in candidates:
         publisher = Publisher(redis_url, f"bench-{candidate}", flush_linger=linger)
         fields = {"task_name": K1, "project_id": "bench", "user_id": "bench", "attempt": 1,
                   "worker": "bench@k1"}
@@ -166,6 +170,29 @@ def publish_cpu(redis_url: str, tasks: int, pace: float) -> dict[str, float]:
         publisher.flush()
         results[candidate] = (time.process_time() - cpu_before) / tasks * 1e6
     return results
+
+
+def flush_cpu(redis_url: str, flushes: int) -> float:
+    """CPU microseconds of one flush of a task's first two events (received, started),
+    sent in the caller's thread: what one round trip of the publisher costs a process."""
+    from k1.events import Publisher, make_event
+
+    publisher = Publisher(redis_url, "bench-flush", flush_linger=0)
+    publisher.synchronous = True
+    fields = {"task_name": K1, "project_id": "bench", "user_id": "bench", "attempt": 1,
+              "worker": "bench@k1"}
+
+    def one(n: int) -> None:
+        publisher.publish([
+            ("task_event", make_event("received", task_id=f"f-{n}", state="RECEIVED", **fields)),
+            ("task_event", make_event("started", task_id=f"f-{n}", state="STARTED", **fields))])
+
+    for n in range(WARM_UP * 10):
+        one(n)
+    cpu_before = time.process_time()
+    for n in range(flushes):
+        one(n)
+    return (time.process_time() - cpu_before) / flushes * 1e6
 
 
 def _tree_cpu_s(pid: int) -> float:
@@ -214,7 +241,9 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=300.0,
                         help="tasks/s of one pool process, for --publish-cpu")
     parser.add_argument("--publish-cpu", action="store_true",
-                        help="only the CPU cost of publishing, per candidate")
+                        help="only the CPU cost of publishing, per candidate, and of one flush")
+    parser.add_argument("--lingers", default="",
+                        help="with --publish-cpu: more lingers to try, seconds, comma-separated")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
@@ -223,9 +252,13 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
     try:
         if args.publish_cpu:
-            for candidate, us in publish_cpu(bench.redis.url, args.tasks, args.pace).items():
+            lingers = tuple(float(v) for v in args.lingers.split(",") if v)
+            for candidate, us in publish_cpu(bench.redis.url, args.tasks, args.pace,
+                                             lingers).items():
                 print(f"publish CPU, {candidate:<8}: {us:6.1f} µs per task "
                       f"({args.pace:.0f} tasks/s)", flush=True)
+            print(f"one flush of a task's first two events: "
+                  f"{flush_cpu(bench.redis.url, args.tasks):6.1f} µs CPU", flush=True)
             return
         if not args.skip_throughput:
             rates: dict[str, list[float]] = {"plain": [], "k1": []}

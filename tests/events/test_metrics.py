@@ -87,9 +87,16 @@ def test_a_batch_is_counted_per_counter_not_per_event(scratch) -> None:  # type:
     metrics.count_events(pipe, events)
     commands = len(pipe.command_stack)
     pipe.execute()
-    assert scratch.hgetall(metrics.KEY.format(family="tasks")) == {
-        "succeeded": "50", "retried": "1", "deferred": "1"}
-    assert commands < 30  # per counter (3 fields x 3 keys + TTLs), not 5 per event (260)
+    counted = {"succeeded": "50", "retried": "1", "deferred": "1"}
+    assert scratch.hgetall(metrics.KEY.format(family="tasks")) == counted
+    ts = events[0][1]["ts"]
+    hour = metrics.HOUR_KEY.format(family="tasks", hour=int(ts // 3600))
+    minute = metrics.MINUTE_KEY.format(family="tasks", minute=int(ts // 60))
+    assert scratch.hgetall(hour) == counted and scratch.hgetall(minute) == counted
+    assert scratch.ttl(metrics.KEY.format(family="tasks")) == -1  # all time: kept
+    assert 0 < scratch.ttl(hour) <= metrics.HOUR_TTL
+    assert 0 < scratch.ttl(minute) <= metrics.MINUTE_TTL
+    assert commands == 1  # every counter of the batch in one command, not 5 per event (260)
 
 
 def test_a_missing_or_failing_dlq_is_not_applicable(scratch) -> None:  # type: ignore[no-untyped-def]
