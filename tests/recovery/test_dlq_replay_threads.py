@@ -1,6 +1,7 @@
-"""A replay in the web process under eventlet: its database steps run in eventlet's pool of
-real threads, its Celery publish on the hub's thread (kombu's producers and connections
-are green there: a pool thread that uses them can hang or fail)."""
+"""Where a replay's steps run, and what a failing send leaves: in the web process under
+eventlet the database steps run in eventlet's pool of real threads and the Celery publish
+on the hub's thread (kombu's producers and connections are green there: a pool thread
+that uses them can hang or fail); a letter is marked replayed once its task is sent."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 from sqlalchemy import select
 
 from k1.broker import DOORBELL, queue_lists
@@ -83,3 +85,27 @@ def test_a_replay_under_eventlet_publishes_on_the_hub_and_queries_in_the_pool(
     assert [(rows[i].status, rows[i].replay_task_id) for i in ids] == [
         ("replayed", task_id) for task_id in replayed]
     assert sent_to_broker == 3  # each letter's task sent once
+
+
+def test_a_bulk_replay_whose_send_fails_keeps_the_letters_sent_before_it(services) -> None:  # type: ignore[no-untyped-def]
+    """Letters are marked in the transaction once their tasks are sent: a send that raises
+    mid-batch (here Celery's own argument check: the letter's kwargs no longer fit the
+    task) leaves its letter and those after it dead, and the one sent before it replayed,
+    so a second replay does not send it again."""
+    from k1.recovery.dlq.filters import LetterFilter
+
+    project, queue = f"p-{uuid.uuid4().hex[:8]}", f"replay-partial-{uuid.uuid4().hex[:8]}"
+    unfit = {**letter(project), "kwargs": {"project_id": project, "no_such_argument": 1}}
+    ids = [store.record({**fields, "queue": queue}).letter_id
+           for fields in (letter(project), unfit, letter(project))]
+    try:
+        with pytest.raises(TypeError):
+            store.replay_matching(LetterFilter(project_id=project))
+        sent_to_broker = sum(get_redis().llen(name) for name in queue_lists(queue))
+    finally:
+        get_redis().delete(*queue_lists(queue), DOORBELL.format(queue))
+    with session_scope() as session:
+        rows = {row.id: row for row in session.scalars(
+            select(DeadLetter).where(DeadLetter.id.in_(ids)))}
+    assert [rows[i].status for i in ids] == ["replayed", "dead", "dead"]
+    assert rows[ids[0]].replay_task_id and sent_to_broker == 1

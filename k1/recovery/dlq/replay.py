@@ -242,7 +242,8 @@ def _replay_locked(lock: Callable[[Session], list[tuple[DeadLetter, Resend]]],
     picked = offload(_begin, transaction, lock)
     sent: list[str] = []
     try:
-        sent.extend(_send_all([resend for _, resend in picked]))
+        for task_id in _send_all([resend for _, resend in picked]):
+            sent.append(task_id)  # one by one: a later send that raises keeps these
     finally:
         offload(_mark_and_commit, transaction, [letter for letter, _ in picked], sent)
     return [letter for letter, _ in picked]
