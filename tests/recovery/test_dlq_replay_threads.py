@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select
@@ -55,7 +56,7 @@ print(json.dumps(answers))
 
 
 def test_a_replay_under_eventlet_publishes_on_the_hub_and_queries_in_the_pool(
-        services, make_token) -> None:  # type: ignore[no-untyped-def]
+        services: dict[str, object], make_token: Callable[..., str]) -> None:
     project, queue = f"p-{uuid.uuid4().hex[:8]}", f"replay-threads-{uuid.uuid4().hex[:8]}"
     ids = [store.record({**letter(project), "queue": queue}).letter_id for _ in range(3)]
     requests = [[f"/api/dlq/{ids[0]}/replay", {}],
@@ -87,7 +88,8 @@ def test_a_replay_under_eventlet_publishes_on_the_hub_and_queries_in_the_pool(
     assert sent_to_broker == 3  # each letter's task sent once
 
 
-def test_a_bulk_replay_whose_send_fails_keeps_the_letters_sent_before_it(services) -> None:  # type: ignore[no-untyped-def]
+def test_a_bulk_replay_whose_send_fails_keeps_the_letters_sent_before_it(
+        services: dict[str, object]) -> None:
     """Letters are marked in the transaction once their tasks are sent: a send that raises
     mid-batch (here Celery's own argument check: the letter's kwargs no longer fit the
     task) leaves its letter and those after it dead, and the one sent before it replayed,
