@@ -69,7 +69,8 @@ def test_every_type_ignore_in_k1_names_its_code_and_why() -> None:
 
 
 def test_the_repository_cites_no_file_it_does_not_hold() -> None:
-    """Docs, docstrings and tests are self-contained: no "ARCHITECTURE §" citation."""
+    """Docs, docstrings and tests are self-contained: no citation of the architecture
+    sketch by section, a file that is not in the repository."""
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.split()
     marker = "ARCHITECTURE " + "\u00a7"  # split: this file must not match itself
