@@ -31,6 +31,11 @@ BIN = Path(sys.executable).parent
 # This file is bench/conductor.py: its directory on sys.path would shadow conductor-python.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
+from k1.settings import conductor_cache_dir  # noqa: E402 - once ROOT is on sys.path
+
+# The one Conductor jar cache (scripts/setup.sh fetched it there), read before K1_DATA_DIR
+# points at the bench's own directory.
+JAR_CACHE = ROOT / conductor_cache_dir(os.environ)
 TMP = Path(os.environ.get("K1_BENCH_DIR") or tempfile.mkdtemp(prefix="k1-bench-conductor-"))
 os.environ["K1_BENCH_DIR"] = str(TMP)  # the plain worker and its children share it
 os.environ.setdefault("K1_SECRET_KEY", secrets.token_urlsafe(48))
@@ -147,7 +152,7 @@ def main() -> None:
     from k1.conductor.server import start_server, stop_server
 
     t0 = time.monotonic()
-    server = start_server(ROOT / ".k1" / "cache" / "conductor", conductor_port, TMP / "conductor")
+    server = start_server(JAR_CACHE, conductor_port, TMP / "conductor")
     print(f"conductor healthy in {time.monotonic() - t0:.1f} s")
     processes: list[subprocess.Popen[bytes]] = []
     try:

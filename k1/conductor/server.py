@@ -7,8 +7,9 @@ the data directory (or in PostgreSQL when a database URL is given): no Elasticse
 no Redis.
 
 Run it in the foreground with ``k1 conductor-server`` (the one command line; it keeps
-the jar in ``$K1_CONDUCTOR_CACHE``, default ``.k1/cache/conductor``), or from Python
-(tests, benchmarks)::
+the jar in :func:`k1.settings.conductor_cache_dir`: ``$K1_CONDUCTOR_CACHE``, default
+``$K1_DATA_DIR/cache/conductor``, i.e. ``.k1/cache/conductor``, the one cache that set-up,
+tests and benchmarks share), or from Python (tests, benchmarks)::
 
     from pathlib import Path
     from k1.conductor.server import start_server, stop_server

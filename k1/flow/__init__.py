@@ -28,7 +28,6 @@ breakers let calls through: Redis is also the broker, so little runs anyway.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import random
@@ -40,6 +39,7 @@ from typing import Any
 import redis
 from celery import signals
 
+from k1.arguments import bound
 from k1.connections import get_redis
 from k1.flow import metrics, queues, unique
 from k1.flow.gate import (
@@ -196,7 +196,7 @@ def wait_countdown(exc: LimitExceeded, waits: int) -> float:
 
 def _arguments(task: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     try:
-        return dict(inspect.signature(task.run).bind_partial(*args, **kwargs).arguments)
+        return bound(task.run, args, kwargs)
     except (TypeError, ValueError):  # the run itself will say what is wrong
         return dict(kwargs)
 

@@ -162,9 +162,12 @@ class Refreshed(Generic[T]):
 
     def current(self) -> T:
         with self._lock:
-            if self._value is None or time.monotonic() - self._read_at >= REFRESH_INTERVAL:
+            now = time.monotonic()
+            if self._value is None or now - self._read_at >= REFRESH_INTERVAL:
                 self._value = self._read()
-                self._read_at = time.monotonic()
+                # Aged from before the read: a change written while it ran is read at the
+                # first call REFRESH_INTERVAL after the change, never later.
+                self._read_at = now
             return self._value
 
     def forget(self) -> None:

@@ -41,6 +41,7 @@ import redis
 from celery import signals
 
 from k1 import headers
+from k1.arguments import bound
 from k1.connections import get_redis
 from k1.flow.gate import renewer, script
 from k1.flow.limits import ARGUMENT, InvalidLimit
@@ -234,12 +235,10 @@ def key_of(task: Any, args: Sequence[Any], kwargs: Mapping[str, Any] | None,
 
 
 def _arguments(task: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        bound = inspect.signature(task.run).bind(*args, **kwargs)
+    try:  # with defaults: f(1) and f(1, flag=False) are the same call
+        return bound(task.run, args, kwargs, defaults=True)
     except (TypeError, ValueError):  # the run will say what is wrong; the call as given
         return {"args": list(args), "kwargs": dict(kwargs)}
-    bound.apply_defaults()  # f(1) and f(1, flag=False) are the same call
-    return dict(bound.arguments)
 
 
 def claim(task: Any, args: Sequence[Any], kwargs: Mapping[str, Any] | None,

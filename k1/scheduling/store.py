@@ -40,7 +40,7 @@ from k1.scheduling.entry import K1Entry, entry_from_fields, entry_key, name_of, 
 from k1.scheduling.spec import InvalidSchedule, ScheduleSpec, TaskLookup
 from k1.scheduling.timing import describe, upcoming
 from k1.tasks import public_task_names
-from k1.tasks.submissions import check_arguments, submit
+from k1.tasks.submissions import check_arguments, send, submit
 
 UPCOMING_COUNT = 5  # fire times listed per schedule
 HISTORY_FIELDS = ("last_run_at", "last_due_at", "last_task_id", "last_status", "last_finished_at")
@@ -285,9 +285,8 @@ class ScheduleStore:
             task_id = submit(spec.task, spec.args, spec.call_kwargs(), project_id=spec.project_id,
                              user_id=user_id, headers=headers)
         else:  # a project-less built-in: operators only (checked at the edge)
-            task = self.app.tasks[spec.task]
-            task_id = task.apply_async(spec.args, spec.call_kwargs(),
-                                       headers={**headers, k1_headers.USER: user_id}).id
+            task_id = send(spec.task, spec.args, spec.call_kwargs(), project_id=spec.project_id,
+                           user_id=user_id, headers=headers)
         history.record_run(schedule.id, task_id)
         return task_id
 

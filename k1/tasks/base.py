@@ -30,7 +30,6 @@ letter rather than being retried (:mod:`k1.recovery.errors` says why).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 import socket
@@ -42,6 +41,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from k1 import flow, headers
+from k1.arguments import bound
 from k1.recovery.errors import ErrorTable, Kind, classify
 from k1.recovery.policy import DEFAULT_MAX_DEFER_WAIT, DEFAULT_POLICY, RetryPolicy
 from k1.tasks.effects import Effects
@@ -115,7 +115,7 @@ class K1Task(Task):
                       project: str | None) -> Any:
         try:
             if self.argument_limits:  # a message sent around submit() is held to them too
-                self.check_arguments(inspect.signature(self.run).bind(*args, **kwargs).arguments)
+                self.check_arguments(bound(self.run, args, kwargs))
             reserved = frozenset(self.request.get(headers.LIMIT_RESERVED) or ())
             with flow.admitted(self, args, kwargs, project, reserved):
                 return self.run(*args, **kwargs)

@@ -29,6 +29,7 @@ from celery.utils import uuid
 from celery.utils.time import maybe_timedelta
 
 from k1 import headers as k1_headers
+from k1.arguments import bound
 from k1.celery import app, load_task_modules
 from k1.connections import get_redis
 from k1.flow import unique
@@ -96,15 +97,15 @@ def check_arguments(task_name: str, args: Sequence[Any] = (),
     task = app.tasks.get(task_name)
     if task is None:
         raise SubmissionError(f"unknown task {task_name!r}")
-    signature = inspect.signature(task.run)
     try:
-        bound = signature.bind(*args, **(kwargs or {}))
+        arguments = bound(task.run, args, kwargs)
     except TypeError as exc:
-        raise SubmissionError(f"arguments do not match {task_name}{signature}: {exc}") from None
+        raise SubmissionError(f"arguments do not match {task_name}"
+                              f"{inspect.signature(task.run)}: {exc}") from None
     check = getattr(task, "check_arguments", None)
     if check is not None:
         try:
-            check(bound.arguments)
+            check(arguments)
         except ValueError as exc:
             raise SubmissionError(str(exc)) from None
 

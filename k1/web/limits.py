@@ -10,8 +10,6 @@ the tasks a worker runs are tenants' data: a project token sees its projects' on
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, jsonify
@@ -20,9 +18,19 @@ from pydantic import BaseModel
 from k1.flow import admin, fleet, limits, queues
 from k1.web.auth import current_principal, require_auth, require_operator
 from k1.web.contract import Body, Error, responses, validate
-from k1.web.errors import Answer, APIError
+from k1.web.errors import Answer, APIError, error_response
 
 bp = Blueprint("limits", __name__)
+
+
+@bp.errorhandler(limits.InvalidLimit)
+def _bad_limit(exc: limits.InvalidLimit) -> Answer:
+    return error_response(APIError(400, str(exc), detail={"field": exc.field}))
+
+
+@bp.errorhandler(queues.InvalidQueue)
+def _bad_queue(exc: queues.InvalidQueue) -> Answer:
+    return error_response(APIError(400, str(exc), detail={"field": "queue"}))
 
 
 class LimitBody(Body):
@@ -118,10 +126,7 @@ def list_limits() -> Answer:
 @validate(json=LimitBody, tags=("flow",), resp=responses(HTTP_200=LimitOut, HTTP_403=Error))
 def put_limit(name: str, json: LimitBody) -> Answer:
     require_operator()
-    try:
-        return jsonify(admin.put(name, json.model_dump()))
-    except limits.InvalidLimit as exc:
-        raise APIError(400, str(exc), detail={"field": exc.field}) from None
+    return jsonify(admin.put(name, json.model_dump()))
 
 
 @bp.delete("/api/limits/<name>")
@@ -157,8 +162,7 @@ def list_workers() -> Answer:
 @validate(tags=("flow",), resp=responses(HTTP_200=QueueState, HTTP_403=Error))
 def pause_queue(name: str) -> Answer:
     require_operator()
-    with _queue_name():
-        return jsonify(queues.pause(name))
+    return jsonify(queues.pause(name))
 
 
 @bp.post("/api/queues/<name>/resume")
@@ -166,13 +170,4 @@ def pause_queue(name: str) -> Answer:
 @validate(tags=("flow",), resp=responses(HTTP_200=QueueState, HTTP_403=Error))
 def resume_queue(name: str) -> Answer:
     require_operator()
-    with _queue_name():
-        return jsonify(queues.resume(name))
-
-
-@contextlib.contextmanager
-def _queue_name() -> Iterator[None]:
-    try:
-        yield
-    except queues.InvalidQueue as exc:
-        raise APIError(400, str(exc), detail={"field": "queue"}) from None
+    return jsonify(queues.resume(name))

@@ -71,6 +71,9 @@ class ProjectScopedManager(python_socketio.RedisManager):
         super().__init__(url, channel=channel)
         self.principals: dict[str, Principal] = {}  # by sid, this process's connections
 
+    # A private hook of python-socketio's PubSubManager, and the only place where every
+    # emit, local or relayed from another process, passes before delivery: the library
+    # offers no public one (its public emit() sees this process's emits only).
     def _handle_emit(self, message: dict[str, Any]) -> None:
         project_id = _project_of(message)
         namespace, room = message.get("namespace") or "/", message.get("room")
@@ -117,7 +120,9 @@ def register(socketio: SocketIO) -> None:
         join_room(PLATFORM_ROOM)
         if principal.is_operator:
             join_room(OPERATORS_ROOM)
-        app = current_app._get_current_object()  # type: ignore[attr-defined]  # the real app
+        # The app behind the proxy, for the background tasks: Flask documents
+        # _get_current_object() as the way to hand the real app to another thread.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]  # proxy stub
         _start_background_tasks(socketio, app)
         return True
 

@@ -68,19 +68,11 @@ def create_task(json: NewTask) -> Answer:
     """Start a public task for a project the token grants (an operator-only task: for an
     operator's token only, else 403): 202. A task declared unique whose key is held
     already starts nothing: 200 with the id of the task queued or running for it."""
-    try:
-        project_id = validate_project_id(json.project_id)
-    except SubmissionError as exc:
-        raise APIError(400, str(exc)) from None
+    project_id = validate_project_id(json.project_id)
     authorize_project(project_id)
     principal = current_principal()
-    try:
-        sent = start(json.task, json.args, json.kwargs, project_id=project_id,
-                     user_id=principal.user_id, operator=principal.is_operator)
-    except NotAllowed as exc:
-        raise APIError(403, str(exc)) from None
-    except SubmissionError as exc:
-        raise APIError(400, str(exc)) from None
+    sent = start(json.task, json.args, json.kwargs, project_id=project_id,
+                 user_id=principal.user_id, operator=principal.is_operator)
     if sent.duplicate_of is not None and sent.claim is not None:
         return jsonify(task_id=sent.task_id, duplicate_of=sent.duplicate_of,
                        unique=sent.claim.describe()), 200
@@ -129,6 +121,16 @@ class TaskPage(BaseModel):
 @bp.errorhandler(FilterError)
 def _bad_filter(exc: FilterError) -> Answer:
     return error_response(APIError(400, str(exc)))
+
+
+@bp.errorhandler(SubmissionError)
+def _bad_submission(exc: SubmissionError) -> Answer:
+    return error_response(APIError(400, str(exc)))
+
+
+@bp.errorhandler(NotAllowed)  # a SubmissionError: Flask takes the most specific handler
+def _not_allowed(exc: NotAllowed) -> Answer:
+    return error_response(APIError(403, str(exc)))
 
 
 @bp.get("/api/tasks")

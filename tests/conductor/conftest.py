@@ -23,10 +23,10 @@ from celery import Celery
 
 from k1.conductor.client import ConductorClient
 from k1.conductor.server import health_url, start_server, stop_server, wait_healthy
-from tests.conftest import BASE, LOGS, k1_process
+from tests.conftest import BASE, CONDUCTOR_JAR_CACHE, LOGS, k1_process
 from tests.support import ROOT, VENV_BIN, Process, free_port, run_k1, wait_for
 
-JAR_CACHE = ROOT / ".k1" / "cache" / "conductor"  # scripts/setup.sh test fetches it here
+JAR_CACHE = CONDUCTOR_JAR_CACHE  # where scripts/setup.sh test fetched it
 WORKFLOWS = ROOT / "workflows"
 START_TIMEOUT = 180  # s; ~10 s on 2 idle cores, more with other suites running
 WORKFLOW_TIMEOUT = 60  # s for a sample workflow to finish through the bridge

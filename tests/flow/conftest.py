@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -27,6 +28,19 @@ def redis_client(services: dict[str, object]):  # type: ignore[no-untyped-def]
     from k1.connections import get_redis
 
     return get_redis()
+
+
+def until_workers_reread_limits() -> None:
+    """Return once every worker process starts its next task under the run-time limits
+    just written. A pool process re-reads them lazily, at a task's start, once its copy is
+    REFRESH_INTERVAL old (aged from before its read, k1.flow.limits.Refreshed): a bound on
+    a clock, not an event. No process announces a re-read (that would cost each one a
+    Redis write per interval), and a marker task cannot be made to reach every pool
+    process of every worker, so this one wait stays a sleep, the documented bound plus
+    nothing else."""
+    from k1.flow.limits import REFRESH_INTERVAL
+
+    time.sleep(REFRESH_INTERVAL)
 
 
 Run = tuple[float, float, int, int, str]  # start, end, pid, attempt, task id

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from k1.flow import CONCURRENCY_WAIT_FIRST
-from k1.flow.limits import REFRESH_INTERVAL
 from tests.conftest import API
-from tests.flow.conftest import send, wait_runs
+from tests.flow.conftest import send, until_workers_reread_limits, wait_runs
 from tests.support import wait_for
 
 FAMILIES = ("k1_limit_waits", "k1_limit_wait_seconds", "k1_limit_running",
@@ -38,9 +36,7 @@ def scrape(api: API, limit: str) -> dict[tuple[str, str], float]:
 def put_limit(api: API, name: str, **body: object) -> None:
     answer = api.put(f"/api/limits/{name}", json={"tasks": ["tests.flow.paced"], **body})
     assert answer.status_code == 200, answer.text
-    # A pool process re-reads the run-time limits when its copy is older than this, at a
-    # task's start: a task starting later is under the new limit (no event to await).
-    time.sleep(REFRESH_INTERVAL + 0.2)
+    until_workers_reread_limits()
 
 
 def test_concurrency_waits_and_use_are_on_metrics(flow_workers, operator):

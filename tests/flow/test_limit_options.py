@@ -62,3 +62,27 @@ def test_a_refusal_says_which_part_of_the_limit_refused_and_survives_pickling():
                           (RateWait("a", "k", 2.5), "rate")):
         copy = pickle.loads(pickle.dumps(refusal))
         assert (type(copy), copy.name, copy.key, copy.kind) == (type(refusal), "a", "k", kind)
+
+
+def test_a_refreshed_copy_is_aged_from_before_its_read(monkeypatch):
+    """A change written while a process reads its copy reaches that process at the first
+    call REFRESH_INTERVAL after the change (what the tests' refresh waits rely on), even
+    when the read took a while."""
+    from types import SimpleNamespace
+
+    from k1.flow import limits
+
+    clock = [100.0]
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    stored = ["old"]
+
+    def slow_read() -> str:
+        value = stored[0]
+        clock[0] += 0.5  # the read takes half a second; halfway through, the value changes
+        stored[0] = "new"
+        return value
+
+    copy = limits.Refreshed(slow_read)
+    assert copy.current() == "old"
+    clock[0] = 100.25 + limits.REFRESH_INTERVAL  # a refresh interval after the change
+    assert copy.current() == "new"

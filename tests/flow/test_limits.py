@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tests.conftest import celery_worker
-from tests.flow.conftest import TASKS, max_overlap, send, wait_runs
+from tests.flow.conftest import TASKS, max_overlap, send, until_workers_reread_limits, wait_runs
 from tests.flow.tasks import ADMITTED, STARTED, TEST_LEASE
 from tests.support import wait_for
 
@@ -60,7 +60,7 @@ def runtime_limit(services):  # type: ignore[no-untyped-def]
     def put(limit: limits.Limit) -> None:
         limits.save_runtime(limit)
         names.append(limit.name)
-        time.sleep(limits.REFRESH_INTERVAL + 0.5)  # every worker re-reads within that
+        until_workers_reread_limits()
 
     yield put
     for name in names:

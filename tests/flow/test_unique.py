@@ -107,7 +107,7 @@ def test_a_retrying_task_keeps_its_claim(flow_workers, client):
 
 
 def test_a_sigkilled_workers_claim_expires_with_its_ttl(flow_workers, redis_client):
-    from k1.tasks.submissions import start
+    from k1.tasks.submissions import lookup, start
 
     tag, project = uuid.uuid4().hex, f"pu-{uuid.uuid4().hex[:6]}"
     victim = celery_worker("unique-victim", concurrency=1, queues="unique-victim",
@@ -117,9 +117,20 @@ def test_a_sigkilled_workers_claim_expires_with_its_ttl(flow_workers, redis_clie
                       project_id=project, queue="unique-victim").task_id
         wait_for(lambda: redis_client.llen(STARTED.format(tag)) == 1, timeout=60,
                  message="the victim never started the long task")
-        # Renewed while it runs: still held well past its ttl (nothing to await here,
-        # the point is that nothing changes for that long).
-        time.sleep(TEST_LEASE * 2)
+        # Renewed while it runs: each renewal moves the claim's expiry on. Awaited until it
+        # lies two ttls past the first one seen, the claim has outlived that by a ttl.
+        claim_key = lookup(first).unique_key
+
+        def expires_at() -> float | None:
+            left_ms = redis_client.pttl(claim_key)
+            return time.time() + left_ms / 1000 if left_ms > 0 else None
+
+        first_expiry = expires_at()
+        assert first_expiry is not None, "the running task holds no claim"
+        wait_for(lambda: (expiry := expires_at()) is not None
+                 and expiry >= first_expiry + 2 * TEST_LEASE, timeout=TEST_LEASE * 2 + 30,
+                 message=lambda: f"not renewed: expires at {expires_at()}, first "
+                                 f"{first_expiry} (None: it lapsed)")
         assert start("tests.flow.single_short", kwargs={"tag": "other"},
                      project_id=project).duplicate_of == first  # unique per project
         victim.kill()

@@ -12,7 +12,7 @@ import pytest
 from k1.settings import VARIABLES, Settings
 from tests.ops.conftest import TLS_REDIS_PASSWORD, TLSRedis
 from tests.ops.support import fresh_database
-from tests.support import VENV_BIN
+from tests.support import run_k1
 
 STRONG_KEY = "Zq3v9LmT0xRk2WbN8sYc4HdJ7uPaE1fG6iKoQrS5tVwXyB"
 FLOWER = "ops:a-long-flower-password"
@@ -23,8 +23,7 @@ def k1_check(tmp_path: Path, dotenv: str = "", **env: str) -> subprocess.Complet
     full = {**os.environ, "K1_SECRET_KEY": STRONG_KEY, "FLOWER_BASIC_AUTH": FLOWER, **env}
     for name in [name for name, value in full.items() if value == ""]:
         del full[name]  # "" means: not in the environment
-    return subprocess.run([str(VENV_BIN / "k1"), "check"], capture_output=True, text=True,
-                          cwd=tmp_path, env=full, timeout=120)
+    return run_k1("check", env=full, inherit=False, cwd=tmp_path, timeout=120)
 
 
 def test_every_variable_settings_reads_is_listed() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +13,7 @@ from k1.db import session_scope
 from k1.recovery.dlq.models import ALL_PROJECTS, DeadLetter, DepthSnapshot
 from k1.recovery.dlq.store import DeadLetterStore
 from tests.conftest import API
-from tests.support import VENV_BIN
+from tests.support import run_k1
 
 store = DeadLetterStore()
 NOW = datetime.now(UTC)
@@ -156,27 +154,22 @@ def test_retention_task_runs_on_the_worker() -> None:
     assert set(enforce_retention.delay().get(timeout=60)) == {"expired", "over_limit"}
 
 
-def k1(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VENV_BIN / "k1"), *args], capture_output=True, text=True,
-                          env=os.environ, timeout=120)
-
-
 @pytest.mark.usefixtures("worker")
 def test_cli_lists_shows_replays_with_progress_and_purges(services) -> None:  # type: ignore[no-untyped-def]
     name = f"cli-{uuid.uuid4().hex[:6]}"
     ids = seed(name, 4)
-    listed = json.loads(k1("dlq", "list", "--project", name, "--json").stdout)
+    listed = json.loads(run_k1("dlq", "list", "--project", name, "--json").stdout)
     assert [i["id"] for i in listed["items"]] == sorted(ids, reverse=True)
-    shown = json.loads(k1("dlq", "show", str(ids[0])).stdout)
+    shown = json.loads(run_k1("dlq", "show", str(ids[0])).stdout)
     assert shown["traceback"] == "Traceback..."
-    stats = k1("dlq", "stats")
+    stats = run_k1("dlq", "stats")
     assert "depth" in stats.stdout and "quarantined" in stats.stdout
-    assert isinstance(json.loads(k1("dlq", "quarantine", "--json").stdout)["items"], list)
-    replayed = k1("dlq", "replay", "--project", name)
+    assert isinstance(json.loads(run_k1("dlq", "quarantine", "--json").stdout)["items"], list)
+    replayed = run_k1("dlq", "replay", "--project", name)
     assert replayed.returncode == 0 and "replayed 4 letters" in replayed.stdout
     assert "replaying 4 letters" in replayed.stderr  # the progress bar
-    bad = k1("dlq", "list", "--since", "soon")
+    bad = run_k1("dlq", "list", "--since", "soon")
     assert bad.returncode == 2 and "since: not an ISO-8601 date" in bad.stderr
-    purged = k1("dlq", "purge", "--project", name, "--yes")
+    purged = run_k1("dlq", "purge", "--project", name, "--yes")
     assert "purged 4 letters" in purged.stdout
-    assert k1("dlq", "show", str(ids[0])).returncode == 1
+    assert run_k1("dlq", "show", str(ids[0])).returncode == 1

@@ -13,7 +13,7 @@ import redis
 import requests
 
 from tests.conftest import API
-from tests.scheduling.conftest import fires, wait_fires
+from tests.scheduling.conftest import LOOP_INTERVAL, fires, wait_fires
 from tests.support import wait_for
 
 pytestmark = pytest.mark.usefixtures("module_beat", "worker")
@@ -109,16 +109,28 @@ def test_an_update_changes_the_next_fire_without_a_restart(
 
 def test_pause_stops_fires_and_resume_restarts_them(
         api: API, cleanup: list[str], unique: str) -> None:
-    name = f"pause-{unique}"
-    cleanup.append(name)
-    api.post("/api/scheduler/jobs", json={
-        "name": name, "task": "k1.tasks.demo.flaky", "every": 1, "project_id": "acme"})
+    name, clock = f"pause-{unique}", f"clock-{unique}"
+    cleanup += [name, clock]
+    for schedule in (name, clock):  # the clock keeps firing: the same beat's loops, seen
+        created = api.post("/api/scheduler/jobs", json={
+            "name": schedule, "task": "k1.tasks.demo.flaky", "every": 1, "project_id": "acme"})
+        assert created.status_code == 201, created.text
     wait_fires(name, 1, timeout=10)
     paused = api.patch(f"/api/scheduler/jobs/{name}", json={"enabled": False}).json()
+    paused_at = time.time()
     assert paused["state"] == "paused" and paused["next_run_at"] is None
-    time.sleep(1.5)  # a fire racing the pause may still land; none may after
-    count = len(fires(name))
-    time.sleep(4)  # four due times pass while paused (an absence cannot be awaited)
+
+    def clock_fires_after(moment: float) -> list[dict]:
+        return [f for f in fires(clock) if f["due_at"] > moment]
+
+    # A fire racing the pause may still land, from a beat loop that began before it; the
+    # clock's fire due a loop after the pause comes from a later loop, which saw the pause.
+    wait_for(lambda: clock_fires_after(paused_at + LOOP_INTERVAL), timeout=15,
+             message=lambda: f"the clock stopped firing: {fires(clock)[-3:]}")
+    count, settled = len(fires(name)), time.time()
+    # Four due times pass while paused, with beat firing the clock at each of them.
+    wait_for(lambda: len(clock_fires_after(settled)) >= 4, timeout=20,
+             message=lambda: f"the clock fired {len(clock_fires_after(settled))} of 4 times")
     assert len(fires(name)) == count, fires(name)
 
     resumed_at = time.time()

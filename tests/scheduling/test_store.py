@@ -128,3 +128,35 @@ def test_a_project_schedule_saved_under_its_bare_name_keeps_working(unique: str)
     finally:
         store.delete(name, "acme")
         store.delete(name, "beta")
+
+
+def test_running_a_project_less_schedule_now_sends_through_the_one_send_path(
+        unique: str) -> None:
+    """Run now of a built-in goes through k1.tasks.submissions.send, as beat's fires do:
+    its submission is on the task history stream, with the operator who ran it and the
+    schedule it came from (a direct apply_async recorded nothing)."""
+    import json
+
+    from k1.connections import get_redis
+    from k1.history.stream import RECORD_FIELD, STREAM_KEY
+    from tests.support import wait_for
+
+    store = ScheduleStore()
+    spec = ScheduleSpec(f"builtin-now-{unique}", "k1.tasks.demo.flaky", every=3600,
+                        kwargs={"project_id": "ops"}, builtin=True)
+    ensure_builtins(store, (spec,))
+    try:
+        schedule = store.get(spec.name)
+        task_id = store.run_now(schedule, user_id=f"root-{unique}")
+    finally:
+        store.delete(spec.name)
+
+    def submitted() -> list[dict]:
+        records = (json.loads(fields[RECORD_FIELD])
+                   for _, fields in get_redis().xrevrange(STREAM_KEY, count=500))
+        return [r for r in records if r["task_id"] == task_id and r["type"] == "submitted"]
+
+    (record,) = wait_for(submitted, timeout=30, message=f"no submission of {task_id}")
+    assert record["task_name"] == "k1.tasks.demo.flaky"
+    assert record["user_id"] == f"root-{unique}" and record["project_id"] is None
+    assert record["schedule"] == schedule.id

@@ -14,16 +14,31 @@ naming what changed, which history records beside ``replay_of``. Edited argument
 repaired ones, so only a repair of what was *not* edited still needs ``force``. The
 idempotency key stays the letter's: an edit corrects the same job, and side effects its
 first runs completed are not done twice.
+
+**A letter is never marked replayed without its task sent, and never sent twice.** A
+replay is three steps in one transaction: lock the letters (``SELECT ... FOR UPDATE``) and
+build what to send; send; mark the letters whose send returned and commit. A concurrent
+replay of the same letter waits for the row (a bulk one skips it) and then finds it
+replayed; a send that raises leaves its letter dead (the letters sent before it in a batch
+are still marked). Only a commit that fails after the sends leaves sent letters dead, and a
+second replay of one sends the same idempotency key, so its side effects are not repeated.
+
+The database steps run through ``offload`` and the sends in the caller's thread: the web
+process passes :func:`k1.web.offload.blocking`, so psycopg stays off eventlet's hub while
+kombu's producers and connections, which are green there, never leave it (a pool thread
+that touches them can hang or fail with "Cannot switch to a different thread").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 import k1.headers
 from k1.db import session_scope
@@ -33,6 +48,14 @@ from k1.recovery.dlq.rows import LetterNotFound, id_batches, in_scope
 
 REPLAY_BATCH = 500  # letters replayed per transaction in a bulk replay
 REPAIRED_ARGUMENTS = ("args", "kwargs")
+P = ParamSpec("P")
+R = TypeVar("R")
+Offload = Callable[..., Any]  # runs a database step: ``offload(fn, *args)`` -> fn(*args)
+
+
+def in_this_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """The ``offload`` of a process without eventlet (CLI, workers): call ``fn`` here."""
+    return fn(*args, **kwargs)
 
 
 class ReplayRefused(Exception):
@@ -74,19 +97,22 @@ class Edit:
 
 
 def replay(letter_id: int, *, force: bool = False, scope: frozenset[str] | None = None,
-           edit: Edit | None = None) -> DeadLetter:
+           edit: Edit | None = None, offload: Offload = in_this_thread) -> DeadLetter:
     """Send the letter's task again (with ``edit``'s arguments, checked by
     :func:`check_edit`) and mark the letter replayed with the new task id."""
     if edit is not None and not edit.fields:
         edit = None  # nothing changed: a plain replay
-    with session_scope() as session:
+
+    def lock(session: Session) -> list[tuple[DeadLetter, Resend]]:
         letter = session.get(DeadLetter, letter_id, with_for_update=True)
         if letter is None or not in_scope(letter, scope):
             raise LetterNotFound(letter_id)
         refusal = _refusal(letter, edit.fields if edit else ())
         if refusal and not force:
             raise ReplayRefused(f"{refusal}; force to replay it anyway")
-        _resend(letter, edit=edit and check_edit(letter, edit))
+        return [(letter, Resend.of(letter, edit and check_edit(letter, edit)))]
+
+    (letter,) = _replay_locked(lock, offload)
     return letter
 
 
@@ -133,23 +159,23 @@ def _field_at_fault(edited: tuple[str, ...], problem: str) -> str:
 
 
 def replay_matching(filters: LetterFilter, *, force: bool = False,
-                    progress: Callable[[int], None] | None = None) -> list[str]:
+                    progress: Callable[[int], None] | None = None,
+                    offload: Offload = in_this_thread) -> list[str]:
     """Replay every letter matching ``filters`` (skipping those :func:`replay` would refuse
     unless ``force``); returns the new task ids.
     """
-    from k1.celery import app
-
     task_ids: list[str] = []
-    for batch in id_batches(filters, REPLAY_BATCH):
-        with session_scope() as session, app.producer_or_acquire() as producer:
+    batches = id_batches(filters, REPLAY_BATCH)
+    while (batch := offload(next, batches, None)) is not None:
+
+        def lock(session: Session, batch: list[int] = batch) -> list[tuple[DeadLetter, Resend]]:
             letters = session.scalars(
                 select(DeadLetter).where(DeadLetter.id.in_(batch))
                 .with_for_update(skip_locked=True).order_by(DeadLetter.id))
-            for letter in letters:
-                if _refusal(letter) and not force:
-                    continue
-                _resend(letter, producer)
-                task_ids.append(letter.replay_task_id or "")
+            return [(letter, Resend.of(letter)) for letter in letters
+                    if force or not _refusal(letter)]
+
+        task_ids += [letter.replay_task_id or "" for letter in _replay_locked(lock, offload)]
         if progress:
             progress(len(batch))
     return task_ids
@@ -166,28 +192,93 @@ def _refusal(letter: DeadLetter, edited: tuple[str, ...] = ()) -> str | None:
     return None
 
 
-def _resend(letter: DeadLetter, producer: Any = None, edit: Edit | None = None) -> None:
-    """Send the letter's task again (with ``edit``'s checked arguments) and mark it
-    replayed (inside the caller's transaction)."""
-    from k1.tasks.submissions import send
+@dataclass(frozen=True)
+class Resend:
+    """What replaying one letter sends (built inside the transaction that locked it)."""
 
-    headers = {
-        k1.headers.IDEMPOTENCY_KEY: letter.idempotency_key or letter.task_id,
-        k1.headers.CONDUCTOR_WORKFLOW: letter.workflow_id,
-        k1.headers.CONDUCTOR_TASK: letter.conductor_task_id,
-        k1.headers.REPLAY_OF: letter.id,
-        k1.headers.REPLAY_EDITED: ",".join(edit.fields) if edit else None,
-    }
-    args, kwargs, user_id = letter.args, letter.kwargs, letter.user_id
-    if edit is not None:
-        args = letter.args if edit.args is None else edit.args
-        kwargs = letter.kwargs if edit.kwargs is None else edit.kwargs
-        user_id = edit.user_id
-    options: dict[str, Any] = {"queue": letter.queue} if letter.queue else {}
-    letter.replay_task_id = send(
-        letter.task_name, args, kwargs, project_id=letter.project_id,
-        user_id=user_id, headers={k: v for k, v in headers.items() if v is not None},
-        producer=producer, **options)
-    letter.status = "replayed"
-    letter.replay_count += 1
-    letter.replayed_at = datetime.now(UTC)
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    project_id: str | None
+    user_id: str | None
+    headers: dict[str, Any]
+    options: dict[str, Any]
+
+    @classmethod
+    def of(cls, letter: DeadLetter, edit: Edit | None = None) -> Resend:
+        """The letter's task as it first ran (with ``edit``'s checked arguments)."""
+        headers = {
+            k1.headers.IDEMPOTENCY_KEY: letter.idempotency_key or letter.task_id,
+            k1.headers.CONDUCTOR_WORKFLOW: letter.workflow_id,
+            k1.headers.CONDUCTOR_TASK: letter.conductor_task_id,
+            k1.headers.REPLAY_OF: letter.id,
+            k1.headers.REPLAY_EDITED: ",".join(edit.fields) if edit else None,
+        }
+        args, kwargs, user_id = letter.args, letter.kwargs, letter.user_id
+        if edit is not None:
+            args = letter.args if edit.args is None else edit.args
+            kwargs = letter.kwargs if edit.kwargs is None else edit.kwargs
+            user_id = edit.user_id
+        return cls(letter.task_name, list(args), dict(kwargs), letter.project_id, user_id,
+                   {k: v for k, v in headers.items() if v is not None},
+                   {"queue": letter.queue} if letter.queue else {})
+
+    def send(self, producer: Any) -> str:
+        """Send the task (:func:`k1.tasks.submissions.send`); its id."""
+        from k1.tasks.submissions import send
+
+        return send(self.task_name, self.args, self.kwargs, project_id=self.project_id,
+                    user_id=self.user_id, headers=self.headers, producer=producer,
+                    **self.options)
+
+
+def _replay_locked(lock: Callable[[Session], list[tuple[DeadLetter, Resend]]],
+                   offload: Offload) -> list[DeadLetter]:
+    """The three steps of a replay (see the module's docstring): ``lock`` picks the letters
+    in a new transaction (through ``offload``), each one's task is sent in this thread,
+    then the letters sent are marked and the transaction committed (through ``offload``).
+    Returns the letters; a send that raises is raised once those before it are marked."""
+    transaction = ExitStack()
+    picked = offload(_begin, transaction, lock)
+    sent: list[str] = []
+    try:
+        for task_id in _send_all([resend for _, resend in picked]):
+            sent.append(task_id)  # one by one: a later send that raises keeps these
+    finally:
+        offload(_mark_and_commit, transaction, [letter for letter, _ in picked], sent)
+    return [letter for letter, _ in picked]
+
+
+def _begin(transaction: ExitStack,
+           lock: Callable[[Session], list[tuple[DeadLetter, Resend]]]
+           ) -> list[tuple[DeadLetter, Resend]]:
+    """Open the replay's transaction on ``transaction`` and lock its letters; rolled back
+    here if ``lock`` raises (the letter is not there, or refused)."""
+    session = transaction.enter_context(session_scope())
+    try:
+        return lock(session)
+    except BaseException as exc:
+        transaction.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+
+
+def _send_all(resends: list[Resend]) -> Iterator[str]:
+    """Each task sent in turn (one producer for them all), its id as it goes out."""
+    if not resends:
+        return
+    from k1.celery import app
+
+    with app.producer_or_acquire() as producer:
+        for resend in resends:
+            yield resend.send(producer)
+
+
+def _mark_and_commit(transaction: ExitStack, letters: list[DeadLetter],
+                     task_ids: list[str]) -> None:
+    """Mark the first ``len(task_ids)`` letters replayed as those tasks, and commit."""
+    with transaction:
+        for letter, task_id in zip(letters, task_ids, strict=False):
+            letter.replay_task_id = task_id
+            letter.status = "replayed"
+            letter.replay_count += 1
+            letter.replayed_at = datetime.now(UTC)

@@ -30,7 +30,14 @@ from k1.events import emit
 from k1.recovery.dlq import quarantine, replay, rows, spool, stats
 from k1.recovery.dlq.filters import LetterFilter
 from k1.recovery.dlq.models import DeadLetter
-from k1.recovery.dlq.replay import Edit, EditInvalid, EditNotAllowed, ReplayRefused
+from k1.recovery.dlq.replay import (
+    Edit,
+    EditInvalid,
+    EditNotAllowed,
+    Offload,
+    ReplayRefused,
+    in_this_thread,
+)
 from k1.recovery.dlq.rows import Inserted, LetterNotFound, letter_as_dict
 from k1.recovery.dlq.spool import SPOOL_KEY
 from k1.recovery.dlq.storable import storable
@@ -155,21 +162,27 @@ class DeadLetterStore:
     # -- operator actions --------------------------------------------------------------
 
     def replay(self, letter_id: int, *, force: bool = False,
-               scope: frozenset[str] | None = None, edit: Edit | None = None) -> DeadLetter:
+               scope: frozenset[str] | None = None, edit: Edit | None = None,
+               offload: Offload = in_this_thread) -> DeadLetter:
         """Send the letter's task again (same args, kwargs, project, idempotency key;
         ``edit``: other arguments, checked like a new submission) and mark the letter
-        replayed with the new task id.
+        replayed with the new task id. ``offload`` runs its database steps (the web
+        process: :func:`k1.web.offload.blocking`); the task is sent from this thread.
         """
-        letter = replay.replay(letter_id, force=force, scope=scope, edit=edit)
+        letter = replay.replay(letter_id, force=force, scope=scope, edit=edit,
+                               offload=offload)
         self._announce("replayed", letter.id, _fields_of(letter),
                        replay_task_id=letter.replay_task_id,
                        edited=list(edit.fields) if edit else [])
         return letter
 
     def replay_matching(self, filters: LetterFilter, *, force: bool = False,
-                        progress: Callable[[int], None] | None = None) -> list[str]:
-        """Replay every letter matching ``filters``; returns the new task ids."""
-        task_ids = replay.replay_matching(filters, force=force, progress=progress)
+                        progress: Callable[[int], None] | None = None,
+                        offload: Offload = in_this_thread) -> list[str]:
+        """Replay every letter matching ``filters`` (``offload``: as :meth:`replay`);
+        returns the new task ids."""
+        task_ids = replay.replay_matching(filters, force=force, progress=progress,
+                                          offload=offload)
         if task_ids:
             emit("dlq_changed", type="replayed", count=len(task_ids),
                  project_id=filters.project_id)
