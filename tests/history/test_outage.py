@@ -116,10 +116,11 @@ def test_a_process_that_exits_sends_what_it_kept_once_redis_is_back(
 
 def test_a_task_that_ran_through_a_redis_restart_has_its_whole_story_in_history(
         tmp_path: Path, services: dict[str, object], unique: str) -> None:
-    """Attempt 1 of a flaky task fails while Redis is down: its retry's ``retried`` record
-    meets the outage (the result store and the retry's publish wait for Redis; the record
-    does not), and attempt 2 runs once Redis is back, within the pause that failure began.
-    History still tells both, and the final state."""
+    """Attempt 1 of a flaky task ends (fails, to be retried) while Redis is down: its
+    ``retried`` record meets the outage (the retry's publish and the result store wait for
+    Redis; the record does not), and attempt 2 runs once Redis is back, often within the
+    pause that failure began. History tells both runs and the final state (before the
+    publisher kept records, run 1 stayed ``running``)."""
     from k1.history.store import get
 
     with Platform("history-outage", tmp_path, env={"K1_VISIBILITY_TIMEOUT": "60"}) as platform:
