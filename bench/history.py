@@ -1,14 +1,16 @@
 """Task history benchmark: what recording costs a worker, how fast the recorder writes,
 how fast history answers.
 
-    .venv/bin/python -m bench.history [--tasks 1000] [--rows 100000]
+    .venv/bin/python -m bench.history [--tasks 1000] [--runs 3] [--rows 100000]
 
 Starts its own throwaway Redis and PostgreSQL (as the tests do) and prints:
 
-- worker throughput with ``K1_TASK_HISTORY`` on and off, interleaved in one run (goal: on
-  / off >= 0.98). No recorder runs meanwhile: the figure is the worker's own cost (the
-  records wait in the stream), not that of sharing two cores with a recorder and
-  PostgreSQL;
+- worker throughput with ``K1_TASK_HISTORY`` on and off (and with K1's task events off
+  altogether), alternating in one run, best of ``--runs`` each (goal: on / off >= 0.98),
+  and the CPU per task those runs cost the worker's processes and Redis (goal: history
+  costs the worker no more than the events it rides with). No recorder runs meanwhile:
+  the figure is the worker's own cost (the records wait in the stream), not that of
+  sharing two cores with a recorder and PostgreSQL;
 - the recorder's ceiling: records written per second by one recorder draining the
   backlog those runs left (three a task: received, started, succeeded);
 - ``GET /api/tasks`` search and ``GET /api/tasks/<id>`` latency through the web process
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,39 +41,90 @@ from tests.support import (  # noqa: E402 - the path above makes tests importabl
     wait_for,
 )
 
+# What each throughput run sets: K1's events off altogether (no history either: records
+# are captured where events are published), events without history, events and history.
+SETTINGS = {"events off": {"K1_TASK_EVENTS": "off", "K1_TASK_HISTORY": "off"},
+            "history off": {"K1_TASK_HISTORY": "off"},
+            "history on": {"K1_TASK_HISTORY": "on"}}
 
-def throughput(tasks: int, history: str, log_dir: Path) -> float:
-    """Tasks per second through one prefork worker (2 processes)."""
+
+@dataclass
+class Run:
+    tasks_per_s: float
+    worker_cpu_ms: float  # per task: the worker's main and pool processes, user + system
+    redis_cpu_ms: float  # per task: the Redis server's
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children (a prefork pool) so far."""
+    pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    ticks = 0
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s(client) -> float:  # type: ignore[no-untyped-def]
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def throughput(tasks: int, setting: str, log_dir: Path, client) -> Run:  # type: ignore[no-untyped-def]
+    """``tasks`` no-op tasks through one prefork worker (2 processes): tasks per second,
+    and the CPU they cost the worker and Redis (measured over the same window)."""
     from k1.celery import app
 
-    name = f"bench-history-{history}@k1"
-    worker = Process(f"worker-history-{history}", [
+    name = f"bench-history-{setting.replace(' ', '-')}@k1"
+    worker = Process(f"worker-{setting.replace(' ', '-')}", [
         str(VENV_BIN / "celery"), "-A", "k1.celery", "worker", "--loglevel", "WARNING",
         "--concurrency", "2", "--hostname", name, "--without-mingle", "--without-gossip"],
-        {**os.environ, "K1_TASK_HISTORY": history}, log_dir).start()
+        {**os.environ, **SETTINGS[setting]}, log_dir).start()
     try:
         worker.wait_until(lambda: app.control.ping(destination=[name], timeout=0.5), 60,
                           "did not answer ping")
         for _ in range(20):  # warm up both pool processes
             app.send_task("k1.tasks.demo.flaky", kwargs={"project_id": "bench"}).get(30)
+        cpu, redis_cpu = process_cpu_s(worker.pid), redis_cpu_s(client)
         started = time.perf_counter()
         results = [app.send_task("k1.tasks.demo.flaky", kwargs={"project_id": "bench"},
                                  headers={"k1_project_id": "bench"}) for _ in range(tasks)]
         for result in results:
             result.get(timeout=300)
-        return tasks / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return Run(tasks / elapsed, (process_cpu_s(worker.pid) - cpu) * 1000 / tasks,
+                   (redis_cpu_s(client) - redis_cpu) * 1000 / tasks)
     finally:
         worker.stop()
 
 
-def bench_throughput(tasks: int, log_dir: Path) -> None:
-    best = {"on": 0.0, "off": 0.0}
-    for history in ("off", "on", "off", "on"):
-        best[history] = max(best[history], throughput(tasks, history, log_dir))
-    print(f"# worker throughput, {tasks} no-op flaky tasks, best of 2 interleaved runs each")
-    print(f"K1_TASK_HISTORY=off: {best['off']:7.1f} tasks/s")
-    print(f"K1_TASK_HISTORY=on : {best['on']:7.1f} tasks/s")
-    print(f"ratio on/off: {best['on'] / best['off']:.3f}  (goal >= 0.98)", flush=True)
+def bench_throughput(tasks: int, runs: int, log_dir: Path, client) -> None:  # type: ignore[no-untyped-def]
+    """``runs`` rounds of the three settings, alternating. Throughput: the best run of
+    each (the machine's other load only ever slows a run down); CPU per task: the median
+    (it depends far less on that load)."""
+    figures: dict[str, list[Run]] = {setting: [] for setting in SETTINGS}
+    for _ in range(runs):
+        for setting in SETTINGS:
+            run = throughput(tasks, setting, log_dir, client)
+            figures[setting].append(run)
+            print(f"  run {setting:11s} {run.tasks_per_s:7.1f} tasks/s, worker CPU "
+                  f"{run.worker_cpu_ms:5.2f} ms/task, Redis CPU {run.redis_cpu_ms:5.2f} "
+                  f"ms/task (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"# worker throughput, {tasks} no-op flaky tasks, best of {runs} alternating runs; "
+          "CPU per task, median")
+    best = {setting: max(r.tasks_per_s for r in done) for setting, done in figures.items()}
+    cpu = {setting: statistics.median(r.worker_cpu_ms for r in done)
+           for setting, done in figures.items()}
+    redis_cpu = {setting: statistics.median(r.redis_cpu_ms for r in done)
+                 for setting, done in figures.items()}
+    for setting in SETTINGS:
+        print(f"{setting:11s}: {best[setting]:7.1f} tasks/s, worker CPU {cpu[setting]:5.2f} "
+              f"ms/task, Redis CPU {redis_cpu[setting]:5.2f} ms/task")
+    print(f"ratio history on/off: {best['history on'] / best['history off']:.3f}  "
+          "(goal >= 0.98)")
+    print(f"worker CPU per task: history {cpu['history on'] - cpu['history off']:+.2f} ms, "
+          f"events {cpu['history off'] - cpu['events off']:+.2f} ms (goal: history <= "
+          "events)", flush=True)
 
 
 def bench_recorder(client) -> None:  # type: ignore[no-untyped-def]
@@ -162,7 +216,10 @@ def bench_reads(rows: int, web: str, token: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=100_000,
+                        help="tasks in history for the read latencies (0: no reads)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="throughput runs with history off and on, alternating")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="k1-bench-history-"))
@@ -183,8 +240,10 @@ def main() -> None:
         upgrade()
         print(f"# K1 history benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-        bench_throughput(args.tasks, logs)
+        bench_throughput(args.tasks, args.runs, logs, redis_server.client())
         bench_recorder(redis_server.client())
+        if not args.rows:
+            return
         load_rows(args.rows)
         web = Process("bench-web", [sys.executable, "-m", "k1.web"], os.environ, logs).start()
         processes.append(web)

@@ -1,16 +1,21 @@
 """``k1 dlq stats|list|show|replay|purge|quarantine``: the dead-letter queue from a shell.
 
 The CLI runs with the platform's own credentials (the environment), so it sees every
-project.
+project, and edits a replay's arguments (``replay LETTER_ID --kwargs '{...}'``) as an
+operator: the edit is checked like a new submission, as ``POST /api/dlq/<id>/replay``
+checks it.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from k1.recovery.dlq.store import DeadLetterStore, Edit
 
 FILTER_OPTIONS = (
     click.option("--task", help="Task name."),
@@ -125,24 +130,51 @@ def show(letter_id: int) -> None:
         raise click.ClickException(f"no dead letter {letter_id}") from None
 
 
+class JSONArgument(click.ParamType):
+    """An option's value as JSON of one kind (a list, an object)."""
+
+    name = "json"  # the metavar: --kwargs JSON
+
+    def __init__(self, kind: type, described: str) -> None:
+        self.kind, self.described = kind, described
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            self.fail(f"not JSON ({exc}): {value!r}", param, ctx)
+        if not isinstance(parsed, self.kind):
+            self.fail(f"must be {self.described}, got {value!r}", param, ctx)
+        return parsed
+
+
 @dlq.command()
 @click.argument("letter_id", type=int, required=False)
 @filter_options
 @click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
 @click.option("--force", is_flag=True, help="Replay letters already replayed or discarded.")
-def replay(letter_id: int | None, everything: bool, force: bool, **params: Any) -> None:
-    """Replay one letter (LETTER_ID) or every letter matching the filters."""
-    from k1.recovery.dlq.store import DeadLetterStore, LetterNotFound, ReplayRefused
+@click.option("--args", "edited_args", type=JSONArgument(list, "a JSON list"),
+              help="Replay LETTER_ID with these positional arguments (JSON list) instead "
+                   "of the letter's, checked like a new submission.")
+@click.option("--kwargs", "edited_kwargs", type=JSONArgument(dict, "a JSON object"),
+              help="Replay LETTER_ID with these keyword arguments (JSON object) instead "
+                   "of the letter's, checked like a new submission.")
+@click.option("--user", "user_id", default="operator", show_default=True,
+              help="Who edits: the user an edited replay is sent as (history's user).")
+def replay(letter_id: int | None, everything: bool, force: bool,
+           edited_args: list[Any] | None, edited_kwargs: dict[str, Any] | None,
+           user_id: str, **params: Any) -> None:
+    """Replay one letter (LETTER_ID), with edited --args/--kwargs if given, or every
+    letter matching the filters."""
+    from k1.recovery.dlq.store import DeadLetterStore
 
     store = DeadLetterStore()
+    edit = _edit(letter_id, edited_args, edited_kwargs, user_id)
     if letter_id is not None:
-        try:
-            letter = store.replay(letter_id, force=force)
-        except LetterNotFound:
-            raise click.ClickException(f"no dead letter {letter_id}") from None
-        except ReplayRefused as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"letter {letter.id} replayed as task {letter.replay_task_id}")
+        _replay_one(store, letter_id, force, edit)
         return
     if not everything and not any(params.values()):
         raise click.UsageError("give LETTER_ID, a filter, or --all")
@@ -154,6 +186,41 @@ def replay(letter_id: int | None, everything: bool, force: bool, **params: Any) 
                            file=sys.stderr) as bar:
         task_ids = store.replay_matching(filters, force=force, progress=bar.update)
     click.echo(f"replayed {len(task_ids)} letters")
+
+
+def _edit(letter_id: int | None, args: list[Any] | None, kwargs: dict[str, Any] | None,
+          user_id: str) -> Edit | None:
+    """The edit the options ask for (None: a plain replay). The CLI holds the platform's
+    own credentials, so it edits as an operator would."""
+    from k1.recovery.dlq.store import Edit
+
+    if args is None and kwargs is None:
+        return None
+    if letter_id is None:
+        option = "--args" if args is not None else "--kwargs"
+        raise click.UsageError(f"{option}: edited arguments replay one letter: give LETTER_ID")
+    return Edit(args, kwargs, user_id, operator=True)
+
+
+def _replay_one(store: DeadLetterStore, letter_id: int, force: bool,
+                edit: Edit | None) -> None:
+    from k1.recovery.dlq.store import (
+        EditInvalid,
+        EditNotAllowed,
+        LetterNotFound,
+        ReplayRefused,
+    )
+
+    try:
+        letter = store.replay(letter_id, force=force, edit=edit)
+    except LetterNotFound:
+        raise click.ClickException(f"no dead letter {letter_id}") from None
+    except EditInvalid as exc:  # the option at fault, as the API names the field
+        raise click.UsageError(f"--{exc.field}: {exc.problem}") from None
+    except (ReplayRefused, EditNotAllowed) as exc:
+        raise click.ClickException(str(exc)) from None
+    edited = f" (edited: {', '.join(edit.fields)})" if edit and edit.fields else ""
+    click.echo(f"letter {letter.id} replayed as task {letter.replay_task_id}{edited}")
 
 
 @dlq.command()

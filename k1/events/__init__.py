@@ -35,6 +35,16 @@ message python-socketio built into K1's own pipeline: the library keeps the wire
 the same round trip, and a Redis outage costs the flusher at most one short timeout
 (``PUBLISH_TIMEOUT``), after which events are dropped for ``PAUSE_AFTER_FAILURE`` (the
 library's own ``_publish`` retries, and connects, on its own).
+
+History records are not dropped with them: a task's history must say how it ended even
+if it ended while Redis restarted. The records of a failed round trip, those buffered
+behind it and those captured during the pause are *kept* (at most ``MAX_KEPT_HISTORY``
+per process, the oldest dropped beyond it, counted and logged) and sent first, in order,
+when the pause is over: the flusher tries again by itself, once a pause, until Redis
+answers (the web process, which has no flusher, with its next publish). Keeping costs
+the caller an append, never a wait. A record sent again after a round trip whose outcome
+was unknown is harmless: the recorder stores each record id once. A process that exits
+tries to send what it kept for up to ``EXIT_FLUSH_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -69,6 +79,13 @@ OPERATORS = "operators"  # an event's ``audience`` when only operators may see i
 PUBLISH_TIMEOUT = 0.5  # seconds; Redis answers a PUBLISH in well under a millisecond
 PAUSE_AFTER_FAILURE = 5.0  # seconds without publishing after a failure: tasks stay fast
 MAX_BUFFERED = 10_000  # events waiting to be sent, at most: a Redis outage costs no memory
+# History records kept through a Redis outage, per process: a minute of a pool process
+# running 50 tasks/s (three records a task), ~25 MB with every record at its bound.
+MAX_KEPT_HISTORY = 10_000
+# Seconds a process that exits keeps trying to send the history records it kept through an
+# outage (a deploy during a Redis restart), one try every EXIT_RETRY_INTERVAL.
+EXIT_FLUSH_TIMEOUT = 10.0
+EXIT_RETRY_INTERVAL = 0.5
 FLUSH_BATCH = 500  # events per round trip at most, so that one reply stays small
 # Seconds the flusher waits after the first event before sending: a task's events
 # (received, started, succeeded) then share one round trip instead of two or three.
@@ -136,7 +153,8 @@ def publish(events: list[tuple[str, dict[str, Any]]], *, wait: bool = False) -> 
 
     Without ``wait`` the events are buffered and sent by the background flusher (True:
     accepted); with it, they and everything buffered before them are sent now, in this
-    thread (True: sent). False when they were dropped (Redis unreachable, buffer full).
+    thread (True: sent). False when any was dropped (buffer full; Redis unreachable,
+    though history records are then kept and sent later) or, with ``wait``, not sent.
     Inside :func:`collecting` they are handed to its list instead.
     """
     collected = getattr(_collecting, "events", None)
@@ -162,9 +180,11 @@ def collecting(into: list[tuple[str, dict[str, Any]]]) -> Iterator[None]:
         _collecting.events = None
 
 
-def flush() -> bool:
-    """Send what this process's buffer holds now; False if Redis could not be reached."""
-    return _publisher().flush()
+def flush(timeout: float = 0.0) -> bool:
+    """Send what this process's buffer holds now; False if Redis could not be reached.
+    ``timeout`` (a process that exits): keep trying that long to send the history records
+    kept through an outage."""
+    return _publisher().flush(timeout)
 
 
 def publish_in_caller_thread() -> None:
@@ -195,12 +215,15 @@ class Publisher(socketio.RedisManager):
     ``emit`` (python-socketio's) builds each message and hands it to :meth:`_publish`,
     which queues it in the pipeline being sent, beside the metrics counters; the
     library's own connection is never opened. ``max_buffered`` bounds the buffer;
-    ``flush_linger`` is how long the flusher gathers events before a round trip.
+    ``flush_linger`` is how long the flusher gathers events before a round trip;
+    ``max_kept_history`` bounds the history records kept through an outage (``kept``;
+    ``history_dropped`` counts those dropped beyond it).
     """
 
     def __init__(self, url: str, channel: str = SOCKETIO_CHANNEL, *,
                  pause_after_failure: float = PAUSE_AFTER_FAILURE,
-                 max_buffered: int = MAX_BUFFERED, flush_linger: float = FLUSH_LINGER) -> None:
+                 max_buffered: int = MAX_BUFFERED, flush_linger: float = FLUSH_LINGER,
+                 max_kept_history: int = MAX_KEPT_HISTORY) -> None:
         super().__init__(url, channel=channel, write_only=True, json=_JSON)
         self.client = redis.Redis.from_url(
             url, socket_timeout=PUBLISH_TIMEOUT, socket_connect_timeout=PUBLISH_TIMEOUT,
@@ -209,6 +232,8 @@ class Publisher(socketio.RedisManager):
         self.pause_after_failure = pause_after_failure
         self.max_buffered = max_buffered
         self.flush_linger = flush_linger
+        self.max_kept_history = max_kept_history
+        self.history_dropped = 0  # history records dropped beyond max_kept_history
         self.synchronous = False  # True: every publish is sent in the caller's thread
         self.paused_until = 0.0
         self.pipe: redis.client.Pipeline | None = None  # the pipeline being filled
@@ -218,20 +243,29 @@ class Publisher(socketio.RedisManager):
 
     def _after_fork(self) -> None:
         self.buffer: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        # History records a failure kept, older than everything in ``buffer``: sent first.
+        self.kept: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.lock = threading.Lock()  # one pipeline at a time keeps a process's order
+        # Held for a moment where a failure moves records into ``kept`` and where publish
+        # chooses ``buffer`` or ``kept``: no record lands behind a newer one.
+        self.keeping = threading.Lock()
+        self.kept_lost = 0  # dropped beyond max_kept_history since the last outage began
         self.wakeup = threading.Event()
         self.flusher: threading.Thread | None = None
         self.starting = threading.Lock()
 
     def publish(self, events: list[tuple[str, dict[str, Any]]], *, wait: bool = False) -> bool:
-        """Buffer built events (``wait``: and send the buffer now); False when dropped."""
-        if time.monotonic() < self.paused_until:
-            return False
-        if len(self.buffer) + len(events) > self.max_buffered:
-            log.warning("events %s dropped: %d events are waiting to be sent",
-                        _names(events), len(self.buffer))
-            return False
-        self.buffer.extend(events)  # one step under the GIL: no event of a batch is split
+        """Buffer built events (``wait``: and send the buffer now). False when any was
+        dropped or, with ``wait``, not sent; during the pause after a failure, events
+        are dropped and history records kept (True without ``wait`` when all were)."""
+        with self.keeping:
+            if time.monotonic() < self.paused_until:
+                return self._keep(events) and not wait
+            if len(self.buffer) + len(events) > self.max_buffered:
+                log.warning("events %s dropped: %d events are waiting to be sent",
+                            _names(events), len(self.buffer))
+                return False
+            self.buffer.extend(events)
         if wait or self.synchronous:
             return self.flush()
         if self.flusher is None:
@@ -239,19 +273,68 @@ class Publisher(socketio.RedisManager):
         self.wakeup.set()
         return True
 
-    def flush(self) -> bool:
-        """Send everything buffered, in order, in this thread; False if it failed."""
+    def _keep(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Keep the history records of ``events`` for after the pause (with ``keeping``
+        held); True when nothing was dropped."""
+        history = [entry for entry in events if entry[0] == HISTORY]
+        self.kept.extend(history)
+        self._bound_kept()
+        return len(history) == len(events)
+
+    def _bound_kept(self) -> None:
+        excess = len(self.kept) - self.max_kept_history
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self.kept.popleft()  # the oldest: the newest say more about the tasks now
+        if not self.kept_lost:
+            log.warning("Redis unreachable: %d history records kept, the oldest dropped "
+                        "from now on", self.max_kept_history)
+        self.kept_lost += excess
+        self.history_dropped += excess
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        """Send everything kept and buffered, in order, in this thread; False if it failed.
+
+        ``timeout`` (a process that exits: no task waits for it any more): the pause is
+        ignored and, while history records are kept, tried again every
+        ``EXIT_RETRY_INTERVAL`` for that long.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if timeout:
+                self.paused_until = 0.0
+            if self._flush_once():
+                return True
+            if not self.kept or time.monotonic() + EXIT_RETRY_INTERVAL > deadline:
+                if timeout and self.kept:
+                    log.warning("%d history records not sent: Redis did not answer within "
+                                "%.0fs", len(self.kept), timeout)
+                return False
+            time.sleep(EXIT_RETRY_INTERVAL)
+
+    def _flush_once(self) -> bool:
         with self.lock:
-            while self.buffer:
-                batch = [self.buffer.popleft()
-                         for _ in range(min(len(self.buffer), FLUSH_BATCH))]
-                if not self._send(batch):
+            while self.kept or self.buffer:
+                if time.monotonic() < self.paused_until:
                     return False
+                if not self._send(self._next_batch()):
+                    return False
+                if not self.kept and self.kept_lost:
+                    log.warning("history records kept through a Redis outage sent; %d "
+                                "older ones were dropped (more than %d)", self.kept_lost,
+                                self.max_kept_history)
+                    self.kept_lost = 0
         return True
 
+    def _next_batch(self) -> list[tuple[str, dict[str, Any]]]:
+        batch: list[tuple[str, dict[str, Any]]] = []
+        for source in (self.kept, self.buffer):
+            while source and len(batch) < FLUSH_BATCH:
+                batch.append(source.popleft())
+        return batch
+
     def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> bool:
-        if time.monotonic() < self.paused_until:
-            return False
         try:
             self.pipe = self.client.pipeline(transaction=False)
             for name, event in batch:
@@ -264,14 +347,29 @@ class Publisher(socketio.RedisManager):
             metrics.count_events(self.pipe, batch)
             self.pipe.execute()
         except Exception as exc:  # a dashboard outage must never fail a task
-            self.paused_until = time.monotonic() + self.pause_after_failure
-            self.buffer.clear()  # the pause drops events: these would be stale by then
-            log.warning("events %s not published (pausing %.0fs): %s", _names(batch),
-                        self.pause_after_failure, exc)
+            self._pause(batch)
+            log.warning("events %s not published (pausing %.0fs, %d history records kept): "
+                        "%s", _names(batch), self.pause_after_failure, len(self.kept), exc)
             return False
         finally:
             self.pipe = None
         return True
+
+    def _pause(self, failed: list[tuple[str, dict[str, Any]]]) -> None:
+        """Stop publishing for ``pause_after_failure``, dropping the events (stale by
+        then) and keeping the history records of ``failed`` and of the buffer, in order."""
+        with self.keeping:
+            self.paused_until = time.monotonic() + self.pause_after_failure
+            self.kept.extendleft(reversed([entry for entry in failed if entry[0] == HISTORY]))
+            while self.buffer:
+                entry = self.buffer.popleft()
+                if entry[0] == HISTORY:
+                    self.kept.append(entry)
+            self._bound_kept()
+        if self.kept and not self.synchronous:  # the web process: its next publish sends them
+            if self.flusher is None:
+                self._start_flusher()
+            self.wakeup.set()  # a flusher waiting for events now waits for the pause's end
 
     def _publish(self, data: dict[str, Any]) -> None:
         # python-socketio's PubSubManager.emit built ``data``: the wire format is the library's.
@@ -287,7 +385,9 @@ class Publisher(socketio.RedisManager):
 
     def _flush_forever(self) -> None:
         while True:
-            self.wakeup.wait()
+            # Records kept through an outage: try again when the pause is over.
+            self.wakeup.wait(max(0.0, self.paused_until - time.monotonic())
+                             if self.kept else None)
             if self.flush_linger:
                 time.sleep(self.flush_linger)
             self.wakeup.clear()  # before sending: an event buffered meanwhile wakes us again
@@ -301,5 +401,5 @@ def _names(events: list[tuple[str, dict[str, Any]]]) -> list[str]:
 @functools.cache
 def _publisher() -> Publisher:
     publisher = Publisher(get_settings().redis_url)
-    atexit.register(publisher.flush)
+    atexit.register(lambda: publisher.flush(EXIT_FLUSH_TIMEOUT))
     return publisher

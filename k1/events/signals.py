@@ -40,7 +40,8 @@ the child), and reaches Redis in the same round trip.
 The worker's Celery heartbeats are kept too (:func:`on_heartbeat`, whatever
 ``K1_TASK_EVENTS`` says: they are the fleet's view, not task events).
 
-A pool process sends its buffer when it shuts down (``worker_process_shutdown``); one
+A pool process sends its buffer when it shuts down (``worker_process_shutdown``, trying
+for up to ``EXIT_FLUSH_TIMEOUT`` to send history records kept through a Redis outage); one
 killed outright loses what it had not sent yet (a few milliseconds of events).
 """
 
@@ -54,7 +55,7 @@ from typing import Any
 from celery import Task, current_task, signals
 
 from k1 import headers as k1_headers
-from k1.events import HEARTBEAT, flush, make_event, publish
+from k1.events import EXIT_FLUSH_TIMEOUT, HEARTBEAT, flush, make_event, publish
 from k1.history import capture as history
 from k1.settings import get_settings
 
@@ -247,7 +248,7 @@ def on_heartbeat(sender: Any = None, **_: Any) -> None:
 
 
 def on_process_shutdown(**_: Any) -> None:
-    flush()  # a pool process ends with os._exit: atexit would not run
+    flush(EXIT_FLUSH_TIMEOUT)  # a pool process ends with os._exit: atexit would not run
 
 
 def connect() -> bool:

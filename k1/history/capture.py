@@ -16,9 +16,11 @@ of the same record a no-op in the database. Types: the ``task_event`` types plus
 ``submitted`` (:func:`k1.tasks.submissions.send`) and ``lost`` / ``requeued`` (the worker
 gave the message back to the queue, :class:`k1.history.worker.HandBackRequest`).
 
-Records share the events' fate: a Redis outage drops them for the publisher's pause (a
-task never fails or waits because history is away), and a process killed outright loses
-what it had not sent yet (a few milliseconds). What reached the stream is never lost.
+A Redis outage never makes a task fail or wait for history, and loses no record: the
+publisher drops the live events for its pause after a failure but keeps the history
+records (bounded, :data:`k1.events.MAX_KEPT_HISTORY`) and sends them, in order, once Redis
+answers again, or as its process exits. A process killed outright loses what it had not
+sent yet (a few milliseconds). What reached the stream is never lost.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def _bounded(value: Any) -> Any:
 def capture(record: dict[str, Any], *, wait: bool = False) -> bool:
     """Put ``record`` in this process's event buffer, sent with the events by the
     publisher's flusher (``wait``: now, in this thread, with what is buffered before it).
-    False when it was dropped (Redis unreachable, buffer full) or ``K1_TASK_HISTORY=off``.
+    False when it was dropped (buffer full) or ``K1_TASK_HISTORY=off``, and with ``wait``
+    when it was not sent (Redis unreachable: it is kept and sent later).
     """
     if not get_settings().task_history:
         return False

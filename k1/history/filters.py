@@ -9,19 +9,21 @@ for times and limits).
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, tuple_
+from sqlalchemy import ColumnElement, or_
 
+from k1.db.keyset import Keyset
 from k1.history.models import STATES, TaskRun
 from k1.recovery.dlq.filters import FilterError, _check_text, parse_time
 
 FIELDS = ("project_id", "task", "state", "worker", "since", "until", "q")
 MAX_QUERY = 200  # characters of ``q``: longer is no search anybody types
+# Newest first (``created_at``); the cursor is the last task's (created_at, task_id).
+TASK_PAGES = Keyset(TaskRun.created_at, TaskRun.task_id, error=FilterError)
 
 
 @dataclass(frozen=True)
@@ -77,23 +79,3 @@ class TaskFilter:
         if self.scope is not None:
             conditions.append(TaskRun.project_id.in_(sorted(self.scope)))
         return conditions
-
-
-def encode_cursor(row: TaskRun) -> str:
-    raw = f"{row.created_at.isoformat()}|{row.task_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def cursor_condition(cursor: str | None) -> ColumnElement[bool] | None:
-    """Rows after ``cursor`` in (created_at, task_id) descending order."""
-    if not cursor:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_text, task_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(created_text)
-        if "\x00" in task_id:  # not an id history holds, and PostgreSQL refuses it
-            raise ValueError(task_id)
-    except (ValueError, UnicodeDecodeError):
-        raise FilterError(f"cursor: not a cursor this API issued: {cursor!r}") from None
-    return tuple_(TaskRun.created_at, TaskRun.task_id) < tuple_(created_at, task_id)

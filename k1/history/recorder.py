@@ -10,7 +10,10 @@ group on the stream, so several may run at once and each record goes to one of t
    them writes them again, which changes nothing.
 
 While the database is down the batch is retried (backing off to :data:`MAX_RETRY_DELAY`)
-and nothing is acknowledged, so the records wait in the stream. A batch that fails for
+and nothing is acknowledged, so the records wait in the stream. While Redis is down the
+recorder waits the same way and goes on where it was once Redis answers (a batch written
+but not acknowledged is claimed and written again, which changes nothing; a group Redis
+lost with its data is created again). A batch that fails for
 another reason (the database refuses a value, a record cannot be folded) is written
 record by record, and a record that still fails is logged with its content and
 acknowledged, so that one bad record never stops history.
@@ -38,8 +41,8 @@ GROUP = "k1-history-recorders"
 BATCH = 500  # records per read and per transaction: one commit carries many tasks
 BLOCK_MS = 1000  # ms XREADGROUP waits for records, so a stop is noticed within a second
 CLAIM_IDLE = 60.0  # s: a record unacknowledged this long belonged to a recorder that died
-MIN_RETRY_DELAY = 0.5  # s: first wait after the database refused a batch
-MAX_RETRY_DELAY = 15.0  # s: the longest wait between tries while the database is down
+MIN_RETRY_DELAY = 0.5  # s: first wait after the database (or Redis) did not answer
+MAX_RETRY_DELAY = 15.0  # s: the longest wait between tries while either is down
 
 
 class Recorder:
@@ -63,11 +66,27 @@ class Recorder:
                 raise
 
     def run(self) -> None:
-        """Record until :meth:`stop`."""
-        self.ensure_group()
-        log.info("history recorder %s reading %s as group %s", self.name, STREAM_KEY, GROUP)
+        """Record until :meth:`stop`, through Redis and database outages."""
+        delay, grouped = MIN_RETRY_DELAY, False
         while not self.stopping.is_set():
-            self.step()
+            try:
+                if not grouped:
+                    self.ensure_group()
+                    grouped = True
+                    log.info("history recorder %s reading %s as group %s", self.name,
+                             STREAM_KEY, GROUP)
+                self.step()
+                delay = MIN_RETRY_DELAY
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("history stream unreachable (%s); retrying in %.1fs",
+                            _first_line(exc), delay)
+                if self.stopping.wait(delay):
+                    return
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                grouped = False  # Redis came back without its data: make the group again
 
     def stop(self) -> None:
         self.stopping.set()

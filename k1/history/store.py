@@ -25,7 +25,7 @@ from sqlalchemy import CursorResult, String, delete, func, insert, select, updat
 from sqlalchemy.orm import Session
 
 from k1.db import insert_or_skip, session_scope
-from k1.history.filters import TaskFilter, cursor_condition, encode_cursor
+from k1.history.filters import TASK_PAGES, TaskFilter
 from k1.history.fold import fold
 from k1.history.models import TaskAttempt, TaskRecord, TaskRun
 from k1.recovery.dlq.storable import escape
@@ -129,16 +129,7 @@ def _clipped(row: dict[str, Any], lengths: dict[str, int]) -> dict[str, Any]:
 def search(filters: TaskFilter, *, limit: int = 50,
            cursor: str | None = None) -> tuple[list[TaskRun], str | None]:
     """A page of tasks, newest first, and the cursor of the next page."""
-    conditions = filters.where()
-    after = cursor_condition(cursor)
-    if after is not None:
-        conditions.append(after)
-    statement = (select(TaskRun).where(*conditions)
-                 .order_by(TaskRun.created_at.desc(), TaskRun.task_id.desc()).limit(limit + 1))
-    with session_scope() as session:
-        rows = list(session.scalars(statement))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return TASK_PAGES.page(select(TaskRun).where(*filters.where()), limit=limit, cursor=cursor)
 
 
 def get(task_id: str) -> tuple[TaskRun, list[TaskAttempt]] | None:

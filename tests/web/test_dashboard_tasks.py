@@ -5,8 +5,10 @@ shows as an edited replay in history."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import time
 from typing import TYPE_CHECKING
 
 from tests.conftest import API
@@ -26,6 +28,8 @@ from tests.web.test_dashboard import (  # noqa: F401  # the fixtures
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
+
+LOOK_PATIENCE_MS = 15_000  # past a look's wait: the request and render on a loaded machine
 
 
 def search(page: Page, text: str) -> None:  # noqa: F811  # the fixture's name
@@ -135,3 +139,43 @@ def test_search_open_a_task_and_replay_its_dead_letter_edited(
     wait_history(api, str(again_id), lambda b: b["kwargs"] == {
         "project_id": project, "permanent": True, "key": needle})
     assert page.evaluate("window.__k1_xss") is None and page.locator("img").count() == 0
+
+
+def test_a_task_page_looks_less_often_while_nothing_happens_and_follows_the_events(
+        web: str, worker: Process, recorder: Process, page: Page,  # noqa: F811
+        make_token: MakeToken, unique: str) -> None:
+    from k1.events import emit
+    from k1.tasks.submissions import submit
+
+    project, user = f"poll-{unique}", f"ada-{unique}"
+    # Queued where no worker looks: it never starts, and its page never settles.
+    waiting = submit(FLAKY, kwargs={"project_id": project}, project_id=project, user_id=user,
+                     queue=f"nobody-{unique}")
+    looks: list[float] = []
+    page.on("request", lambda request: looks.append(time.monotonic()) if (
+        request.method == "GET" and request.url.endswith(f"/api/tasks/{waiting}")) else None)
+    sign_in(page, web, make_token(user, project))
+    show_project(page, project)
+    page.evaluate(f"location.hash = 'task={waiting}'")
+    task_page = page.locator("#task-page")
+    expect(task_page.locator(".task-head")).to_have_attribute("data-state", "PENDING")
+    for wait_ms in (1000, 2000, 4000, 8000):  # each look without news waits twice as long
+        expect(task_page).to_have_attribute("data-poll-ms", str(wait_ms),
+                                            timeout=wait_ms + LOOK_PATIENCE_MS)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(looks)][-3:]
+    assert len(gaps) == 3 and all(gap >= 0.9 * wait for gap, wait in zip(
+        gaps, (1, 2, 4), strict=True)), f"looks {gaps} s apart"
+
+    # An event of the task: the page looks a second later, and again a second after that.
+    emit("task_event", type="received", task_id=waiting, project_id=project, user_id=user,
+         state="RECEIVED")
+    expect(task_page).to_have_attribute("data-poll-ms", "1000", timeout=LOOK_PATIENCE_MS)
+
+    # A task that ends: once history has its run, the page stops looking.
+    done = submit(FLAKY, kwargs={"project_id": project}, project_id=project, user_id=user)
+    page.evaluate(f"location.hash = 'task={done}'")
+    head = task_page.locator(f'.task-head[data-task-id="{done}"]')
+    expect(head).to_have_attribute("data-state", "SUCCESS", timeout=60_000)
+    expect(task_page.locator(".timeline li").first).to_have_attribute(
+        "data-outcome", "succeeded", timeout=60_000)
+    expect(task_page).not_to_have_attribute("data-poll-ms", re.compile(".*"))

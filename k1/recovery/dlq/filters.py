@@ -8,14 +8,14 @@ Bad input raises :class:`FilterError` naming the field and the problem.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, tuple_
+from sqlalchemy import ColumnElement
 
+from k1.db.keyset import Keyset, bounded_int
 from k1.recovery.dlq.models import STATUSES, DeadLetter
 
 FIELDS = ("task", "exception", "project_id", "since", "until", "status")
@@ -28,6 +28,11 @@ MAX_ID = 2**63 - 1  # dead_letters.id is a BIGINT: a cursor past it names no row
 
 class FilterError(ValueError):
     """A filter field is unknown or malformed; the message names it."""
+
+
+# Newest death first; the cursor is the last letter's (died_at, id).
+LETTER_PAGES = Keyset(DeadLetter.died_at, DeadLetter.id, parse_key=bounded_int(MAX_ID),
+                      error=FilterError)
 
 
 @dataclass(frozen=True)
@@ -141,25 +146,3 @@ def parse_limit(raw: Any, *, default: int = DEFAULT_LIMIT, maximum: int = MAX_LI
     if not 1 <= limit <= maximum:
         raise FilterError(f"limit: must be between 1 and {maximum}, got {limit}")
     return limit
-
-
-def encode_cursor(letter: DeadLetter) -> str:
-    raw = f"{letter.died_at.isoformat()}|{letter.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def cursor_condition(cursor: str | None) -> ColumnElement[bool] | None:
-    """Rows after ``cursor`` in (died_at, id) descending order."""
-    if not cursor:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        died_at_text, id_text = raw.rsplit("|", 1)
-        died_at, letter_id = datetime.fromisoformat(died_at_text), int(id_text)
-    except (ValueError, UnicodeDecodeError):
-        raise FilterError(f"cursor: not a cursor this API issued: {cursor!r}") from None
-    if not 0 < letter_id <= MAX_ID:
-        raise FilterError(f"cursor: not a cursor this API issued: {cursor!r}")
-    if died_at.tzinfo is None:
-        died_at = died_at.replace(tzinfo=UTC)
-    return tuple_(DeadLetter.died_at, DeadLetter.id) < tuple_(died_at, letter_id)

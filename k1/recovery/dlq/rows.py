@@ -15,7 +15,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from k1.db import insert_or_skip, session_scope
-from k1.recovery.dlq.filters import LetterFilter, cursor_condition, encode_cursor
+from k1.recovery.dlq.filters import LETTER_PAGES, LetterFilter
 from k1.recovery.dlq.models import DeadLetter, DeadLetterCount, DepthSnapshot
 
 RETENTION_BATCH = 10_000  # rows deleted per statement, to keep locks short
@@ -55,16 +55,8 @@ def insert_rows(rows: Sequence[dict[str, Any]]) -> list[Inserted]:
 def page(filters: LetterFilter, *, limit: int = 50,
          cursor: str | None = None) -> tuple[list[DeadLetter], str | None]:
     """A page of letters, newest death first, and the cursor of the next page."""
-    conditions = filters.where()
-    after = cursor_condition(cursor)
-    if after is not None:
-        conditions.append(after)
-    statement = (select(DeadLetter).where(*conditions)
-                 .order_by(DeadLetter.died_at.desc(), DeadLetter.id.desc()).limit(limit + 1))
-    with session_scope() as session:
-        rows = list(session.scalars(statement))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return LETTER_PAGES.page(select(DeadLetter).where(*filters.where()), limit=limit,
+                             cursor=cursor)
 
 
 def get(letter_id: int, scope: frozenset[str] | None = None) -> DeadLetter:

@@ -15,6 +15,14 @@ import { editReplayForm } from "./dlq.js";
 const PAGE_SIZE = 50;
 const PAGE_PARAM = "task";           // #task=<id>
 const RELOAD_MS = 1000;              // a task's events come in bursts; history lags them
+// Until history has a task's whole story the page looks again: a second after it heard of
+// the task, then twice as long each time it hears nothing, up to every 30 s (a task that
+// waits in a queue for hours costs a request every 30 s, not every second). An event of
+// the task starts again from a second; a final state stops it once history has the runs
+// or after SETTLE_LOOKS more looks (1 + 2 + 4 + 8 + 16 s: history may be away).
+const POLL_FIRST_MS = 1000;
+const POLL_MAX_MS = 30000;
+const SETTLE_LOOKS = 5;
 const FINAL = ["SUCCESS", "FAILURE", "REVOKED"];
 const RUN_AGAIN = ["FAILURE", "REVOKED"];  // states a task may be started again from
 const FILTERS = ["q", "project_id", "task", "state", "worker"];
@@ -56,19 +64,42 @@ function addressedTask() {
   return new URLSearchParams(location.hash.slice(1)).get(PAGE_PARAM);
 }
 
+let polling = freshPoll(null);
+
+function freshPoll(taskId) {
+  return { taskId, delayMs: POLL_FIRST_MS, finalLooks: 0 };
+}
+
+/** Look at the shown task again later, or stop (`settled`: history has its whole story).
+ * #task-page's data-poll-ms is the wait before the next look; absent: no more looks. */
+function lookAgain(taskId, final, settled) {
+  if (polling.taskId !== taskId) polling = freshPoll(taskId);
+  const page = $("task-page");
+  if (settled || (final && ++polling.finalLooks > SETTLE_LOOKS)) {
+    delete page.dataset.pollMs;
+    return;
+  }
+  page.dataset.pollMs = String(polling.delayMs);
+  debounce("task-page", () => { if (addressedTask() === taskId) showTask(taskId); }, polling.delayMs);
+  polling.delayMs = Math.min(polling.delayMs * 2, POLL_MAX_MS);
+}
+
 /** The search results, or the addressed task's page. */
 export function loadTasks() {
   const taskId = addressedTask();
   $("task-page").hidden = taskId === null;
+  if (taskId === null) delete $("task-page").dataset.pollMs;
   $("tasks-results").hidden = taskId !== null;
   if (taskId !== null) return showTask(taskId);
   return loadPages($("tasks-body"), query, { id: "tasks-table", columns: COLUMNS, rowAttrs,
     empty: "No task in history matches." });
 }
 
-/** A task_event: the shown task's page follows its task (history a moment later). */
+/** A task_event: the shown task's page follows its task (history a moment later), and
+ * looks again from a second on. */
 export function onTaskEvent(event) {
   if (event.task_id && event.task_id === addressedTask()) {
+    polling = freshPoll(event.task_id);
     debounce("task-page", () => showTask(event.task_id), RELOAD_MS);
   }
 }
@@ -93,9 +124,9 @@ async function showTask(taskId) {
   const task = result.data;
   // Until history has the whole story (its recorder writes a moment after the worker), the
   // page looks again: the events of the task stop before history catches up.
-  const settled = FINAL.includes(task.state) && task.attempts.length
-    && task.attempts.every((a) => a.outcome !== "running");
-  if (!settled) debounce("task-page", () => { if (addressedTask() === taskId) showTask(taskId); }, RELOAD_MS);
+  const final = FINAL.includes(task.state);
+  lookAgain(taskId, final, final && task.attempts.length > 0
+    && task.attempts.every((a) => a.outcome !== "running"));
   const letter = task.links.dead_letter_id ? await letterOf(task.links.dead_letter_id) : null;
   const origin = task.links.replay_of ? await letterOf(task.links.replay_of) : null;
   if (addressedTask() !== taskId) return;
