@@ -65,12 +65,12 @@ def workflow_def(name: str, task: str) -> dict:
             "timeoutPolicy": "ALERT_ONLY", "timeoutSeconds": 0}
 
 
-def start_batch(client, name: str, count: int) -> list[str]:  # type: ignore[no-untyped-def]
+def start_batch(client, name: str, count: int) -> list[str]:
     return [client.start_workflow(name, {"project_id": "bench", "analysis": ANALYSIS})
             for _ in range(count)]
 
 
-def wait_all(client, ids: list[str]) -> list[dict]:  # type: ignore[no-untyped-def]
+def wait_all(client, ids: list[str]) -> list[dict]:
     deadline = time.monotonic() + 600
     done: dict[str, dict] = {}
     while len(done) < len(ids):
@@ -94,7 +94,7 @@ def drain_rate(workflows: list[dict]) -> float:
     return (len(ends) - 1) / ((ends[-1] - ends[0]) / 1000)
 
 
-def latencies(client, name: str, count: int) -> dict:  # type: ignore[no-untyped-def]
+def latencies(client, name: str, count: int) -> dict:
     """End - start of ``count`` workflows run one after the other (no queueing)."""
     values = []
     for _ in range(count):
@@ -105,7 +105,7 @@ def latencies(client, name: str, count: int) -> dict:  # type: ignore[no-untyped
             "mean": statistics.fmean(values)}
 
 
-def measure(client, name: str, count: int, start_consumer) -> tuple[dict, list]:  # type: ignore[no-untyped-def]
+def measure(client, name: str, count: int, start_consumer) -> tuple[dict, list]:
     """Queue ``count`` workflows, start the consumer, time the drain; then latencies."""
     backlog = start_batch(client, name, count)
     consumer = start_consumer()

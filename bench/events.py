@@ -134,7 +134,7 @@ class EventsBench(Bench):
                     "load": os.getloadavg()[0]}
         finally:
             client.disconnect()
-            web.stop()  # type: ignore[attr-defined]
+            web.stop()
             worker.stop()
 
 

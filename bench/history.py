@@ -65,12 +65,12 @@ def process_cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def redis_cpu_s(client) -> float:  # type: ignore[no-untyped-def]
+def redis_cpu_s(client) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def throughput(tasks: int, setting: str, log_dir: Path, client) -> Run:  # type: ignore[no-untyped-def]
+def throughput(tasks: int, setting: str, log_dir: Path, client) -> Run:
     """``tasks`` no-op tasks through one prefork worker (2 processes): tasks per second,
     and the CPU they cost the worker and Redis (measured over the same window)."""
     from k1.celery import app
@@ -98,7 +98,7 @@ def throughput(tasks: int, setting: str, log_dir: Path, client) -> Run:  # type:
         worker.stop()
 
 
-def bench_throughput(tasks: int, runs: int, log_dir: Path, client) -> None:  # type: ignore[no-untyped-def]
+def bench_throughput(tasks: int, runs: int, log_dir: Path, client) -> None:
     """``runs`` rounds of the three settings, alternating. Throughput: the best run of
     each (the machine's other load only ever slows a run down); CPU per task: the median
     (it depends far less on that load)."""
@@ -127,7 +127,7 @@ def bench_throughput(tasks: int, runs: int, log_dir: Path, client) -> None:  # t
           "events)", flush=True)
 
 
-def bench_recorder(client) -> None:  # type: ignore[no-untyped-def]
+def bench_recorder(client) -> None:
     """One recorder drains the backlog the throughput runs left in the stream."""
     from k1.history.recorder import Recorder
     from k1.history.stream import STREAM_KEY

@@ -57,7 +57,7 @@ def bare_server(port: int, mode: str, redis_url: str) -> None:
     socketio = SocketIO(app, async_mode=mode, message_queue=redis_url, channel=BARE_CHANNEL)
 
     @socketio.on("connect")
-    def connect(auth=None):  # type: ignore[no-untyped-def]
+    def connect(auth=None):
         join_room(ROOM)
 
     print("bare: listening", flush=True)
@@ -74,7 +74,7 @@ def clients(url: str, count: int, token: str | None, project: str | None) -> Non
 
     latencies: list[float] = []
 
-    def on_event(data):  # type: ignore[no-untyped-def]
+    def on_event(data):
         latencies.append(time.time() - data["ts"])
 
     async def one(limit: asyncio.Semaphore) -> socketio.AsyncClient:
@@ -159,7 +159,7 @@ class Bench:
         self.token = create_token("bench", ["bench"], secret=self.env["K1_SECRET_KEY"],
                                   ttl=3600)
 
-    def process(self, name: str, argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    def process(self, name: str, argv: list[str], env: dict[str, str] | None = None):
         from tests.support import Process
 
         return Process(name, argv, {**self.env, **(env or {})}, self.logs)
@@ -199,18 +199,18 @@ class Bench:
                                                stdout=subprocess.PIPE, text=True))
                 left -= size
             for group in groups:
-                line = group.stdout.readline()  # type: ignore[union-attr]
+                line = group.stdout.readline()
                 if line.strip() != "ready":
                     raise RuntimeError(f"client process failed to connect: {line!r}")
             time.sleep(1)
-            cpu_before = _cpu_s(server.pid)  # type: ignore[attr-defined]
+            cpu_before = _cpu_s(server.pid)
             sent = json.loads(subprocess.run(
                 [sys.executable, __file__, "emitter", "--path", path, "--rate", str(rate),
                  "--duration", str(self.duration), "--redis-url", self.redis.url],
                 env=self.env, capture_output=True, text=True, check=True).stdout)["sent"]
             time.sleep(2)  # let the last events arrive
-            rss = _rss_mb(server.pid)  # type: ignore[attr-defined]
-            cpu = _cpu_s(server.pid) - cpu_before  # type: ignore[attr-defined]
+            rss = _rss_mb(server.pid)
+            cpu = _cpu_s(server.pid) - cpu_before
             latencies: list[float] = []
             for group in groups:
                 out, _ = group.communicate("stop\n", timeout=120)
@@ -219,7 +219,7 @@ class Bench:
             for group in groups:
                 if group.poll() is None:
                     group.kill()
-            server.stop()  # type: ignore[attr-defined]
+            server.stop()
         latencies.sort()
         expected = sent * n_clients
         return {

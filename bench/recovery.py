@@ -86,7 +86,7 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"
 
 
-def bench_writes(store) -> None:  # type: ignore[no-untyped-def]
+def bench_writes(store) -> None:
     single = 2000
     elapsed = timed(lambda: [store.record(letter("w1", i)) for i in range(single)])
     print(f"dead letters written, one by one:      {single / elapsed:8.0f} /s ({single} letters)")
@@ -97,7 +97,7 @@ def bench_writes(store) -> None:  # type: ignore[no-untyped-def]
           f"({batches * size} letters)")
 
 
-def bench_count_triggers(store) -> None:  # type: ignore[no-untyped-def]
+def bench_count_triggers(store) -> None:
     """What keeping dlq_counts costs a write: the same one-by-one writes with the triggers
     on and off, alternated; the counts are rebuilt afterwards.
     """
@@ -129,7 +129,7 @@ def bench_count_triggers(store) -> None:  # type: ignore[no-untyped-def]
           f"(ratio {on / off:.2f})")
 
 
-def bench_stats(store, web_url: str, token: str, rows: int) -> None:  # type: ignore[no-untyped-def]
+def bench_stats(store, web_url: str, token: str, rows: int) -> None:
     import requests
 
     started = time.perf_counter()
@@ -198,7 +198,7 @@ def counts_match() -> bool:
     return counted == kept
 
 
-def bench_replay(store) -> None:  # type: ignore[no-untyped-def]
+def bench_replay(store) -> None:
     from k1.connections import get_redis
     from k1.recovery.dlq.filters import LetterFilter
 

@@ -93,7 +93,7 @@ def fires_of(name: str) -> list[dict[str, Any]]:
     return recent_fires(schedule_id("bench", name))
 
 
-def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> None:  # type: ignore[no-untyped-def]
+def drift(store, schedules: int, every: int, seconds: int, aligned: bool) -> None:
     """Fires of ``schedules`` schedules; staggered evenly over ``every``, or all at once."""
     from datetime import UTC, datetime, timedelta
 
@@ -165,7 +165,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def burst(store, supervisor: Process, count: int = BIG) -> None:  # type: ignore[no-untyped-def]
+def burst(store, supervisor: Process, count: int = BIG) -> None:
     """``count`` schedules all due at one instant, sent by the running beat."""
     from datetime import UTC, datetime, timedelta
 
@@ -228,7 +228,7 @@ def burst(store, supervisor: Process, count: int = BIG) -> None:  # type: ignore
                              reply=True, timeout=5)
 
 
-def big_schedule(store, supervisor: Process, seconds: int = 40) -> None:  # type: ignore[no-untyped-def]
+def big_schedule(store, supervisor: Process, seconds: int = 40) -> None:
     from datetime import UTC, datetime, timedelta
 
     from redbeat.schedulers import ensure_conf
@@ -278,13 +278,13 @@ def tick_probe(seconds: int) -> None:
     fired = 0
     original = scheduler.fire
 
-    def counting_fire(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def counting_fire(*args, **kwargs):
         nonlocal fired
         fires = original(*args, **kwargs)
         fired += len(fires)
         return fires
 
-    scheduler.fire = counting_fire  # type: ignore[method-assign]
+    scheduler.fire = counting_fire
     ticks: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

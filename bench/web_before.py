@@ -13,5 +13,5 @@ import runpy  # noqa: E402
 
 import k1.celery  # noqa: E402
 
-k1.celery.serve_requests = lambda: None  # type: ignore[assignment]
+k1.celery.serve_requests = lambda: None
 runpy.run_module("k1.web.__main__", run_name="__main__")

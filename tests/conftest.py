@@ -159,8 +159,8 @@ class API:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def __getattr__(self, method: str):  # type: ignore[no-untyped-def]
-        def call(path: str, **kwargs):  # type: ignore[no-untyped-def]
+    def __getattr__(self, method: str):
+        def call(path: str, **kwargs):
             kwargs.setdefault("timeout", 10)
             return self.session.request(method.upper(), self.base + path, **kwargs)
 
@@ -168,7 +168,7 @@ class API:
 
 
 @pytest.fixture
-def api(web: str, make_token) -> API:  # type: ignore[no-untyped-def]
+def api(web: str, make_token) -> API:
     return API(web, make_token("ada", "acme"))
 
 

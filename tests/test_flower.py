@@ -12,7 +12,7 @@ AUTH = ("ops", "flower-test-password")
 
 
 @pytest.fixture(scope="module")
-def flower(worker) -> str:  # type: ignore[no-untyped-def]
+def flower(worker) -> str:
     url = f"http://127.0.0.1:{PORTS['flower']}"
     process = k1_process(
         "flower", str(VENV_BIN / "celery"), "-A", "k1.celery", "flower",

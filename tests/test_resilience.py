@@ -14,7 +14,7 @@ from tests.recovery.conftest import letters_of
 from tests.support import VENV_BIN, RedisServer, free_port, wait_for
 
 
-def test_a_task_whose_worker_process_is_killed_runs_again(services) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_whose_worker_process_is_killed_runs_again(services) -> None:
     from k1.celery import app
     from k1.tasks.demo import flaky
 
@@ -39,13 +39,13 @@ def test_a_task_whose_worker_process_is_killed_runs_again(services) -> None:  # 
         worker.stop()
 
 
-def test_a_redis_restart_loses_no_queued_task(services, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_redis_restart_loses_no_queued_task(services, tmp_path) -> None:
     redis_server = RedisServer(free_port(), tmp_path / "redis", LOGS).start()
     client = Celery("k1", broker=redis_server.url, backend=redis_server.url)
     client.conf.update(task_serializer="json", accept_content=["json"],
                        result_serializer="json")
 
-    def worker_for(name: str, queue: str):  # type: ignore[no-untyped-def]
+    def worker_for(name: str, queue: str):
         process = k1_process(
             name, str(VENV_BIN / "celery"), "-A", "k1.celery", "worker", "--concurrency", "1",
             "--hostname", f"{name}@k1test", "--queues", queue, "--without-mingle",
@@ -80,7 +80,7 @@ STORM_KILLS = 15  # pool children SIGKILLed while those attempts run
 STORM_SLEEP_MS = 60  # each attempt sleeps after its effect: a kill mid-run lands after it
 
 
-def test_killed_pool_children_lose_no_task_and_repeat_no_effect(services) -> None:  # type: ignore[no-untyped-def]
+def test_killed_pool_children_lose_no_task_and_repeat_no_effect(services) -> None:
     """The storm of issue 9: pool children SIGKILLed while tasks run, after their side
     effect and before their acknowledgement, so the messages run again. Counted by
     idempotency key: every task completes, and every attempt's effect happened once.

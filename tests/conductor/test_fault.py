@@ -22,7 +22,7 @@ WORKFLOWS = 30
 DOWNTIME = 10.0  # s the server stays down, at least (the fault itself)
 
 
-def test_conductor_down_mid_workflow_every_workflow_completes(  # type: ignore[no-untyped-def]
+def test_conductor_down_mid_workflow_every_workflow_completes(
         bridge, conductor_server, conductor: ConductorClient, external_service: str,
         unique: str) -> None:
     started = [conductor.start_workflow("profile_workflow", {

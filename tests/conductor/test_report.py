@@ -37,7 +37,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
-def test_success_and_failure_only_enqueue_the_report(sent) -> None:  # type: ignore[no-untyped-def]
+def test_success_and_failure_only_enqueue_the_report(sent) -> None:
     task = _Task(**{headers.CONDUCTOR_TASK: "ct-1", headers.CONDUCTOR_WORKFLOW: "wf-1",
                     headers.PROJECT: "acme"})
     bridge._on_success(sender=task, result=7)
@@ -54,7 +54,7 @@ def test_success_and_failure_only_enqueue_the_report(sent) -> None:  # type: ign
     assert first["headers"] == {headers.PROJECT: "acme"}
 
 
-def test_a_task_outside_a_workflow_reports_nothing(sent) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_outside_a_workflow_reports_nothing(sent) -> None:
     bridge._on_success(sender=_Task(), result=1)
     assert sent == []
 

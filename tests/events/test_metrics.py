@@ -16,7 +16,7 @@ NAMES = ["task_success_rate", "avg_retry_attempts", "dlq_daily_avg_depth", "sche
 
 
 @pytest.fixture
-def scratch(redis_server):  # type: ignore[no-untyped-def]
+def scratch(redis_server):
     """A Redis database of its own, so that other tests' events do not count."""
     client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7",
                                   decode_responses=True)
@@ -44,7 +44,7 @@ def test_percentiles_come_from_the_histogram() -> None:
     assert metrics.percentile_ms({"le_inf": 3}, 0.5) == 10000
 
 
-def test_no_data_is_not_applicable_not_a_pass(scratch) -> None:  # type: ignore[no-untyped-def]
+def test_no_data_is_not_applicable_not_a_pass(scratch) -> None:
     report = metrics.report(None, scratch)
     assert [m["name"] for m in report["metrics"]] == NAMES
     for metric in report["metrics"]:
@@ -52,7 +52,7 @@ def test_no_data_is_not_applicable_not_a_pass(scratch) -> None:  # type: ignore[
     assert report["healthy"] is True and len(report["series"]) == metrics.SERIES_MINUTES
 
 
-def test_each_metric_against_its_target(scratch) -> None:  # type: ignore[no-untyped-def]
+def test_each_metric_against_its_target(scratch) -> None:
     _count(scratch, *["succeeded"] * 198, "failed", "failed", *["retried"] * 100)
     scratch.set(metrics.SCHEDULE_DUE, 1000)
     scratch.set(metrics.SCHEDULE_ON_TIME, 1000)
@@ -79,7 +79,7 @@ def test_each_metric_against_its_target(scratch) -> None:  # type: ignore[no-unt
     assert (last["succeeded"], last["failed"], last["retried"]) == (198, 2, 100)
 
 
-def test_a_batch_is_counted_per_counter_not_per_event(scratch) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_is_counted_per_counter_not_per_event(scratch) -> None:
     events = [("task_event", make_event(t)) for t in ["succeeded"] * 50 + ["retried"]]
     events += [("task_event", make_event("retried", deferred=True)),
                ("task_completed", make_event("succeeded"))]  # not a task_event: not counted
@@ -99,20 +99,20 @@ def test_a_batch_is_counted_per_counter_not_per_event(scratch) -> None:  # type:
     assert commands == 1  # every counter of the batch in one command, not 5 per event (260)
 
 
-def test_a_missing_or_failing_dlq_is_not_applicable(scratch) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_or_failing_dlq_is_not_applicable(scratch) -> None:
     assert _by_name(metrics.report(None, scratch))["dlq_daily_avg_depth"]["display"] == "n/a"
     failing = _by_name(metrics.report({"error": "OperationalError: down"}, scratch))
     assert failing["dlq_daily_avg_depth"]["value"] is None
     assert "down" in failing["dlq_daily_avg_depth"]["detail"]["error"]
 
 
-def test_metrics_routes_need_a_token(web) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_routes_need_a_token(web) -> None:
     for path in ("/api/metrics", "/metrics"):
         response = requests.get(web + path, timeout=10)
         assert response.status_code == 401 and response.json()["error"]
 
 
-def test_api_metrics_counts_real_tasks_and_reported_latency(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+def test_api_metrics_counts_real_tasks_and_reported_latency(web, worker, make_token, unique):
     token = make_token(f"ada-{unique}", "acme")
     api = API(web, token)
     before = _by_name(api.get("/api/metrics").json())
@@ -134,7 +134,7 @@ def test_api_metrics_counts_real_tasks_and_reported_latency(web, worker, make_to
         == before["socketio_latency_p95_ms"]["detail"]["samples"] + 2
 
 
-def test_prometheus_text(web, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_prometheus_text(web, make_token) -> None:
     response = API(web, make_token("prometheus", "*")).get("/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
@@ -145,7 +145,7 @@ def test_prometheus_text(web, make_token) -> None:  # type: ignore[no-untyped-de
     assert {"received", "started", "succeeded", "failed", "retried", "dead"} <= types
 
 
-def test_the_metrics_event_is_broadcast_to_every_connection(web, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_the_metrics_event_is_broadcast_to_every_connection(web, make_token) -> None:
     with Listener(web, make_token("bob", "beta")) as bob:
         report = bob.wait_for(lambda r: r.name == "metrics", timeout=30,
                               what="a metrics broadcast").data

@@ -25,7 +25,7 @@ def _types(events: list[dict]) -> list[str]:
     return [e["type"] for e in events]
 
 
-def test_a_task_reaches_its_project_room_and_no_other(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_task_reaches_its_project_room_and_no_other(web, worker, make_token, unique):
     project_a, project_b = f"a-{unique}", f"b-{unique}"
     token_a = make_token(f"ada-{unique}", project_a)
     with Listener(web, token_a) as alice, \
@@ -45,7 +45,7 @@ def test_a_task_reaches_its_project_room_and_no_other(web, worker, make_token, u
         assert bob.events(lambda r: r.name.startswith("task")) == []
 
 
-def test_a_user_room_carries_only_the_projects_the_token_may_see(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_user_room_carries_only_the_projects_the_token_may_see(web, worker, make_token, unique):
     """bob@p1 and bob@p2 are two tokens of one user: both connections are in ``user_bob``,
     and each receives bob's events of its own project only."""
     bob, p1, p2 = f"bob-{unique}", f"p1-{unique}", f"p2-{unique}"
@@ -66,7 +66,7 @@ def test_a_user_room_carries_only_the_projects_the_token_may_see(web, worker, ma
         assert bob_p2.task_events(ids[p1]) == [] and bob_p2.task_events(ids[p2])
 
 
-def test_events_of_a_task_arrive_in_order(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+def test_events_of_a_task_arrive_in_order(web, worker, make_token, unique):
     token = make_token(f"ada-{unique}", "acme")
     with Listener(web, token) as alice:
         alice.subscribe("acme")
@@ -88,7 +88,7 @@ def test_events_of_a_task_arrive_in_order(web, worker, make_token, unique):  # t
             assert events[0]["ts"] <= events[1]["ts"] <= events[2]["ts"]
 
 
-def test_a_retry_is_announced_before_its_next_attempt(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_retry_is_announced_before_its_next_attempt(web, worker, make_token, unique):
     token = make_token(f"ada-{unique}", "acme")
     with Listener(web, token) as alice:  # user room only: no subscribe needed
         task_id = API(web, token).post("/api/tasks", json={
@@ -102,7 +102,7 @@ def test_a_retry_is_announced_before_its_next_attempt(web, worker, make_token, u
         assert events[2]["exception"] == "TransientError" and events[2]["eta"]
 
 
-def test_a_permanent_failure_is_a_failed_event(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_permanent_failure_is_a_failed_event(web, worker, make_token, unique):
     token = make_token(f"ada-{unique}", "acme")
     with Listener(web, token) as alice:
         task_id = API(web, token).post("/api/tasks", json={
@@ -118,7 +118,7 @@ def test_a_permanent_failure_is_a_failed_event(web, worker, make_token, unique):
         assert types[:2] == ["received", "started"] and sorted(types[2:]) == ["dead", "failed"]
 
 
-def test_platform_events_reach_every_connection(web, make_token, unique):  # type: ignore[no-untyped-def]
+def test_platform_events_reach_every_connection(web, make_token, unique):
     with Listener(web, make_token(f"ada-{unique}", "acme")) as alice, \
             Listener(web, make_token(f"bob-{unique}", "beta")) as bob:
         emit("breaker_state", type="opened", name=f"test-{unique}", state="open")
@@ -168,7 +168,7 @@ def test_publishing_never_waits_for_redis_and_the_buffer_is_bounded() -> None:
         assert list(publisher.buffer) == [event, event]
 
 
-def test_a_process_sends_its_buffer_when_it_exits(web, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_process_sends_its_buffer_when_it_exits(web, make_token, unique):
     with Listener(web, make_token(f"ada-{unique}", "acme")) as alice:
         assert alice.subscribe("acme")["ok"] is True
         subprocess.run([sys.executable, "-c", "from k1.events import emit; "
@@ -178,7 +178,7 @@ def test_a_process_sends_its_buffer_when_it_exits(web, make_token, unique):  # t
                        what="the event the process published as it exited")
 
 
-def test_the_message_is_the_one_python_socketio_builds(redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_the_message_is_the_one_python_socketio_builds(redis_server) -> None:
     """K1's publisher and python-socketio's own write-only manager put the same message on
     the channel (but for the sender's host id)."""
     channel = f"wire-{uuid.uuid4().hex}"

@@ -33,7 +33,7 @@ def acquired(process: Process) -> int:
         return 0
 
 
-def test_killing_the_active_beat_fires_each_due_time_once(services, tmp_path, make_token,  # type: ignore[no-untyped-def]
+def test_killing_the_active_beat_fires_each_due_time_once(services, tmp_path, make_token,
                                                           unique) -> None:
     with Platform("beat-kill", tmp_path) as platform:
         _, web = platform.web()

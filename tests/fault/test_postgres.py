@@ -28,7 +28,7 @@ HOSTILE_TAG = "bad\u0000\ud800"
 DOWNTIME = 60.0  # s the database stays down, at least (the fault itself)
 
 
-def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_down_for_a_minute_loses_no_dead_letter(services, tmp_path, make_token) -> None:
     # Under the session's folder: PostgreSQL runs as its own user and must reach it.
     database = PostgresServer(free_port(), BASE / f"pg-{uuid.uuid4().hex[:8]}" / "data",
                               LOGS).start()

@@ -85,7 +85,7 @@ def describe(workflows: dict[str, dict]) -> dict[str, str]:
         for workflow_id, w in workflows.items()}
 
 
-def test_a_redis_restart_under_load_loses_nothing_and_everything_resumes(  # type: ignore[no-untyped-def]
+def test_a_redis_restart_under_load_loses_nothing_and_everything_resumes(
         services, tmp_path, make_token, unique, external_service,
         conductor_server) -> None:  # noqa: F811
     # A message a worker held when the connection broke comes back after this timeout.
@@ -184,7 +184,7 @@ def test_a_redis_restart_under_load_loses_nothing_and_everything_resumes(  # typ
         assert not failed_attempts, f"Conductor task attempts failed: {describe(workflows)}"
 
 
-def platform_bin(name: str):  # type: ignore[no-untyped-def]
+def platform_bin(name: str):
     from tests.support import VENV_BIN
 
     return VENV_BIN / name

@@ -52,7 +52,7 @@ class Dashboard:
         return self
 
 
-def test_clients_reconnect_resubscribe_and_resume_after_a_web_restart(  # type: ignore[no-untyped-def]
+def test_clients_reconnect_resubscribe_and_resume_after_a_web_restart(
         services, tmp_path, make_token) -> None:
     port = free_port()
     with Platform("web-restart", tmp_path) as platform:

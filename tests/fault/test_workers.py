@@ -31,7 +31,7 @@ def duplicated(load: Load, expected: int) -> int:
     return sum(count > expected for count in load.effects().values())
 
 
-def test_pool_children_killed_again_and_again_lose_nothing(services, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pool_children_killed_again_and_again_lose_nothing(services, tmp_path) -> None:
     with Platform("kill-children", tmp_path) as platform:
         worker = platform.worker("storm", concurrency=2)
         load = Load(platform, "fault", KILL_TASKS, fail_times=1, sleep_ms=20)
@@ -58,7 +58,7 @@ def test_pool_children_killed_again_and_again_lose_nothing(services, tmp_path) -
         assert outcome.duplicated_effects == 0
 
 
-def test_a_whole_worker_node_killed_loses_nothing(services, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_whole_worker_node_killed_loses_nothing(services, tmp_path) -> None:
     env = {"K1_VISIBILITY_TIMEOUT": str(NODE_VISIBILITY)}
     with Platform("kill-node", tmp_path, env=env) as platform:
         doomed = platform.worker("doomed", concurrency=2)

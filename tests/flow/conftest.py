@@ -24,7 +24,7 @@ def flow_workers(services: dict[str, object]) -> Iterator[list[Process]]:
 
 
 @pytest.fixture
-def redis_client(services: dict[str, object]):  # type: ignore[no-untyped-def]
+def redis_client(services: dict[str, object]):
     from k1.connections import get_redis
 
     return get_redis()

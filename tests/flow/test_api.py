@@ -15,7 +15,7 @@ from tests.support import wait_for
 
 
 @pytest.fixture
-def operator(web, make_token) -> API:  # type: ignore[no-untyped-def]
+def operator(web, make_token) -> API:
     return API(web, make_token("ops", "*"))
 
 

@@ -23,12 +23,12 @@ EXACT_RATES_WITHIN = 50
 
 
 @pytest.fixture
-def operator(web, make_token) -> API:  # type: ignore[no-untyped-def]
+def operator(web, make_token) -> API:
     return API(web, make_token("ops", "*"))
 
 
 @pytest.fixture
-def fresh_queue(redis_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def fresh_queue(redis_client) -> Iterator[str]:
     from k1.broker import DOORBELL, queue_lists
 
     name = f"test-fleet-{uuid.uuid4().hex[:8]}"

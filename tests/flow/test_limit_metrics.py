@@ -17,7 +17,7 @@ FAMILIES = ("k1_limit_waits", "k1_limit_wait_seconds", "k1_limit_running",
 
 
 @pytest.fixture
-def operator(web, make_token) -> API:  # type: ignore[no-untyped-def]
+def operator(web, make_token) -> API:
     return API(web, make_token("prometheus", "*"))
 
 

@@ -52,7 +52,7 @@ def test_a_sigkilled_worker_frees_its_slots_within_the_lease(flow_workers, redis
 
 
 @pytest.fixture
-def runtime_limit(services):  # type: ignore[no-untyped-def]
+def runtime_limit(services):
     from k1.flow import limits
 
     names = []

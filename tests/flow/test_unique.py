@@ -44,7 +44,7 @@ def unique_web(services: dict[str, object]) -> Iterator[str]:
 
 
 @pytest.fixture
-def client(unique_web: str, make_token) -> API:  # type: ignore[no-untyped-def]
+def client(unique_web: str, make_token) -> API:
     return API(unique_web, make_token("ada", "acme"))
 
 

@@ -30,7 +30,7 @@ def test_a_record_is_sent_in_the_round_trip_of_the_events_beside_it(
         pipelines.append(make_pipeline(*args, **kwargs))
         return pipelines[-1]
 
-    publisher.client.pipeline = counted_pipeline  # type: ignore[method-assign]
+    publisher.client.pipeline = counted_pipeline
     listener = publisher.client.pubsub()
     listener.subscribe(publisher.channel)
     listener.get_message(timeout=5)  # the subscription's confirmation

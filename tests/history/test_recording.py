@@ -97,7 +97,7 @@ def test_a_run_handed_back_to_its_paused_queue_is_requeued_not_lost(
 
 
 def test_a_replay_links_the_dead_letter_it_came_from(
-        web: str, make_token, api: API, worker: Process, recorder: Process) -> None:  # type: ignore[no-untyped-def]
+        web: str, make_token, api: API, worker: Process, recorder: Process) -> None:
     task_id = post_task(api, "k1.tasks.demo.flaky", permanent=True)
     letter_id = wait_history(api, task_id, lambda b: b["links"]["dead_letter_id"])[
         "links"]["dead_letter_id"]

@@ -62,7 +62,7 @@ def ids(api: API, **params: Any) -> list[str]:
     return [item["task_id"] for item in response.json()["items"]]
 
 
-def test_filters_and_q(web: str, make_token, history: dict[str, Any],  # type: ignore[no-untyped-def]
+def test_filters_and_q(web: str, make_token, history: dict[str, Any],
                        unique: str) -> None:
     a, _b = history["projects"]
     api = API(web, make_token("ada", a))
@@ -85,7 +85,7 @@ def test_filters_and_q(web: str, make_token, history: dict[str, Any],  # type: i
     assert ids(api, project_id=a, task="k1.tasks.other") == []
 
 
-def test_keyset_pages_cover_every_task_once(web: str, make_token,  # type: ignore[no-untyped-def]
+def test_keyset_pages_cover_every_task_once(web: str, make_token,
                                             history: dict[str, Any]) -> None:
     a, _b = history["projects"]
     api = API(web, make_token("ada", a))
@@ -101,7 +101,7 @@ def test_keyset_pages_cover_every_task_once(web: str, make_token,  # type: ignor
     assert seen == ids(api, project_id=a, limit=100) and len(seen) == 26
 
 
-def test_a_token_sees_its_projects_only(web: str, make_token,  # type: ignore[no-untyped-def]
+def test_a_token_sees_its_projects_only(web: str, make_token,
                                         history: dict[str, Any]) -> None:
     a, b = history["projects"]
     api = API(web, make_token("ada", a))
@@ -117,7 +117,7 @@ def test_a_token_sees_its_projects_only(web: str, make_token,  # type: ignore[no
     assert body["state"] == tasks[theirs]["state"] and body["attempts"][0]["attempt"] == 1
 
 
-def test_awkward_arguments_are_stored_escaped(web: str, make_token,  # type: ignore[no-untyped-def]
+def test_awkward_arguments_are_stored_escaped(web: str, make_token,
                                               history: dict[str, Any]) -> None:
     a, _b = history["projects"]
     body = API(web, make_token("ada", a)).get(f"/api/tasks/{history['awkward']}").json()

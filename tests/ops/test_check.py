@@ -28,7 +28,7 @@ def k1_check(tmp_path: Path, dotenv: str = "", **env: str) -> subprocess.Complet
 
 def test_every_variable_settings_reads_is_listed() -> None:
     class Recorder(dict[str, str]):
-        def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        def get(self, name: str, default: str | None = None) -> str | None:
             read.add(name)
             return super().get(name, default)
 
@@ -76,7 +76,7 @@ def test_flower_opt_out_is_explicit(services: dict[str, object], tmp_path: Path)
     assert "Flower authentication is off (K1_FLOWER_AUTH=off)" in done.stdout
 
 
-def test_unmigrated_database_says_run_db_upgrade(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unmigrated_database_says_run_db_upgrade(services, tmp_path: Path) -> None:
     done = k1_check(tmp_path, DATABASE_URL=fresh_database("k1_unmigrated"))
     assert done.returncode == 1, done.stdout
     assert "the database is at revision (empty)" in done.stdout

@@ -56,5 +56,5 @@ def post_task(api: API, task: str, project_id: str = "acme", *, retry: dict | No
 
 
 @pytest.fixture
-def operator(web: str, make_token) -> API:  # type: ignore[no-untyped-def]
+def operator(web: str, make_token) -> API:
     return API(web, make_token("ops", "*"))

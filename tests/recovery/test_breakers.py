@@ -16,7 +16,7 @@ ANALYZE = "k1.tasks.analyze_profile"
 
 
 @pytest.fixture(scope="module")
-def two_workers(services) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def two_workers(services) -> Iterator[None]:
     """Two more worker processes, each alone on its queue."""
     first = celery_worker("breaker-a", concurrency=1, queues="q-a")
     second = celery_worker("breaker-b", concurrency=1, queues="q-b")
@@ -75,7 +75,7 @@ def test_a_breaker_opened_in_one_process_defers_work_in_another(
     assert wait_task(api, tripping[4], {"SUCCESS", "FAILURE"})["state"] == "SUCCESS"
 
 
-def test_client_errors_do_not_open_the_breaker(api: API, service: str, worker) -> None:  # type: ignore[no-untyped-def]
+def test_client_errors_do_not_open_the_breaker(api: API, service: str, worker) -> None:
     control(service, mode="fail", status=404)
     task_ids = [post_task(api, ANALYZE, data_path=f"missing{i}") for i in range(6)]
     for task_id in task_ids:
@@ -103,7 +103,7 @@ def test_reset_closes_a_breaker_and_needs_an_operator(api: API, operator: API,
     assert operator.post("/api/breakers/nope/reset").status_code == 404
 
 
-def test_only_transient_http_failures_count_against_a_breaker(services, unique: str) -> None:  # type: ignore[no-untyped-def]
+def test_only_transient_http_failures_count_against_a_breaker(services, unique: str) -> None:
     from tests.recovery.test_policy import http_error
 
     cb = breakers.breaker(f"rule-{unique}", fail_max=2, reset_timeout=30)

@@ -32,13 +32,13 @@ def letter(project: str, *, task: str = "k1.tasks.demo.flaky", exception: str = 
 
 
 @pytest.fixture
-def project(services, make_token, web) -> tuple[str, API]:  # type: ignore[no-untyped-def]
+def project(services, make_token, web) -> tuple[str, API]:
     """A fresh project and a token that sees only it."""
     name = f"p-{uuid.uuid4().hex[:8]}"
     return name, API(web, make_token("ada", name))
 
 
-def seed(project: str, count: int, **options) -> list[int]:  # type: ignore[no-untyped-def]
+def seed(project: str, count: int, **options) -> list[int]:
     died_at = options.pop("died_at", None)
     return [store.record(letter(project, died_at=died_at or NOW - timedelta(minutes=count - i),
                                 **options)).letter_id for i in range(count)]
@@ -133,7 +133,7 @@ def test_bulk_replay_by_filter(project: tuple[str, API]) -> None:
     assert api.post("/api/dlq/replay", json={"project_id": name}).json()["replayed"] == 0
 
 
-def test_retention_removes_expired_and_excess_letters_oldest_first(services) -> None:  # type: ignore[no-untyped-def]
+def test_retention_removes_expired_and_excess_letters_oldest_first(services) -> None:
     name = f"ret-{uuid.uuid4().hex[:6]}"
     expired = seed(name, 3, died_at=NOW - timedelta(days=40))
     oldest_kept = seed(name, 2, died_at=NOW - timedelta(days=20))
@@ -155,7 +155,7 @@ def test_retention_task_runs_on_the_worker() -> None:
 
 
 @pytest.mark.usefixtures("worker")
-def test_cli_lists_shows_replays_with_progress_and_purges(services) -> None:  # type: ignore[no-untyped-def]
+def test_cli_lists_shows_replays_with_progress_and_purges(services) -> None:
     name = f"cli-{uuid.uuid4().hex[:6]}"
     ids = seed(name, 4)
     listed = json.loads(run_k1("dlq", "list", "--project", name, "--json").stdout)

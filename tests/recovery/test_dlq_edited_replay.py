@@ -33,7 +33,7 @@ def seed(project: str, task: str = FLAKY, **fields: Any) -> int:
 
 
 @pytest.fixture
-def project(services, make_token, web) -> tuple[str, API]:  # type: ignore[no-untyped-def]
+def project(services, make_token, web) -> tuple[str, API]:
     name = f"edit-{uuid.uuid4().hex[:8]}"
     return name, API(web, make_token("bea", name))
 
@@ -62,7 +62,7 @@ def test_edited_arguments_are_checked_like_a_submission(
 
 
 def test_only_a_task_the_token_may_start_can_be_edited(project: tuple[str, API],
-                                                        web: str, make_token) -> None:  # type: ignore[no-untyped-def]
+                                                        web: str, make_token) -> None:
     name, api = project
     private = seed(name, task="k1.dlq.enforce_retention", kwargs={})
     platform = seed(name, task="k1.conductor.prune_executions", kwargs={})
@@ -104,7 +104,7 @@ def test_an_edit_replaces_repaired_arguments_but_not_a_replayed_letters_refusal(
 
 
 def test_an_edited_replay_runs_and_history_records_it_as_one(
-        web: str, make_token, worker: Process, recorder: Process) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+        web: str, make_token, worker: Process, recorder: Process) -> None:  # noqa: F811
     project = f"edit-{uuid.uuid4().hex[:8]}"
     api = API(web, make_token("ada", project))
     task_id = post_task(api, FLAKY, project, permanent=True)

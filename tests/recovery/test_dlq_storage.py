@@ -130,7 +130,7 @@ def test_a_repaired_letter_says_what_changed_and_keeps_the_original() -> None:
                       attempts=2 ** 40),
     }
     ids = {name: store.record(fields).letter_id for name, fields in cases.items()}
-    got = {name: store.get(letter_id) for name, letter_id in ids.items()}  # type: ignore[arg-type]
+    got = {name: store.get(letter_id) for name, letter_id in ids.items()}
 
     long = got["long"]
     assert long.repairs == {"project_id": {"changes": ["truncated"], "original": long_project}}
@@ -160,7 +160,7 @@ def spoolable(fields: dict[str, Any]) -> str | None:
         return None
 
 
-def test_a_refused_letter_never_blocks_the_spool(make_token, web: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_letter_never_blocks_the_spool(make_token, web: str) -> None:
     """Letters in the spool as an older K1 (or a database outage) left them, hostile ones
     between good ones of another project: every good one is written, every hostile one
     written repaired or quarantined, and the spool is empty.
@@ -233,10 +233,10 @@ def test_counts_stay_equal_to_a_count_through_every_kind_of_change() -> None:
         fields = letter(rng.choice(projects), queue=nowhere, died_at=died,
                         task_name=rng.choice(["k1.a", "k1.b"]),
                         exception_type=rng.choice(["TimeoutError", "HTTPError", "KeyError"]))
-        ids.append(store.record(fields).letter_id)  # type: ignore[arg-type]
+        ids.append(store.record(fields).letter_id)
         if i % 7 == 0:
             assert store.record(fields).outcome == "duplicate"
-    store.record(letter(None, queue=nowhere))  # type: ignore[arg-type]
+    store.record(letter(None, queue=nowhere))
     assert counts_by_key() == counted_rows()
 
     for letter_id in ids[2:12]:

@@ -13,7 +13,7 @@ from tests.recovery.conftest import post_task, wait_letter
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-def test_a_death_and_its_replay_reach_the_project_room(web: str, api: API, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_a_death_and_its_replay_reach_the_project_room(web: str, api: API, make_token) -> None:
     with Listener(web, make_token("ada", "acme")) as ada:
         assert ada.subscribe("acme")["ok"]
         task_id = post_task(api, "k1.tasks.demo.flaky", permanent=True)
@@ -31,7 +31,7 @@ def test_a_death_and_its_replay_reach_the_project_room(web: str, api: API, make_
         assert replayed.data["replay_task_id"] == replay["replay_task_id"]
 
 
-def test_a_breaker_transition_is_announced_once(web: str, make_token, unique: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_breaker_transition_is_announced_once(web: str, make_token, unique: str) -> None:
     name = f"dep-{unique}"
     first = breakers.breaker(name)
     # A second, uncached instance on the same Redis state: what another process holds.

@@ -77,7 +77,7 @@ def test_replay_runs_the_task_again_and_marks_the_letter(api: API, unique: str) 
     assert forced.status_code == 200 and forced.json()["replay_count"] == 2
 
 
-def test_the_same_failure_delivered_twice_makes_one_row(web: str, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_the_same_failure_delivered_twice_makes_one_row(web: str, make_token) -> None:
     from k1.tasks.demo import flaky
 
     task_id = str(uuid.uuid4())
@@ -128,7 +128,7 @@ def test_a_database_outage_spools_letters_and_loses_none() -> None:
     task_ids: list[str] = []
     try:
         server.stop()
-        task_ids = [post_task(None, FLAKY, queue=name, permanent=True)  # type: ignore[arg-type]
+        task_ids = [post_task(None, FLAKY, queue=name, permanent=True)
                     for _ in range(3)]
         wait_for(lambda: set(task_ids) <= spooled(), timeout=60,
                  message=lambda: f"letters of {task_ids} not spooled; spool: {spooled()}")

@@ -85,7 +85,7 @@ def module_beat(services: dict[str, object], worker: Process) -> Iterator[Beat]:
 
 
 @pytest.fixture
-def operator_api(web: str, make_token) -> API:  # type: ignore[no-untyped-def]
+def operator_api(web: str, make_token) -> API:
     return API(web, make_token("root", "*"))
 
 

@@ -26,7 +26,7 @@ def job(api: API, name: str) -> dict:
 
 
 @pytest.fixture
-def cleanup(operator_api: API):  # type: ignore[no-untyped-def]
+def cleanup(operator_api: API):
     names: list[str] = []
     yield names
     for name in names:
@@ -34,7 +34,7 @@ def cleanup(operator_api: API):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def fired_events(services):  # type: ignore[no-untyped-def]
+def fired_events(services):
     seen: list[dict] = []
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
     pubsub = client.pubsub(ignore_subscribe_messages=True)

@@ -22,14 +22,14 @@ def client() -> redis.Redis:
     return redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
 
 
-def roles(a, b):  # type: ignore[no-untyped-def]
+def roles(a, b):
     """(active, standby) of two beats, once one has taken the lock."""
     active = wait_for(lambda: (a if a.acquisitions() else b if b.acquisitions() else None),
                       timeout=30, message="neither beat took the lock")
     return active, (b if active is a else a)
 
 
-def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:  # type: ignore[no-untyped-def]
+def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:
     a, b = beats("a"), beats("b")
     name = schedules(every=2)["name"]
     wait_for(lambda: a.acquisitions() + b.acquisitions() >= 1, timeout=30,
@@ -43,7 +43,7 @@ def test_two_beats_fire_each_due_time_once(beats, schedules) -> None:  # type: i
     assert all(f["task_id"] for f in seen)
 
 
-def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -> None:  # type: ignore[no-untyped-def]
+def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -> None:
     a, b = beats("a"), beats("b")
     name = schedules(every=1)["name"]
     active, standby = roles(a, b)
@@ -61,7 +61,7 @@ def test_killing_the_active_beat_hands_over_within_the_bound(beats, schedules) -
     wait_fires(name, 2, timeout=10, after=len(fires(name)))  # and it keeps firing
 
 
-def test_sigterm_releases_the_lock_so_the_standby_takes_over_at_once(  # type: ignore[no-untyped-def]
+def test_sigterm_releases_the_lock_so_the_standby_takes_over_at_once(
         beats, schedules) -> None:
     """SIGTERM to the active beat's process group (as honcho and a Heroku restart send):
     it exits within seconds and releases its lock, so the standby fires the next due times
@@ -90,7 +90,7 @@ def test_sigterm_releases_the_lock_so_the_standby_takes_over_at_once(  # type: i
         assert abs(later["due_at"] - earlier["due_at"] - later["due_count"]) < 0.01, seen
 
 
-def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(  # type: ignore[no-untyped-def]
+def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(
         beats, schedules) -> None:
     from k1.scheduling.entry import schedule_id
     from k1.scheduling.history import DUE_BY_SCHEDULE, ON_TIME_BY_SCHEDULE
@@ -128,7 +128,7 @@ def test_downtime_gives_one_fire_with_catch_up_once_and_none_with_skip(  # type:
         assert due - on_time >= 3, (name, due, on_time)  # missed fires: due, not on time
 
 
-def test_a_beat_that_loses_its_lock_exits_and_is_restarted(beats, schedules) -> None:  # type: ignore[no-untyped-def]
+def test_a_beat_that_loses_its_lock_exits_and_is_restarted(beats, schedules) -> None:
     beat = beats("a")
     name = schedules(every=1)["name"]
     beat.wait_active()
@@ -194,7 +194,7 @@ def each_fired_once(names: list[str], due: float, timeout: float) -> list[str]:
     return task_ids
 
 
-def test_a_burst_due_at_one_instant_fires_each_schedule_once(beats, unique: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_due_at_one_instant_fires_each_schedule_once(beats, unique: str) -> None:
     """More schedules than one batch of the loop (k1.scheduling.beat.BATCH), all due at
     the same instant, two beats running: each fires exactly once, at that due time, and
     its task is recorded."""
@@ -214,7 +214,7 @@ def test_a_burst_due_at_one_instant_fires_each_schedule_once(beats, unique: str)
         remove(names)
 
 
-def test_sigterm_in_the_middle_of_a_burst_loses_no_fire(beats, unique: str) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_in_the_middle_of_a_burst_loses_no_fire(beats, unique: str) -> None:
     """SIGTERM lands while beat sends a burst: what it advanced is still sent (the stop
     waits for the batch), the standby fires the rest, each schedule exactly once."""
     from k1.scheduling.beat import BATCH

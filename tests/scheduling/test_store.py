@@ -40,7 +40,7 @@ def test_the_builtin_definitions_name_the_agreed_tasks() -> None:
     assert all(spec.builtin and spec.project_id is None for spec in BUILTINS)
 
 
-def test_an_update_computed_from_a_stale_read_is_refused(schedules) -> None:  # type: ignore[no-untyped-def]
+def test_an_update_computed_from_a_stale_read_is_refused(schedules) -> None:
     store = ScheduleStore()
     name = schedules(every=60)["name"]
     stale = store.get(name)

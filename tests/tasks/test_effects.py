@@ -151,14 +151,14 @@ def test_a_database_effect_commits_with_its_ledger_row_once(effect_rows: str) ->
 
     effects = Effects(f"key-{uuid.uuid4()}")
 
-    def insert(run: str):  # type: ignore[no-untyped-def]
-        def effect(session) -> str:  # type: ignore[no-untyped-def]
+    def insert(run: str):
+        def effect(session) -> str:
             session.execute(text(f"INSERT INTO {effect_rows} VALUES ('invoice', :run)"),
                             {"run": run})
             return run
         return effect
 
-    def broken(session) -> None:  # type: ignore[no-untyped-def]
+    def broken(session) -> None:
         session.execute(text(f"INSERT INTO {effect_rows} VALUES ('refund', 'broken')"))
         raise RuntimeError("the task dies after its statement, before the commit")
 
@@ -179,7 +179,7 @@ def test_concurrent_runs_of_a_database_effect_leave_one(effect_rows: str) -> Non
     results: dict[str, str] = {}
 
     def run(name: str) -> None:
-        def effect(session) -> str:  # type: ignore[no-untyped-def]
+        def effect(session) -> str:
             session.execute(text(f"INSERT INTO {effect_rows} VALUES ('invoice', :run)"),
                             {"run": name})
             both_inside.wait()  # both did the effect before either writes its ledger row

@@ -158,7 +158,7 @@ def test_a_hard_time_limit_death_gets_a_letter_of_its_own(services: object) -> N
 
 
 def test_the_tasks_route_answers_403_for_operator_only_work_and_202_for_an_operator(
-        services: object, redis_server: RedisServer, make_token) -> None:  # type: ignore[no-untyped-def]
+        services: object, redis_server: RedisServer, make_token) -> None:
     """The real blueprint in-process, where the test's operator-only task is registered."""
     from flask import Flask
 
@@ -173,7 +173,7 @@ def test_the_tasks_route_answers_403_for_operator_only_work_and_202_for_an_opera
     client = web.test_client()
     body = {"task": "tests.platform_wide", "project_id": "acme"}
 
-    def post(token: str):  # type: ignore[no-untyped-def]
+    def post(token: str):
         return client.post("/api/tasks", json=body, headers={"Authorization": f"Bearer {token}"})
 
     refused = post(make_token("ada", "acme"))

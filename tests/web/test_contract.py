@@ -132,7 +132,7 @@ def test_no_route_is_left_out_of_the_description(contract_web: str) -> None:
 @pytest.mark.timeout(700)  # schemathesis' own run is bounded at 600 s
 @pytest.mark.parametrize("projects", [("*",), ("acme",)], ids=["operator", "project"])
 def test_generated_requests_get_described_answers_and_no_5xx(
-        contract_web: str, make_token, projects: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+        contract_web: str, make_token, projects: tuple[str, ...]) -> None:
     token = make_token("contract", *projects, ttl=900)
     name = "operator" if "*" in projects else "project"
     for attempt in range(TOOL_ERROR_ATTEMPTS):
@@ -213,7 +213,7 @@ BIG = 2**64 + 1  # past every 64-bit column
 ])
 def test_the_probes_bad_input_gets_a_4xx_naming_the_field(
         web: str, make_token, method: str, path: str, kwargs: dict[str, Any], status: int,
-        field: str | None) -> None:  # type: ignore[no-untyped-def]
+        field: str | None) -> None:
     api = API(web, make_token("ops", "*"))
     if "data" in kwargs:
         kwargs = {**kwargs, "headers": {"Content-Type": "application/json"}}

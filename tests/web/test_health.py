@@ -19,7 +19,7 @@ def test_health_is_green_with_everything_up(web: str) -> None:
     assert body["conductor"] == {"status": "not configured"}
 
 
-def test_health_reports_a_stopped_redis_as_down(services, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_health_reports_a_stopped_redis_as_down(services, tmp_path) -> None:
     redis_server = RedisServer(free_port(), tmp_path / "redis", LOGS).start()
     port = free_port()
     web = k1_process("web-health", sys.executable, "-m", "k1.web",

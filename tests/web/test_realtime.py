@@ -43,7 +43,7 @@ def _forged_token() -> str:
 
 
 @pytest.mark.parametrize("token", [None, "", "garbage", "expired", "forged"])
-def test_a_connection_without_a_valid_token_is_refused(web, token):  # type: ignore[no-untyped-def]
+def test_a_connection_without_a_valid_token_is_refused(web, token):
     token = {"expired": _expired_token(), "forged": _forged_token()}.get(token, token)
     listener = Listener(web, token)
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -51,7 +51,7 @@ def test_a_connection_without_a_valid_token_is_refused(web, token):  # type: ign
     assert not listener.client.connected
 
 
-def test_every_connection_joins_its_user_room(web, make_token, unique):  # type: ignore[no-untyped-def]
+def test_every_connection_joins_its_user_room(web, make_token, unique):
     with Listener(web, make_token(f"ada-{unique}", "acme")) as alice, \
             Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
         emit("task_event", type="started", task_id=f"t-{unique}", user_id=f"ada-{unique}")
@@ -60,7 +60,7 @@ def test_every_connection_joins_its_user_room(web, make_token, unique):  # type:
         assert bob.task_events(f"t-{unique}") == []
 
 
-def test_subscribing_to_a_foreign_project_is_refused_with_an_error_event(web, make_token):  # type: ignore[no-untyped-def]
+def test_subscribing_to_a_foreign_project_is_refused_with_an_error_event(web, make_token):
     with Listener(web, make_token("ada", "acme")) as alice:
         answer = alice.subscribe("globex")
         assert answer["ok"] is False and "globex" in answer["error"]
@@ -72,7 +72,7 @@ def test_subscribing_to_a_foreign_project_is_refused_with_an_error_event(web, ma
         assert alice.task_events("foreign-1") == []
 
 
-def test_an_operator_token_may_subscribe_to_any_project(web, make_token):  # type: ignore[no-untyped-def]
+def test_an_operator_token_may_subscribe_to_any_project(web, make_token):
     with Listener(web, make_token("root", "*")) as operator:
         assert operator.subscribe("anything")["ok"] is True
         assert operator.call("unsubscribe", {"project_id": "anything"})["ok"] is True
@@ -82,7 +82,7 @@ def test_an_operator_token_may_subscribe_to_any_project(web, make_token):  # typ
     None, "acme", 42, ["acme"], {"project_id": None}, {"project_id": ""},
     {"project_id": True}, {"project_id": {"$ne": ""}}, {"project_id": ["acme"]}, {},
 ])
-def test_malformed_subscribe_payloads_get_an_error_not_a_crash(web, make_token, payload):  # type: ignore[no-untyped-def]
+def test_malformed_subscribe_payloads_get_an_error_not_a_crash(web, make_token, payload):
     with Listener(web, make_token("ada", "acme")) as alice:
         answer = alice.call("subscribe", payload)
         assert answer["ok"] is False and answer["error"]
@@ -90,7 +90,7 @@ def test_malformed_subscribe_payloads_get_an_error_not_a_crash(web, make_token, 
         assert alice.subscribe("acme")["ok"] is True  # the connection still works
 
 
-def test_malformed_latency_reports_are_refused(web, make_token):  # type: ignore[no-untyped-def]
+def test_malformed_latency_reports_are_refused(web, make_token):
     with Listener(web, make_token("ada", "acme")) as alice:
         for payload in (None, "fast", {"samples": "1,2"}, {"samples": {"a": 1}}):
             assert alice.call("latency", payload)["ok"] is False
@@ -98,7 +98,7 @@ def test_malformed_latency_reports_are_refused(web, make_token):  # type: ignore
         assert answer == {"ok": True, "action": "latency", "recorded": 0}
 
 
-def test_an_oversized_message_is_refused_and_the_server_carries_on(web, make_token):  # type: ignore[no-untyped-def]
+def test_an_oversized_message_is_refused_and_the_server_carries_on(web, make_token):
     token = make_token("ada", "acme")
     big = Listener(web, token)
     dropped = threading.Event()
@@ -123,7 +123,7 @@ def _raw_socket(web: str, token: str) -> tuple[websocket.WebSocket, dict]:
     return ws, json.loads(opened[1:])
 
 
-def test_the_handshake_announces_the_heartbeat_and_payload_limit(web, make_token):  # type: ignore[no-untyped-def]
+def test_the_handshake_announces_the_heartbeat_and_payload_limit(web, make_token):
     ws, handshake = _raw_socket(web, make_token("ada", "acme"))
     ws.close()
     assert handshake["pingInterval"] == 25_000
@@ -151,7 +151,7 @@ def _until_read(ws: websocket.WebSocket, sent: object) -> None:
         raise AssertionError(f"the server neither answered nor hung up after {sent!r}") from None
 
 
-def test_garbage_packets_do_not_hurt_the_server(web, make_token):  # type: ignore[no-untyped-def]
+def test_garbage_packets_do_not_hurt_the_server(web, make_token):
     token = make_token("ada", "acme")
     for packet in ['42[', '42{}', '42["subscribe"', '4', '9', '42[1,2,3]', '42["nope"]',
                    '451-["subscribe",{"_placeholder":true,"num":0}]', '43', '2probe' * 1000,
@@ -167,7 +167,7 @@ def test_garbage_packets_do_not_hurt_the_server(web, make_token):  # type: ignor
     assert requests.get(f"{web}/api/health", timeout=10).status_code == 200
 
 
-def test_other_origins_are_refused(web, make_token):  # type: ignore[no-untyped-def]
+def test_other_origins_are_refused(web, make_token):
     token = make_token("ada", "acme")
     # long-polling: the Origin header goes out exactly as given (websocket-client adds its own)
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -203,7 +203,7 @@ def _signal_all(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def test_a_stalled_database_does_not_stall_socket_events(web, postgres, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_stalled_database_does_not_stall_socket_events(web, postgres, make_token, unique):
     """psycopg 3 blocks whatever thread runs it. The web process runs its queries in
     eventlet's thread pool (k1.web.offload.blocking), so while /api/health waits on a
     frozen PostgreSQL, Socket.IO still relays events and answers calls."""
@@ -232,7 +232,7 @@ def test_a_stalled_database_does_not_stall_socket_events(web, postgres, make_tok
     assert requests.get(f"{web}/api/health", timeout=30).status_code == 200
 
 
-def test_a_connection_is_dropped_when_its_token_expires(web, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_connection_is_dropped_when_its_token_expires(web, make_token, unique):
     short = make_token(f"ada-{unique}", "acme", ttl=3)
     expires_at = jwt.decode(short, options={"verify_signature": False})["exp"]
     with Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
@@ -249,7 +249,7 @@ def test_a_connection_is_dropped_when_its_token_expires(web, make_token, unique)
         assert bob.subscribe("acme")["ok"] is True
 
 
-def test_a_revoked_tokens_connections_are_dropped(web, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_revoked_tokens_connections_are_dropped(web, make_token, unique):
     token = make_token(f"ada-{unique}", "acme")
     with Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
         ada = Listener(web, token).connect()
@@ -266,7 +266,7 @@ def test_a_revoked_tokens_connections_are_dropped(web, make_token, unique):  # t
         assert bob.subscribe("acme")["ok"] is True  # another token's connection stays
 
 
-def test_an_oversized_polling_post_is_answered_413_at_once(web):  # type: ignore[no-untyped-def]
+def test_an_oversized_polling_post_is_answered_413_at_once(web):
     session = requests.Session()
     opened = session.get(f"{web}/socket.io/?EIO=4&transport=polling", timeout=10)
     sid = json.loads(opened.text[1:])["sid"]
@@ -279,7 +279,7 @@ def test_an_oversized_polling_post_is_answered_413_at_once(web):  # type: ignore
     assert requests.get(f"{web}/api/health", timeout=10).status_code == 200
 
 
-def test_a_silent_client_is_cut_off_and_an_idle_socket_is_not(web, make_token):  # type: ignore[no-untyped-def]
+def test_a_silent_client_is_cut_off_and_an_idle_socket_is_not(web, make_token):
     """A client that stops in the middle of its request headers is disconnected after
     SOCKET_TIMEOUT; a Socket.IO WebSocket that stays idle as long is not."""
     with Listener(web, make_token("ada", "acme")) as alice, \
@@ -301,7 +301,7 @@ def _refused(port: int) -> bool:
     return False
 
 
-def test_sigterm_drops_sockets_answers_requests_in_flight_and_exits(services, make_token):  # type: ignore[no-untyped-def]
+def test_sigterm_drops_sockets_answers_requests_in_flight_and_exits(services, make_token):
     """A web process sent SIGTERM drops its Socket.IO connections as a lost transport (the
     clients reconnect, to another web process), refuses new connections, answers the
     request it is in the middle of (here one stuck in a frozen PostgreSQL) and exits 0."""
@@ -340,7 +340,7 @@ def test_sigterm_drops_sockets_answers_requests_in_flight_and_exits(services, ma
         web.stop()
 
 
-def test_a_revoked_task_is_announced_failed_as_revoked(web, worker, make_token, unique):  # type: ignore[no-untyped-def]
+def test_a_revoked_task_is_announced_failed_as_revoked(web, worker, make_token, unique):
     """Celery hands task_revoked the task's Context, not the worker's request: the
     handler must read that, or the event never goes out (it raised AttributeError)."""
     import uuid

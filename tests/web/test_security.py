@@ -50,7 +50,7 @@ def test_html_always_has_a_content_security_policy(web: str) -> None:
     assert "script-src 'self'" in dashboard.headers["Content-Security-Policy"]
 
 
-def test_no_cross_origin_access(web: str, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_no_cross_origin_access(web: str, make_token) -> None:
     evil = {"Origin": "https://evil.example", "Authorization": f"Bearer {make_token()}"}
     api = requests.get(f"{web}/api/dlq/stats", headers=evil, timeout=10)
     assert "Access-Control-Allow-Origin" not in api.headers
@@ -60,7 +60,7 @@ def test_no_cross_origin_access(web: str, make_token) -> None:  # type: ignore[n
 
 
 def test_a_revoked_token_is_refused_on_rest_and_on_socket_connect(web: str, make_token,
-                                                                  ) -> None:  # type: ignore[no-untyped-def]
+                                                                  ) -> None:
     token = make_token("mallory", "acme")
     api = API(web, token)
     assert api.get("/api/dlq/stats").status_code == 200
@@ -76,7 +76,7 @@ def test_a_revoked_token_is_refused_on_rest_and_on_socket_connect(web: str, make
     assert API(web, other).get("/api/dlq/stats").status_code == 200
 
 
-def test_revoke_by_id(web: str, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_revoke_by_id(web: str, make_token) -> None:
     from k1.auth import decode_token
     from tests.conftest import SECRET_KEY
 
@@ -110,7 +110,7 @@ def test_the_signin_link_signs_in_once(web: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def web_without_database(services) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def web_without_database(services) -> Iterator[str]:
     """A web process whose database is gone (a port nothing listens on) and whose writes
     are limited to 3 a minute."""
     dead = f"postgresql://k1@127.0.0.1:{free_port()}/k1"
@@ -121,7 +121,7 @@ def web_without_database(services) -> Iterator[str]:  # type: ignore[no-untyped-
 
 
 def test_database_down_is_a_503_and_routes_without_it_keep_answering(
-        web_without_database: str, make_token) -> None:  # type: ignore[no-untyped-def]
+        web_without_database: str, make_token) -> None:
     api = API(web_without_database, make_token("ops", "*"))
     down = api.get("/api/dlq/stats")
     assert down.status_code == 503, down.text
@@ -131,7 +131,7 @@ def test_database_down_is_a_503_and_routes_without_it_keep_answering(
 
 
 def test_writes_over_the_limit_get_429_with_retry_after(
-        web_without_database: str, make_token) -> None:  # type: ignore[no-untyped-def]
+        web_without_database: str, make_token) -> None:
     body = {"task": "k1.tasks.demo.flaky", "project_id": "acme"}
     ada = API(web_without_database, make_token("ada-limited", "acme"))
     statuses = [ada.post("/api/tasks", json=body).status_code for _ in range(3)]
@@ -146,7 +146,7 @@ def test_writes_over_the_limit_get_429_with_retry_after(
     assert all(ada.get("/api/breakers").status_code == 200 for _ in range(5))
 
 
-def test_redis_down_is_a_503_naming_it(services) -> None:  # type: ignore[no-untyped-def]
+def test_redis_down_is_a_503_naming_it(services) -> None:
     from k1.auth import create_token
     from tests.conftest import SECRET_KEY
 

@@ -43,10 +43,10 @@ class FreshConnections:
     def __init__(self, token: str) -> None:
         self.headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
 
-    def get(self, url: str, **kwargs):  # type: ignore[no-untyped-def]
+    def get(self, url: str, **kwargs):
         return requests.get(url, headers=self.headers, **kwargs)
 
-    def post(self, url: str, **kwargs):  # type: ignore[no-untyped-def]
+    def post(self, url: str, **kwargs):
         return requests.post(url, headers=self.headers, **kwargs)
 
 
@@ -80,14 +80,14 @@ class ResultCutter:
 
 
 @pytest.fixture
-def platform(services, tmp_path):  # type: ignore[no-untyped-def]
+def platform(services, tmp_path):
     # 50 sends in a row: above the default per-user write limit of 50 a second.
     env = {"K1_API_WRITE_LIMIT": "1000/second"}
     with Platform("task-connections", tmp_path, env=env) as platform:
         yield platform
 
 
-def test_sequential_task_reads_and_sends_reuse_redis_connections(  # type: ignore[no-untyped-def]
+def test_sequential_task_reads_and_sends_reuse_redis_connections(
         platform: Platform, make_token) -> None:
     _, url = platform.web()
     # A connection per request, as behind a load balancer: eventlet serves each in a new
@@ -123,7 +123,7 @@ def test_sequential_task_reads_and_sends_reuse_redis_connections(  # type: ignor
     assert subscribes == 0, f"{subscribes} SUBSCRIBE to task results"
 
 
-def test_a_task_read_answers_503_promptly_when_redis_drops_the_result_read(  # type: ignore[no-untyped-def]
+def test_a_task_read_answers_503_promptly_when_redis_drops_the_result_read(
         platform: Platform, make_token) -> None:
     cutter = ResultCutter(platform.redis.port)
     url_before = platform.env["REDIS_URL"]
@@ -146,7 +146,7 @@ def test_a_task_read_answers_503_promptly_when_redis_drops_the_result_read(  # t
     assert took < PROMPT_S, f"the result read took {took:.1f} s to answer 503"
 
 
-def test_a_task_read_answers_503_promptly_while_redis_is_down(  # type: ignore[no-untyped-def]
+def test_a_task_read_answers_503_promptly_while_redis_is_down(
         platform: Platform, make_token) -> None:
     _, url = platform.web()
     headers = {"Authorization": f"Bearer {make_token('ada', 'acme')}"}
