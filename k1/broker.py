@@ -146,16 +146,15 @@ local function list(q, member, step)
   if member == '' then return KEYS[3 + 2 * n + (step - 1) * n + q] end
   return ARGV[4 + 2 * n + q] .. member .. ARGV[4 + 3 * n + step]
 end
-local function waiting(q, member)
-  for step = 1, steps do
-    if redis.call('LLEN', list(q, member, step)) > 0 then return true end
-  end
-  return false
+local function waiting(q, member)  -- Redis deletes an emptied list
+  local lists = {}
+  for step = 1, steps do lists[step] = list(q, member, step) end
+  return redis.call('EXISTS', unpack(lists)) > 0
 end
-local clock = redis.call('TIME')
-local turn = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local function fair(q)
   local ring = KEYS[3 + n + q]
+  local clock = redis.call('TIME')
+  local turn = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   if not redis.call('ZSCORE', ring, '') and waiting(q, '') then
     redis.call('ZADD', ring, turn, '')
   end
