@@ -147,17 +147,14 @@ def test_a_fair_queue_takes_turns_between_projects_and_keeps_each_in_order(
         fair_connection, queue, redis_server_):
     flood = publish(fair_connection, queue, count=5, project="a")
     client = redis_server_.client()
-    # Beat sends through kombu's publish batch where the Redis client allows it (a redis-py
-    # that retries by default does not): one transaction per flush.
-    channel = fair_connection.default_channel
-    batch = channel.create_publish_batch(max_size=100)
+    # Beat sends through kombu's publish batch: one transaction per flush.
+    producer = Producer(fair_connection.default_channel, exchange=queue.exchange,
+                        routing_key=queue.routing_key)
     other = [f"body-{uuid.uuid4().hex}" for _ in range(2)]
-    for body in other:
-        batch.publish(channel.prepare_message(json.dumps(body), headers={PROJECT: "b"}),
-                      exchange=queue.exchange.name, routing_key=queue.routing_key)
-    assert not client.exists(sub_queue(queue.name, "b")), "not batched"
-    batch.flush()
-    batch.close()
+    with producer.batch(max_size=100):  # Redis commands: 5 or 6 per message
+        for body in other:
+            producer.publish(body, serializer="json", headers={PROJECT: "b"})
+        assert not client.exists(sub_queue(queue.name, "b")), "not batched"
     plain = publish(fair_connection, queue, count=1)  # no project: the plain list
     assert client.zrange(RING.format(queue.name), 0, -1) == ["a", "b"]
     assert client.llen(sub_queue(queue.name, "a")) == 5 and client.llen(queue.name) == 1
