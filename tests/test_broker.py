@@ -230,3 +230,18 @@ def test_counters_get_their_expiry_once_per_bucket_not_per_message(tmp_path, que
         assert all(client.ttl(key) > 0 for key in client.keys("k1:queues:*"))
     finally:
         server.stop()
+
+
+def test_basic_get_takes_turns_too(fair_connection, queue, redis_server_):
+    """Kombu's basic_get (a message taken without a consumer, e.g. ``Queue.get``) goes
+    through the fetch script and kombu records it unacknowledged itself."""
+    first, second = publish(fair_connection, queue, count=2, project="a")
+    [other] = publish(fair_connection, queue, count=1, project="b")
+    bound = queue(fair_connection.default_channel)
+    taken = [bound.get(no_ack=False) for _ in range(3)]
+    assert [message.payload for message in taken] == [first, other, second]
+    unacked = redis_server_.client().hlen(fair_connection.default_channel.unacked_key)
+    assert unacked == 3, "basic_get's messages are not recorded unacknowledged"
+    for message in taken:
+        message.ack()
+    assert redis_server_.client().hlen(fair_connection.default_channel.unacked_key) == 0
