@@ -18,6 +18,8 @@ broker_connection_retry_on_startup = True
 broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout,
     "health_check_interval": 10,
+    # Queues whose messages take turns between projects (k1.broker, docs/flow.md).
+    "fair_queues": list(_settings.fair_queues),
 }
 result_backend_transport_options = {"health_check_interval": 10, "retry_policy": {"timeout": 5}}
 # A Redis restart must not turn a running task into a FAILURE: a result write (STARTED,

@@ -1,7 +1,8 @@
-"""The broker transport: kombu's Redis transport, made so that a killed worker loses nothing.
+"""The broker transport: kombu's Redis transport, made so that a killed worker loses nothing
+and one project's backlog does not hold up the others.
 
 ``celeryconfig.broker_transport`` names :class:`Transport`, for both URL schemes K1 accepts
-(``redis://``, ``rediss://``; TLS still comes from ``broker_use_ssl``). It changes two
+(``redis://``, ``rediss://``; TLS still comes from ``broker_use_ssl``). It changes four
 things in kombu's Redis transport:
 
 **Fetching is atomic.** Kombu's worker takes a message with ``BRPOP``, which removes it
@@ -20,30 +21,61 @@ from a producer that does not ring (a client without this transport, a restored 
 costs latency, not the message: a worker whose wait times out (``brpop_timeout``, 1 s)
 fetches anyway, and a fetch that leaves messages behind rings again for the next worker.
 
+**Fair queues take turns between projects** (transport option ``fair_queues``, from
+``K1_FAIR_QUEUES``; docs/flow.md). A fair queue keeps one sub-queue per project (the
+message's ``k1_project_id`` header): its own lists (one per priority step, as kombu keeps
+a queue's), ``_k1.fair.<queue>\x06\x16<project>``. Work of no project stays in the
+queue's plain lists, which are one more sub-queue (so are messages published before
+fairness was on, or by a producer without this transport). The *ring*
+``_k1.fair.<queue>`` is a sorted set of the sub-queues with messages waiting, scored by
+when their turn comes. Publishing pushes the message to its project's list and adds the
+project to the ring (``ZADD NX``: at the back) in one transaction. The fetch script takes
+the ring's first sub-queue, pops its oldest message (its highest priority first), and
+puts it at the back of the ring (score: Redis' clock), or drops it from the ring when
+its lists are empty: one message per project per round, FIFO within a project, still in
+the one atomic step above. Workers see one queue; every worker fetches fairly whatever
+its own setting (the setting only decides where producers put messages), so switching
+fairness on or off strands nothing. A message handed back (visibility timeout, worker
+shutdown, a paused queue's hand-back) goes back to its project's list.
+
 **A closed channel fails as a lost connection does** (see :meth:`Channel._connparams`).
 
 **Each queue's traffic is counted where it already happens**, for ``GET /api/queues``'s
-rates: a publish adds one to the queue's enqueue counter in the pipeline that pushes the
-message and rings the doorbell, the fetch script adds one to its dequeue counter: no round
-trip of their own, on every producer and worker of the fleet, whatever sent the message
-(the API, a retry, beat, the Conductor bridge). The counters are hashes per
-``RATE_BUCKET`` seconds (field: the queue), kept for ``RATE_TTL``; a handed-back message
-fetched again counts as dequeued again. A publish also stamps the message with its time
-(property ``ENQUEUED_AT``), from which the oldest waiting message's age is read.
+rates: a publish adds one to the queue's enqueue counter in the transaction that pushes
+the message and rings the doorbell, the fetch script adds one to its dequeue counter: no
+round trip of their own, on every producer and worker of the fleet, whatever sent the
+message (the API, a retry, beat, the Conductor bridge). The counters are hashes per
+``RATE_BUCKET`` seconds (field: the queue), kept for ``RATE_TTL`` (the expiry is set once
+per bucket: by the fetch script when it creates a field, by a publishing channel on its
+first publish in the bucket); a handed-back message fetched again counts as dequeued
+again. A publish also stamps the message with its time (property ``ENQUEUED_AT``), from
+which the oldest waiting message's age is read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterable
 from time import monotonic, time
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import loads
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from k1 import headers
+
+log = logging.getLogger(__name__)
 
 DOORBELL = "_k1.doorbell.{}"  # per queue: tokens that wake a waiting worker
 DOORBELL_TOKENS = 64  # more than idle workers ever wait on one queue: enough to wake them all
+RING = "_k1.fair.{}"  # per queue: zset of its sub-queues with messages -> when their turn comes
+SEP = kombu_redis.Channel.sep  # kombu's separator in list names (queue, priority step)
+NO_PROJECT = ""  # the ring member for the queue's plain lists: work of no project
 ENQUEUED = "k1:queues:enqueued:{}"  # per time bucket: hash queue -> messages published
 DEQUEUED = "k1:queues:dequeued:{}"  # per time bucket: hash queue -> messages fetched
 RATE_BUCKET = 10  # seconds per counter: a rate over the last minute spans 6 of them
@@ -56,63 +88,131 @@ def rate_bucket(ts: float) -> int:
     return int(ts // RATE_BUCKET)
 
 
-def queue_lists(queue: str) -> list[str]:
-    """The Redis lists holding ``queue``'s messages: kombu keeps one per priority step
-    (kombu's ``Channel._q_for_pri`` with its default steps; K1 sets none of its own)."""
-    return [f"{queue}{Channel.sep}{step}" if step else queue
-            for step in kombu_redis.PRIORITY_STEPS]
+def sub_queue(queue: str, member: str) -> str:
+    """The name of ``queue``'s sub-queue for a ring member (a project; the queue itself for
+    :data:`NO_PROJECT`), to which kombu's priority suffixes are added."""
+    return f"{_sub_queue_prefix(queue)}{member}" if member else queue
 
-# KEYS: unacked hash, unacked index, the dequeue counter, the queues' doorbells (n), then
-# the queues' lists in the order to try them (kombu's BRPOP order: priority first, then
-# the queue cycle).
-# ARGV: now, n, the counter's TTL, then per queue "1" if its consumer acknowledges (else
-# the message is not recorded: a no_ack consumer, such as a control reply's, never acks
-# it), then per queue its name as the counter's field ("" for one not counted), then per
-# list the number (1..n) of its queue (ARGV[i + n] goes with KEYS[i]).
-# Returns {list key, message, 1 if recorded} or nil. The message is recorded exactly as
-# kombu's QoS records it ([payload, exchange, routing key] under its delivery tag), built
-# from the raw text so that it is restored byte for byte.
+
+def _sub_queue_prefix(queue: str) -> str:
+    return f"{RING.format(queue)}{SEP}"
+
+
+def queue_lists(queue: str, members: Iterable[str] = (),
+                steps: Iterable[int] = kombu_redis.PRIORITY_STEPS) -> list[str]:
+    """The Redis lists holding ``queue``'s messages: kombu keeps one per priority step
+    (kombu's ``Channel._q_for_pri`` with its default steps; K1 sets none of its own), for
+    the plain queue and for each of ``members``' sub-queues (a fair queue's ring)."""
+    names = [queue, *(sub_queue(queue, member) for member in members if member)]
+    steps = list(steps)
+    return [f"{name}{SEP}{step}" if step else name for name in names for step in steps]
+
+
+def waiting_lists(client: redis.Redis, queues: list[str]) -> dict[str, list[str]]:
+    """Every list of each queue that may hold messages: its plain lists and those of the
+    sub-queues in its ring (one round trip)."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        pipe.zrange(RING.format(queue), 0, -1)
+    rings = pipe.execute()
+    return {queue: queue_lists(queue, (bytes_to_str(member) for member in members))
+            for queue, members in zip(queues, rings, strict=True)}
+
+
+# KEYS: unacked hash, unacked index, the dequeue counter, the queues' doorbells (n), their
+# rings (n), then the queues' plain lists in kombu's BRPOP order: priority first, then the
+# queue cycle (list i belongs to queue (i - 1) % n + 1 and priority step (i - 1) // n + 1).
+# ARGV: now, n, the counter's TTL, the number of priority steps, then per queue "1" if its
+# consumer acknowledges (else the message is not recorded: a no_ack consumer, such as a
+# control reply's, never acks it), then per queue its name as the counter's field ("" for
+# one not counted), then per queue the prefix of its sub-queues' lists, then per priority
+# step the suffix of its lists ("" for the first).
+# A queue whose ring has members takes its turn at the first priority step: the message
+# is the oldest of the ring's first sub-queue (its highest priority first), which then
+# goes to the back of the ring (Redis' clock), or leaves it once empty. The plain lists
+# join the ring as the member "" when they hold messages (work of no project, messages
+# from before fairness or from other producers). The script builds the sub-queues' list
+# names itself (K1 runs one Redis, not a cluster).
+# Returns {queue number, message, 1 if recorded} or nil. The message is recorded exactly
+# as kombu's QoS records it ([payload, exchange, routing key] under its delivery tag),
+# built from the raw text so that it is restored byte for byte.
 FETCH = """
-local n = tonumber(ARGV[2])
+local n, steps = tonumber(ARGV[2]), tonumber(ARGV[4])
 local function enc(value)
   if value == nil then return 'null' end
   return cjson.encode(value)
 end
-for i = 4 + n, #KEYS do
-  local raw = redis.call('RPOP', KEYS[i])
-  if raw then
-    local queue = tonumber(ARGV[i + n])
-    local field = ARGV[3 + n + queue]
-    if field ~= '' then
-      redis.call('HINCRBY', KEYS[3], field, 1)
-      redis.call('EXPIRE', KEYS[3], ARGV[3])
+local function list(q, member, step)
+  if member == '' then return KEYS[3 + 2 * n + (step - 1) * n + q] end
+  return ARGV[4 + 2 * n + q] .. member .. ARGV[4 + 3 * n + step]
+end
+local function waiting(q, member)  -- Redis deletes an emptied list
+  local lists = {}
+  for step = 1, steps do lists[step] = list(q, member, step) end
+  return redis.call('EXISTS', unpack(lists)) > 0
+end
+local function fair(q)
+  local ring = KEYS[3 + n + q]
+  local clock = redis.call('TIME')
+  local turn = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  if not redis.call('ZSCORE', ring, '') and waiting(q, '') then
+    redis.call('ZADD', ring, turn, '')
+  end
+  while true do
+    local member = redis.call('ZRANGE', ring, 0, 0)[1]
+    if not member then return nil end
+    local raw
+    for step = 1, steps do
+      raw = redis.call('RPOP', list(q, member, step))
+      if raw then break end
     end
-    local recorded = 0
-    if ARGV[3 + queue] == '1' then
-      local ok, message = pcall(cjson.decode, raw)
-      local properties = ok and type(message) == 'table' and message['properties']
-      local tag = type(properties) == 'table' and properties['delivery_tag']
-      if type(tag) == 'string' then
-        local info = properties['delivery_info']
-        if type(info) ~= 'table' then info = {} end
-        local record = '[' .. raw .. ',' .. enc(info['exchange']) .. ','
-                       .. enc(info['routing_key']) .. ']'
-        redis.call('ZADD', KEYS[2], ARGV[1], tag)
-        redis.call('HSET', KEYS[1], tag, record)
-        recorded = 1
-      end
+    if raw and waiting(q, member) then
+      redis.call('ZADD', ring, turn, member)
+    else
+      redis.call('ZREM', ring, member)
     end
-    -- More waiting in this queue and nobody woken for it: ring for the next worker.
-    local left = 0
-    for j = 4 + n, #KEYS do
-      if tonumber(ARGV[j + n]) == queue then left = left + redis.call('LLEN', KEYS[j]) end
-    end
-    local doorbell = KEYS[3 + queue]
-    if left > 0 and redis.call('LLEN', doorbell) == 0 then redis.call('LPUSH', doorbell, 1) end
-    return {KEYS[i], raw, recorded}
+    if raw then return raw end
   end
 end
-return nil
+local rings = {}
+for q = 1, n do rings[q] = redis.call('ZCARD', KEYS[3 + n + q]) > 0 end
+local raw, queue
+for step = 1, steps do
+  for q = 1, n do
+    if not rings[q] then
+      raw = redis.call('RPOP', list(q, '', step))
+    elseif step == 1 then
+      raw = fair(q)
+    end
+    if raw then queue = q break end
+  end
+  if raw then break end
+end
+if not raw then return nil end
+local field = ARGV[4 + n + queue]
+if field ~= '' and redis.call('HINCRBY', KEYS[3], field, 1) == 1 then
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
+local recorded = 0
+if ARGV[4 + queue] == '1' then
+  local ok, message = pcall(cjson.decode, raw)
+  local properties = ok and type(message) == 'table' and message['properties']
+  local tag = type(properties) == 'table' and properties['delivery_tag']
+  if type(tag) == 'string' then
+    local info = properties['delivery_info']
+    if type(info) ~= 'table' then info = {} end
+    local record = '[' .. raw .. ',' .. enc(info['exchange']) .. ','
+                   .. enc(info['routing_key']) .. ']'
+    redis.call('ZADD', KEYS[2], ARGV[1], tag)
+    redis.call('HSET', KEYS[1], tag, record)
+    recorded = 1
+  end
+end
+-- More waiting in this queue and nobody woken for it: ring for the next worker.
+local left = redis.call('ZCARD', KEYS[3 + n + queue]) > 0 or waiting(queue, '')
+local doorbell = KEYS[3 + queue]
+if left and redis.call('LLEN', doorbell) == 0 then redis.call('LPUSH', doorbell, 1) end
+return {queue, raw, recorded}
 """
 
 
@@ -141,17 +241,31 @@ class _PipelineBatch:
         getattr(self.pipeline, name)(*args)
 
 
+class PublishBatch(kombu_redis.PublishBatch):
+    """Kombu's publish batch (beat sends through one), flushed as a transaction: a fair
+    queue's message and its ring entry are written together or not at all."""
+
+    def __init__(self, channel: Any, max_size: int) -> None:
+        super().__init__(channel, max_size)
+        self.pipeline.transaction = True  # redis-py wraps execute() in MULTI/EXEC
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    fair_queues: frozenset[str] = frozenset()  # queues whose producers file by project
+    from_transport_options = (  # type: ignore[assignment]  # kombu's is inferred as exact
+        *kombu_redis.Channel.from_transport_options, "fair_queues")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ValueError("K1's broker transport does not support global_keyprefix: "
                              "its fetch script names its keys itself")
+        self.fair_queues = frozenset(self.fair_queues)
         self._fetching: list[str] = []  # the queues of the outstanding doorbell wait
         self._fetch_script: Any = None
         self._no_ack_queues: set[str] = set()  # consumed without acknowledgements
+        self._expiring_bucket: int | None = None  # the counter bucket given its expiry
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         no_ack = kwargs.get("no_ack", args[0] if args else False)
@@ -188,11 +302,10 @@ class Channel(kombu_redis.Channel):
             fetched = self._fetch(self._fetching)
             if fetched is None:
                 raise virtual.Empty()
-            key, raw, recorded = fetched
+            queue, raw, recorded = fetched
             payload = loads(raw)
             if recorded:
                 self.qos.recorded.add(payload["properties"]["delivery_tag"])
-            queue = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(queue)
             self.connection._deliver(payload, queue)
             return True
@@ -200,54 +313,144 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None  # type: ignore[assignment]  # as kombu's own read does
             self._flush_brpop_reauth()
 
-    def _fetch(self, queues: list[str]) -> tuple[str, str, bool] | None:
-        """Take the next message of ``queues``, moved into the unacked records unless its
-        queue is consumed without acknowledgements: (list, message, recorded)."""
-        lists = [(self._q_for_pri(queue, pri), number)
-                 for pri in self.priority_steps for number, queue in enumerate(queues, 1)]
+    def _fetch(self, queues: list[str], record: bool = True) -> tuple[str, str, bool] | None:
+        """Take the next message of ``queues`` (a fair queue's from the next project in its
+        ring), moved into the unacked records unless ``record`` is false or its queue is
+        consumed without acknowledgements: (queue, message, recorded)."""
+        steps = list(self.priority_steps)
         now = time()
         keys = [self.unacked_key, self.unacked_index_key, DEQUEUED.format(rate_bucket(now)),
-                *(DOORBELL.format(queue) for queue in queues), *(key for key, _ in lists)]
-        acks = ["0" if queue in self._no_ack_queues else "1" for queue in queues]
-        args = [now, len(queues), RATE_TTL, *acks, *(_counted(queue) for queue in queues),
-                *(n for _, n in lists)]
+                *(DOORBELL.format(queue) for queue in queues),
+                *(RING.format(queue) for queue in queues),
+                *(self._q_for_pri(queue, step) for step in steps for queue in queues)]
+        acks = ["1" if record and queue not in self._no_ack_queues else "0"
+                for queue in queues]
+        args = [now, len(queues), RATE_TTL, len(steps), *acks,
+                *(_counted(queue) for queue in queues),
+                *(_sub_queue_prefix(queue) for queue in queues),
+                *(self._q_for_pri("", step) for step in steps)]
         with self.conn_or_acquire() as client:
             if self._fetch_script is None:
                 self._fetch_script = client.register_script(FETCH)
             found = self._fetch_script(keys=keys, args=args, client=client)
         if not found:
             return None
-        key, raw, recorded = found
-        return (key.decode() if isinstance(key, bytes) else key,
-                raw.decode() if isinstance(raw, bytes) else raw, bool(recorded))
+        number, raw, recorded = found
+        return queues[int(number) - 1], bytes_to_str(raw), bool(recorded)
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        """Kombu's ``basic_get`` (a message taken without a consumer), through the fetch
+        script, so that a fair queue takes turns there too; kombu's QoS records it."""
+        fetched = self._fetch([queue], record=False)
+        with self.conn_or_acquire() as client:
+            self._maybe_update_queues_expire(client, queue)
+        if fetched is None:
+            raise virtual.Empty()
+        return loads(fetched[1])
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        """Kombu's publish, plus a token on the queue's doorbell and a count, in one round
-        trip."""
+        """Kombu's publish (into the project's sub-queue for a fair queue), plus a token on
+        the queue's doorbell and a count, in one transaction and round trip."""
         now = time()
         properties = message.get("properties") if isinstance(message, dict) else None
         if isinstance(properties, dict):
             properties[ENQUEUED_AT] = now
-        batch = kwargs.get("_publish_batch")
+        batch = kwargs.pop("_publish_batch", None)
         if batch is not None:
-            super()._put(queue, message, **kwargs)
-            self._ring(batch.add, queue, now)
+            self._file(batch, queue, message, now)
             return
-        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            pipeline = _PipelineBatch(pipe)
-            super()._put(queue, message, _publish_batch=pipeline)
-            self._ring(pipeline.add, queue, now)
+        with self.conn_or_acquire() as client, client.pipeline() as pipe:  # MULTI/EXEC
+            self._file(_PipelineBatch(pipe), queue, message, now)
             pipe.execute()
 
-    @staticmethod
-    def _ring(add: Any, queue: str, now: float) -> None:
+    def _file(self, batch: Any, queue: str, message: Any, now: float) -> None:
+        member = self._member(queue, message)
+        if member is None:
+            super()._put(queue, message, _publish_batch=batch)
+        else:
+            batch.add("lpush", self._list_for(queue, member, message), dumps(message))
+            batch.add("zadd", RING.format(queue), {member: now}, True)  # NX: keeps its turn
+        self._ring(batch.add, queue, now)
+
+    def _member(self, queue: str, message: Any) -> str | None:
+        """The ring member ``message`` is filed under in ``queue``: its project if the
+        queue is fair and the message names one, else None (the plain lists)."""
+        if queue not in self.fair_queues or not isinstance(message, dict):
+            return None
+        project = (message.get("headers") or {}).get(headers.PROJECT)
+        return None if project in (None, NO_PROJECT) else str(project)
+
+    def _list_for(self, queue: str, member: str, message: Any) -> str:
+        pri = self._get_message_priority(message, reverse=False)
+        return str(self._q_for_pri(sub_queue(queue, member), pri))
+
+    def _ring(self, add: Any, queue: str, now: float) -> None:
         doorbell = DOORBELL.format(queue)
         add("lpush", doorbell, 1)
         add("ltrim", doorbell, 0, DOORBELL_TOKENS - 1)
         if _counted(queue):
-            counter = ENQUEUED.format(rate_bucket(now))
+            bucket = rate_bucket(now)
+            counter = ENQUEUED.format(bucket)
             add("hincrby", counter, queue, 1)
-            add("expire", counter, RATE_TTL)
+            if bucket != self._expiring_bucket:  # the first publish of this channel in it
+                add("expire", counter, RATE_TTL)
+                self._expiring_bucket = bucket
+
+    def _do_restore_message(self, payload: Any, exchange: str, routing_key: str, pipe: Any,
+                            leftmost: bool = False) -> None:
+        """Kombu's restore of an unacknowledged message (visibility timeout, shutdown, a
+        requeue), which puts a fair queue's message back into its project's list: at its
+        head (``rpush``: fetched next), or at its back for ``leftmost`` (a requeue)."""
+        try:
+            with contextlib.suppress(KeyError):
+                payload["headers"]["redelivered"] = True
+                payload["properties"]["delivery_info"]["redelivered"] = True
+            for queue in self._lookup(exchange, routing_key):
+                member = self._member(queue, payload)
+                if member is not None:
+                    pipe.zadd(RING.format(queue), {member: time()}, nx=True)
+                (pipe.lpush if leftmost else pipe.rpush)(
+                    self._list_for(queue, member or NO_PROJECT, payload), dumps(payload))
+        except self.connection_errors:
+            raise  # aborts the transaction, which would drop the record without requeueing
+        except Exception:
+            log.critical("Could not restore message: %r", payload, exc_info=True)
+
+    def _size(self, queue: str) -> int:
+        """Kombu's queue size (``queue_declare``, ``celery inspect``), of every sub-queue."""
+        with self.conn_or_acquire() as client:
+            lists = waiting_lists(client, [queue])[queue]
+            with client.pipeline(transaction=False) as pipe:
+                for key in lists:
+                    pipe.llen(key)
+                return sum(pipe.execute())
+
+    def _purge(self, queue: str) -> int:
+        """Kombu's purge, of every sub-queue: returns the messages removed."""
+        with self.conn_or_acquire() as client:
+            members = client.zrange(RING.format(queue), 0, -1)
+            lists = queue_lists(queue, (bytes_to_str(m) for m in members), self.priority_steps)
+            with client.pipeline() as pipe:
+                for key in lists:
+                    pipe.llen(key)
+                    pipe.delete(key)
+                if members:  # only those read: one that joined since keeps its message
+                    pipe.zrem(RING.format(queue), *members)
+                replies = pipe.execute()
+        return sum(replies[0:2 * len(lists):2])
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._purge(queue)
+        super()._delete(queue, *args, **kwargs)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        if super()._has_queue(queue, **kwargs):
+            return True
+        with self.conn_or_acquire() as client:
+            return bool(client.exists(RING.format(queue)))
+
+    def create_publish_batch(self, max_size: int) -> PublishBatch:
+        return PublishBatch(self, max_size)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         """Kombu's connection parameters; a connection error once the channel is closed.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import secrets
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -53,6 +54,11 @@ DOTENV_PATH = Path(".env")  # local secrets written by `make run`; gitignored
 # more than this per second per user is flooding the shared broker.
 DEFAULT_API_WRITE_LIMIT = "50/second;1500/minute"
 FLOWER_AUTH_MODES = ("required", "off")  # off: an explicit opt-out, e.g. behind a proxy
+# The queues whose messages take turns between projects (k1.broker): the users' queue, so
+# that one project's backlog does not delay the others' tasks. K1's own queue needs none:
+# its tasks belong to no project. Set K1_FAIR_QUEUES= (empty) for none.
+DEFAULT_FAIR_QUEUES = ("celery",)
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")  # what a queue may be called in K1
 
 # Every variable K1 reads -> the Settings field it sets (None: read by a Procfile line or
 # folded into another field). `k1 check` prints them with their source.
@@ -73,7 +79,7 @@ VARIABLES: dict[str, str | None] = {
     "K1_BEAT_MAX_LOOP_INTERVAL": "beat_max_loop_interval",
     "K1_BEAT_LOCK_TIMEOUT": "beat_lock_timeout", "K1_WORKER_CONCURRENCY": None,
     "K1_WORKER_SHUTDOWN_GRACE": "worker_shutdown_grace",
-    "K1_API_WRITE_LIMIT": "api_write_limit",
+    "K1_API_WRITE_LIMIT": "api_write_limit", "K1_FAIR_QUEUES": "fair_queues",
 }
 SECRET_VARIABLES = frozenset({"K1_SECRET_KEY", "FLOWER_BASIC_AUTH"})
 REDIS_SSL_CERT_REQS = ("required", "optional", "none")
@@ -145,6 +151,7 @@ class Settings:
     beat_lock_timeout: int
     worker_shutdown_grace: int  # s running tasks get to finish after SIGTERM
     api_write_limit: str  # API writes per user, limits notation (k1.web.security)
+    fair_queues: tuple[str, ...]  # queues shared fairly between projects (k1.broker)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +192,7 @@ class Settings:
             worker_shutdown_grace=_int(env, "K1_WORKER_SHUTDOWN_GRACE",
                                        DEFAULT_WORKER_SHUTDOWN_GRACE, low=0, high=3600),
             api_write_limit=_rate_limits(env, "K1_API_WRITE_LIMIT", DEFAULT_API_WRITE_LIMIT),
+            fair_queues=_queue_names(env, "K1_FAIR_QUEUES", DEFAULT_FAIR_QUEUES),
             **_beat_timing(env),
         )
 
@@ -329,6 +337,19 @@ def _optional_http_url(env: Mapping[str, str], name: str) -> str | None:
         raise SettingsError(f"{name}: expected an http(s):// URL, got {raw!r}")
     _check_host_port(name, raw)
     return raw.rstrip("/")
+
+
+def _queue_names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma list of queue names; unset: ``default``, set but empty: none."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    names = tuple(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
+    for queue in names:
+        if not QUEUE_NAME.match(queue):
+            raise SettingsError(f"{name}: {queue!r} is not a queue name "
+                                "(1 to 200 of A-Z a-z 0-9 _ . : -)")
+    return names
 
 
 def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:

@@ -1,8 +1,10 @@
 """K1's broker transport (k1/broker.py) on a real Redis: a message is always in its queue
-or recorded unacknowledged, whatever moment its consumer dies at."""
+or recorded unacknowledged, whatever moment its consumer dies at; a fair queue takes
+turns between projects."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import select
@@ -12,8 +14,9 @@ from collections.abc import Iterator
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
-from k1.broker import DOORBELL, Transport
-from tests.support import RedisServer
+from k1.broker import DOORBELL, RING, Transport, queue_lists, sub_queue
+from k1.headers import PROJECT
+from tests.support import RedisServer, free_port
 
 
 @pytest.fixture
@@ -35,12 +38,35 @@ def k1_connection(redis_server_: RedisServer) -> Iterator[Connection]:
         yield connection
 
 
-def publish(connection: Connection, queue: Queue, count: int = 1) -> list[str]:
+@pytest.fixture
+def fair_connection(redis_server_: RedisServer, queue: Queue) -> Iterator[Connection]:
+    """A connection on which ``queue`` is fair, with unacknowledged records of its own (a
+    restore in a test must not hand back the session workers' messages)."""
+    prefix = f"test-unacked-{uuid.uuid4().hex[:8]}"
+    options = {"fair_queues": [queue.name], "unacked_key": prefix,
+               "unacked_index_key": f"{prefix}-index", "unacked_mutex_key": f"{prefix}-mutex"}
+    with Connection(redis_server_.url, transport=Transport,
+                    transport_options=options) as connection:
+        yield connection
+
+
+def publish(connection: Connection, queue: Queue, count: int = 1,
+            project: str | None = None) -> list[str]:
     bodies = [f"body-{uuid.uuid4().hex}" for _ in range(count)]
     producer = Producer(connection.default_channel, exchange=queue.exchange,
                         routing_key=queue.routing_key)
     for body in bodies:
-        producer.publish(body, declare=[queue], serializer="json")
+        producer.publish(body, declare=[queue], serializer="json",
+                         headers={PROJECT: project} if project else {})
+    return bodies
+
+
+def fetch_all(connection: Connection, queue: Queue) -> list[str]:
+    """Every message's body, in the order the fetch script hands them out."""
+    channel = connection.default_channel
+    bodies = []
+    while (fetched := channel._fetch([queue.name], record=False)) is not None:
+        bodies.append(json.loads(base64.b64decode(json.loads(fetched[1])["body"])))
     return bodies
 
 
@@ -115,3 +141,107 @@ def test_a_consumer_without_acknowledgements_leaves_no_unacknowledged_record(
     assert len(received) == 2
     unacked = redis_server_.client().hvals(k1_connection.default_channel.unacked_key)
     assert [raw for raw in unacked if json.loads(raw)[2] == queue.routing_key] == []
+
+
+def test_a_fair_queue_takes_turns_between_projects_and_keeps_each_in_order(
+        fair_connection, queue, redis_server_):
+    flood = publish(fair_connection, queue, count=5, project="a")
+    client = redis_server_.client()
+    # Beat sends through kombu's publish batch: one transaction per flush.
+    producer = Producer(fair_connection.default_channel, exchange=queue.exchange,
+                        routing_key=queue.routing_key)
+    other = [f"body-{uuid.uuid4().hex}" for _ in range(2)]
+    with producer.batch(max_size=100):  # Redis commands: 5 or 6 per message
+        for body in other:
+            producer.publish(body, serializer="json", headers={PROJECT: "b"})
+        assert not client.exists(sub_queue(queue.name, "b")), "not batched"
+    plain = publish(fair_connection, queue, count=1)  # no project: the plain list
+    assert client.zrange(RING.format(queue.name), 0, -1) == ["a", "b"]
+    assert client.llen(sub_queue(queue.name, "a")) == 5 and client.llen(queue.name) == 1
+    assert fair_connection.default_channel._size(queue.name) == 8
+
+    # One per project per round, each project's own in the order sent.
+    assert fetch_all(fair_connection, queue) == [
+        flood[0], other[0], plain[0], flood[1], other[1], flood[2], flood[3], flood[4]]
+    assert not client.exists(RING.format(queue.name)), "emptied sub-queues left the ring"
+
+
+def test_messages_queued_before_fairness_take_their_turn_as_one_sub_queue(
+        k1_connection, fair_connection, queue):
+    before = publish(k1_connection, queue, count=3, project="a")  # fairness off: plain list
+    after = publish(fair_connection, queue, count=2, project="b")
+    assert fetch_all(fair_connection, queue) == [after[0], before[0], after[1], *before[1:]]
+
+
+def test_a_consumer_killed_once_its_wait_was_answered_leaves_a_fair_message_queued(
+        fair_connection, queue, redis_server_):
+    client = redis_server_.client()
+    publish(fair_connection, queue, project="a")
+    channel = fair_connection.channel()
+    channel.basic_consume(queue.name, no_ack=False, callback=lambda message: None,
+                          consumer_tag="test")
+    fair_connection.transport.cycle._register_BRPOP(channel)
+    readable, _, _ = select.select([channel.client.connection._sock], [], [], 10)
+    assert readable, "the wait was not answered although a message was published"
+    channel.client.connection.disconnect()  # killed with the answer unread
+    assert client.llen(sub_queue(queue.name, "a")) == 1
+    assert client.zrange(RING.format(queue.name), 0, -1) == ["a"]
+
+
+def test_a_message_restored_after_the_visibility_timeout_goes_back_to_its_project(
+        fair_connection, queue, redis_server_):
+    client = redis_server_.client()
+    first, second = publish(fair_connection, queue, count=2, project="a")
+    channel = fair_connection.channel()
+    fetched = channel._fetch([queue.name])  # recorded unacknowledged; its consumer dies
+    assert fetched is not None and fetched[2]
+    assert client.zcard(RING.format(queue.name)) == 1 and client.llen(queue.name) == 0
+    channel.qos.visibility_timeout = 0  # what the timeout's passing does, without the wait
+    channel.qos.restore_visible(interval=1)
+    assert client.hlen(channel.unacked_key) == 0, "the message was not restored"
+    assert client.llen(queue.name) == 0, "restored into the plain list, not its project's"
+    assert client.llen(sub_queue(queue.name, "a")) == 2
+    # At the head of its project's list: delivered again before the one behind it.
+    assert fetch_all(fair_connection, queue) == [first, second]
+
+
+def test_purge_empties_every_sub_queue(fair_connection, queue, redis_server_):
+    publish(fair_connection, queue, count=3, project="a")
+    publish(fair_connection, queue, count=2, project="b")
+    publish(fair_connection, queue, count=1)
+    channel = fair_connection.default_channel
+    assert channel.queue_purge(queue.name) == 6
+    client = redis_server_.client()
+    assert not client.exists(RING.format(queue.name), *queue_lists(queue.name, ["a", "b"]))
+    assert channel._size(queue.name) == 0
+
+
+def test_counters_get_their_expiry_once_per_bucket_not_per_message(tmp_path, queue):
+    """A Redis of its own: its command statistics count this test's commands only."""
+    server = RedisServer(free_port(), tmp_path / "redis", tmp_path).start()
+    try:
+        with Connection(server.url, transport=Transport) as connection:
+            publish(connection, queue, count=20)
+            assert len(fetch_all(connection, queue)) == 20
+        client = server.client()
+        expires = int(client.info("commandstats").get("cmdstat_expire", {}).get("calls", 0))
+        # One bucket or two (the count may straddle a bucket's end), per side.
+        assert 1 <= expires <= 4, f"{expires} EXPIREs for 20 messages published and fetched"
+        assert all(client.ttl(key) > 0 for key in client.keys("k1:queues:*"))
+    finally:
+        server.stop()
+
+
+def test_basic_get_takes_turns_too(fair_connection, queue, redis_server_):
+    """Kombu's basic_get (a message taken without a consumer, e.g. ``Queue.get``) goes
+    through the fetch script and kombu records it unacknowledged itself."""
+    first, second = publish(fair_connection, queue, count=2, project="a")
+    [other] = publish(fair_connection, queue, count=1, project="b")
+    bound = queue(fair_connection.default_channel)
+    taken = [bound.get(no_ack=False) for _ in range(3)]
+    assert [message.payload for message in taken] == [first, other, second]
+    unacked = redis_server_.client().hlen(fair_connection.default_channel.unacked_key)
+    assert unacked == 3, "basic_get's messages are not recorded unacknowledged"
+    for message in taken:
+        message.ack()
+    assert redis_server_.client().hlen(fair_connection.default_channel.unacked_key) == 0

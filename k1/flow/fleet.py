@@ -163,9 +163,10 @@ def queue_names(paused: set[str], client: redis.Redis | None = None) -> list[str
 
 def queues(paused: set[str], client: redis.Redis | None = None,
            now: float | None = None) -> list[dict[str, Any]]:
-    """Each queue: messages waiting (every priority list), the oldest one's age, and the
-    enqueue and dequeue rates (per second) over the last :data:`RATE_WINDOW` seconds,
-    from the broker transport's counters (k1.broker), in one round trip."""
+    """Each queue: messages waiting (every priority list, and every project's sub-queue of
+    a fair queue), the oldest one's age, and the enqueue and dequeue rates (per second)
+    over the last :data:`RATE_WINDOW` seconds, from the broker transport's counters
+    (k1.broker), in two round trips (the fair queues' rings, then the lists)."""
     client = client or get_redis()
     now = time.time() if now is None else now
     names = queue_names(paused, client)
@@ -177,26 +178,26 @@ def queues(paused: set[str], client: redis.Redis | None = None,
     # inside the window is taken as spread evenly over the bucket.
     oldest_part = ((buckets[1] * broker.RATE_BUCKET) - (now - RATE_WINDOW)) / broker.RATE_BUCKET
     weights = [max(0.0, min(1.0, oldest_part))] + [1.0] * (len(buckets) - 1)
+    lists = broker.waiting_lists(client, names)
     pipe = client.pipeline(transaction=False)
     for name in names:
-        for key in broker.queue_lists(name):
+        for key in lists[name]:
             pipe.llen(key)
             pipe.lindex(key, -1)  # kombu pushes on the left, fetches from the right
     for bucket in buckets:
         pipe.hmget(broker.ENQUEUED.format(bucket), names)
         pipe.hmget(broker.DEQUEUED.format(bucket), names)
     replies = pipe.execute()
-    per_queue = 2 * len(broker.queue_lists(names[0]))
-    counts = replies[len(names) * per_queue:]
-    answer = []
+    answer, at = [], 0
+    counts = replies[2 * sum(len(keys) for keys in lists.values()):]
     for index, name in enumerate(names):
-        lists = replies[index * per_queue:(index + 1) * per_queue]
-        stamps = [_enqueued_at(tail) for tail in lists[1::2] if tail is not None]
+        read, at = replies[at:at + 2 * len(lists[name])], at + 2 * len(lists[name])
+        stamps = [_enqueued_at(tail) for tail in read[1::2] if tail is not None]
         known = [stamp for stamp in stamps if stamp is not None]
         enqueued = sum(w * int(c[index] or 0) for w, c in zip(weights, counts[0::2], strict=True))
         dequeued = sum(w * int(c[index] or 0) for w, c in zip(weights, counts[1::2], strict=True))
         answer.append({
-            "queue": name, "depth": sum(lists[0::2]), "paused": name in paused,
+            "queue": name, "depth": sum(read[0::2]), "paused": name in paused,
             "oldest_age_s": round(max(0.0, now - min(known)), 3) if known else None,
             "enqueue_rate": round(enqueued / RATE_WINDOW, 4),
             "dequeue_rate": round(dequeued / RATE_WINDOW, 4),
@@ -228,7 +229,7 @@ class Collector:
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily("k1_queue_depth", "Messages waiting in the queue (every "
-                                  "priority list), not yet fetched by a worker",
+                                  "priority list and project), not yet fetched by a worker",
                                   labels=["queue"])
         age = GaugeMetricFamily("k1_queue_oldest_message_age_seconds", "Seconds the oldest "
                                 "message waiting in the queue has waited (0: none waits)",

@@ -19,7 +19,6 @@ that moment:
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any
 
@@ -29,12 +28,12 @@ from celery.exceptions import Reject
 
 from k1.connections import get_redis
 from k1.flow.limits import Refreshed
+from k1.settings import QUEUE_NAME
 
 log = logging.getLogger(__name__)
 
 PAUSED_KEY = "k1:flow:paused"  # set of paused queue names
 WORKERS_KEY = "k1:flow:paused:{}:workers"  # set: workers that consumed a paused queue
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 CONTROL_TIMEOUT = 2.0  # seconds a broadcast waits for the workers' replies
 CONFIRM_TIMEOUT = 10.0  # seconds pause waits for every worker to have stopped consuming
 TOLD_KEY = "k1:flow:paused:{}:told:{}"  # a worker that missed the pause was told to stop
