@@ -307,6 +307,8 @@ class Channel(kombu_redis.Channel):
             if recorded:
                 self.qos.recorded.add(payload["properties"]["delivery_tag"])
             self._queue_cycle.rotate(queue)
+            # How kombu's own _brpop_read hands a message over: the transport's
+            # delivery to its consumers has no public name (kombu 5.6).
             self.connection._deliver(payload, queue)
             return True
         finally:

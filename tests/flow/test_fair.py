@@ -44,7 +44,7 @@ def purge_celery() -> int:
 
 
 @pytest.fixture
-def operator(web, make_token) -> API:  # type: ignore[no-untyped-def]
+def operator(web, make_token) -> API:
     return API(web, make_token("ops", "*"))
 
 
