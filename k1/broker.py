@@ -308,7 +308,7 @@ class Channel(kombu_redis.Channel):
                 self.qos.recorded.add(payload["properties"]["delivery_tag"])
             self._queue_cycle.rotate(queue)
             # How kombu's own _brpop_read hands a message over: the transport's
-            # delivery to its consumers has no public name (kombu 5.6).
+            # delivery to its consumers has no public name (kombu 5.7).
             self.connection._deliver(payload, queue)
             return True
         finally:
