@@ -26,6 +26,12 @@ LIMIT_RESERVED = "k1_limit_reserved"  # rate limits whose start this message has
 
 def project_of(task: Any, kwargs: dict[str, Any] | None = None) -> str | None:
     """The project a running task works for: its ``project_id`` kwarg, else its header."""
-    kwargs = kwargs if kwargs is not None else (task.request.kwargs or {})
-    value = kwargs.get("project_id") or task.request.get(PROJECT)
+    return project_from(task.request.kwargs if kwargs is None else kwargs, task.request)
+
+
+def project_from(kwargs: Any, headers: Any) -> str | None:
+    """The project of a call: its ``project_id`` kwarg, else K1's project header in
+    ``headers`` (anything with ``get``: a message's headers, a task's request)."""
+    value = (kwargs.get("project_id") if isinstance(kwargs, dict) else None) \
+        or headers.get(PROJECT)
     return None if value is None else str(value)

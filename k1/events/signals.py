@@ -94,7 +94,7 @@ def _request_fields(request: Any) -> dict[str, Any]:
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
     return {
         "task_id": request.id, "task_name": task_name,
-        "project_id": kwargs.get("project_id") or headers.get(k1_headers.PROJECT),
+        "project_id": k1_headers.project_from(kwargs, headers),
         "user_id": headers.get(k1_headers.USER),
         "attempt": (headers.get("retries") or 0) - (headers.get(k1_headers.DEFERRALS) or 0) + 1,
         "worker": getattr(request, "hostname", None),

@@ -65,10 +65,8 @@ def _pool_name(implementation: Any) -> str | None:
 
 
 def _active(request: Any) -> dict[str, Any]:
-    kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
-    project = request.request_dict.get(k1_headers.PROJECT) or kwargs.get("project_id")
     return {"id": request.id, "name": request.task_name,
-            "project_id": None if project is None else str(project),
+            "project_id": k1_headers.project_from(request.kwargs, request.request_dict),
             "queue": (request.delivery_info or {}).get("routing_key"),
             "started_at": request.time_start, "worker_pid": request.worker_pid}
 

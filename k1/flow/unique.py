@@ -322,6 +322,5 @@ def _release_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None or declared(sender) is None:
         return
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
-    project = kwargs.get("project_id") or request.get(headers.PROJECT)
     release_for(sender, request.id, request.args, kwargs,
-                None if project is None else str(project))
+                headers.project_from(kwargs, request))
