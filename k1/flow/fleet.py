@@ -80,6 +80,9 @@ def inspected(online: list[str], client: redis.Redis | None = None) -> dict[str,
     cached = _cached(client)
     if cached and time.time() - cached["at"] < INSPECT_INTERVAL:
         return cached
+    # The answer is dated from before the lock is taken, not from when the replies are in:
+    # once the lock has expired the answer is stale too, and the next caller broadcasts.
+    asked_at = time.time()
     if not client.set(INSPECT_LOCK, uuid.uuid4().hex, nx=True, px=int(INSPECT_INTERVAL * 1000)):
         return cached or _wait_for_other(client)
     replies: dict[str, Any] = {}
@@ -87,7 +90,7 @@ def inspected(online: list[str], client: redis.Redis | None = None) -> dict[str,
         for reply in app.control.broadcast(COMMAND, destination=online, reply=True,
                                            timeout=INSPECT_TIMEOUT, limit=len(online)) or ():
             replies.update(reply)
-    fresh = {"at": time.time(), "workers": {host: r for host, r in replies.items()
+    fresh = {"at": asked_at, "workers": {host: r for host, r in replies.items()
                                            if isinstance(r, dict)}}
     client.set(INSPECT_KEY, json.dumps(fresh))
     return fresh
