@@ -119,14 +119,23 @@ def _hand_off(task: ConductorTask, callback_after: int) -> Answer:
     claim = CLAIM_KEY.format(task.task_id)
     celery_id = str(uuid.uuid4())
     if not store.set(claim, celery_id, nx=True, ex=CLAIM_TTL):
-        return answer_from_celery(store.get(claim) or celery_id, callback_after)
+        celery_id = store.get(claim) or celery_id
+        answer = answer_from_celery(celery_id, callback_after)
+        if (answer.output.get("celery_state") != "PENDING"
+                or store.exists(submissions.SUBMISSION_KEY.format(celery_id))):
+            return answer
+        # Claimed but never sent: Redis went between the claim and the publish (the
+        # submission record is written right after it). Send it now, under the claimed id:
+        # should it have been sent after all (Redis went between the publish and the
+        # record), it runs twice with one idempotency key, the Conductor task id.
+        log.warning("conductor task %s: claimed as %s but never sent; sending it now",
+                    task.task_id, celery_id)
     records = store.pipeline()
     try:
         send(task, celery_id, pipe=records)
     except Exception:
-        # Nothing was sent: the next poll may send it. (Should Redis have gone between the
-        # claim and the publish, the claim stays and a callback poll finds the task
-        # PENDING until it times out in Conductor, which then schedules it again.)
+        # Nothing was sent: the next poll may send it (a claim left behind because Redis
+        # went before this delete is sent by the next poll, above).
         store.delete(claim)
         log.exception("conductor task %s (%s): could not hand it to Celery; asking "
                       "again in %ss", task.task_id, task.task_type, HANDOFF_RETRY_SECONDS)

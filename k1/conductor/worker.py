@@ -35,12 +35,20 @@ from conductor.client.http.models.task_result import TaskResult
 from conductor.client.http.models.task_result_status import TaskResultStatus
 from conductor.client.worker.worker import Worker
 
+from k1.celery import serve_requests
 from k1.conductor.bridge import CALLBACK_AFTER_SECONDS, Answer, ConductorTask, hand_off
 from k1.conductor.client import ConductorClient
 from k1.logs import configure_logging
 from k1.settings import get_settings
 
 log = logging.getLogger("k1.conductor.worker")
+
+# This process (and each poller it spawns, which imports this module to unpickle
+# :func:`execute`) sends tasks and reads their state but never waits for a result: no
+# result subscription per hand-off. Celery's stock backend subscribes before it publishes,
+# so a Redis outage failed there and the task was never sent (its claim then answered
+# PENDING to every callback poll); it also gave up for good after its 20 reconnections.
+serve_requests()
 
 POLL_INTERVAL_MS = 100  # an idle poller asks at most this often per task type
 THREADS = 4  # hand-offs in flight per poller: each is a Redis SET and a broker publish

@@ -31,6 +31,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from k1.broker import waiting_lists
 from tests.conftest import LOGS, PORTS, k1_process
 from tests.support import ROOT, VENV_BIN, Process, RedisServer, free_port, run_k1, wait_for
 
@@ -165,11 +166,12 @@ class Load:
         return iter(self.task_ids)
 
     def send(self, count: int | None = None) -> list[str]:
-        """Send ``count`` (default all) more tasks; returns their task ids."""
+        """Send ``count`` more tasks (default: those of the load not sent yet); returns
+        their task ids."""
         assert self.platform.client is not None
         sent = []
         with self.platform.client.producer_or_acquire() as producer:
-            for _ in range(self.count if count is None else count):
+            for _ in range(self.count - len(self.task_ids) if count is None else count):
                 key = f"{self.tag}-{len(self.task_ids)}"
                 result = self.platform.client.send_task(
                     "k1.tasks.demo.flaky", producer=producer,
@@ -214,7 +216,8 @@ class Load:
     def whereabouts(self, task_ids: list[str]) -> dict[str, str]:
         """Where the broker holds each task's message: queued, unacked, or nowhere."""
         client = self.platform.redis_client()
-        queued = "\n".join(client.lrange(QUEUE, 0, -1))
+        lists = waiting_lists(client, [QUEUE])[QUEUE]  # the fair queue's sub-queues too
+        queued = "\n".join(m for name in lists for m in client.lrange(name, 0, -1))
         unacked = "\n".join(client.hvals("unacked"))
         return {task_id: "queued" if task_id in queued else "unacked" if task_id in unacked
                 else "nowhere" for task_id in task_ids}

@@ -106,13 +106,16 @@ def test_a_redis_restart_under_load_loses_nothing_and_everything_resumes(
         with Listener(url, make_token("watcher", "fault")) as watcher:
             assert watcher.subscribe("fault")["ok"]
             load = Load(platform, "fault", TASKS, fail_times=1, sleep_ms=5)
+            load.send(TASKS // 2)
+            wait_for(lambda: load.completed() >= TASKS // 10, timeout=300, interval=0.2,
+                     message=lambda: f"the load never got going: {load.summary()}")
+            # The rest of the load, then workflows whose Celery tasks queue behind it (one
+            # project, one queue: first in, first out), so that they are still running
+            # when Redis stops right after the worker has polled them.
             load.send()
-            # Handed to Celery behind the load: still queued when Redis stops.
             before = start_workflows(conductor, "before")
             wait_for(lambda: polled(conductor, before), timeout=60,
                      message="the conductor worker never polled the first workflows")
-            wait_for(lambda: load.completed() >= TASKS // 10, timeout=300, interval=0.2,
-                     message=lambda: f"the load never got going: {load.summary()}")
             in_flight = sum(conductor.get_workflow(w)["status"] == "RUNNING" for w in before)
             platform.redis.stop()
             stopped = time.monotonic()
