@@ -15,12 +15,14 @@ own, on the infrastructure of :mod:`bench.realtime`:
   Also the worker's CPU time per task (main process and pool children, from /proc): on a
   machine shared with other work, wall-clock rates swing with the load, CPU per task much
   less; plain/K1 CPU per task is the throughput ratio of a worker that has the cores.
-- **publish CPU** (``--publish-cpu``): the events of ``--tasks`` tasks (received +
-  started, then succeeded + task_completed, as a pool child publishes them) at
+- **publish CPU** (``--publish-cpu``): the transitions of ``--tasks`` tasks (received +
+  started, then succeeded, as a pool child captures their history records) at
   ``--pace`` tasks/s through one :class:`k1.events.Publisher`, CPU time of the process
   (all threads) per task, for each candidate: *sync* (every publish waits for its round
-  trip: K1 before the buffer), *buffered* (the flusher sends at once) and *linger* (the
-  flusher waits ``FLUSH_LINGER`` to gather a task's events into one round trip).
+  trip: K1 before the buffer), *buffered* (the flusher sends at once), *linger* (the
+  flusher waits ``FLUSH_LINGER`` to gather a task's events into one round trip) and
+  *before* (the linger, with each transition's Socket.IO events published beside its
+  record, as K1 did before the web processes derived them from the records).
 - **latency**: ``POST /api/tasks`` at ``--rate`` tasks/s for ``--duration`` s, each timed
   from just before its POST to the ``task_completed`` event at a Socket.IO client
   subscribed to the project. Goal: p95 <= 25 ms at 100 tasks/s.
@@ -138,54 +140,70 @@ class EventsBench(Bench):
             worker.stop()
 
 
+def _task_entries(task_id: str, *, before: bool) -> tuple[list[Any], list[Any]]:
+    """A pool child's buffer entries for one no-op task, in its two publishes (received +
+    started, then succeeded): the transitions' history records, as the signal handlers
+    capture them; ``before``: also each transition's Socket.IO event (and
+    ``task_completed``), as K1 published them before the records became the one write."""
+    from k1.events import HISTORY, make_event
+    from k1.history.capture import arguments, record
+
+    fields = {"task_name": K1, "project_id": "bench", "user_id": "bench", "attempt": 1,
+              "worker": "bench@k1"}
+    received = make_event("received", task_id=task_id, state="RECEIVED", **fields)
+    started = make_event("started", task_id=task_id, state="STARTED", **fields)
+    done = make_event("succeeded", task_id=task_id, state="SUCCESS", result="{}",
+                      runtime_ms=0.1, **fields)
+    first: list[Any] = [(HISTORY, record(received, queue="celery",
+                                         **arguments([], {"project_id": "bench"}))),
+                        (HISTORY, record(started))]
+    second: list[Any] = [(HISTORY, record(done))]
+    if before:
+        first = [("task_event", received), ("task_event", started), *first]
+        second = [("task_event", done), ("task_completed", done), *second]
+    return first, second
+
+
 def publish_cpu(redis_url: str, tasks: int, pace: float,
                 lingers: tuple[float, ...] = ()) -> dict[str, float]:
     """CPU microseconds per task of K1's event path, per publishing candidate (and per
-    linger in ``lingers``, beside the default's)."""
-    from k1.events import FLUSH_LINGER, Publisher, make_event
+    linger in ``lingers``, beside the default's); *before* is the default linger with the
+    events published beside the records."""
+    from k1.events import FLUSH_LINGER, Publisher
 
     results = {}
-    candidates = [("sync", 0.0, True), ("buffered", 0.0, False),
-                  ("linger", FLUSH_LINGER, False)]
-    candidates += [(f"linger {linger * 1000:g} ms", linger, False) for linger in lingers]
-    for candidate, linger, wait in candidates:
+    candidates = [("sync", 0.0, True, False), ("buffered", 0.0, False, False),
+                  ("linger", FLUSH_LINGER, False, False),
+                  ("before: events + records", FLUSH_LINGER, False, True)]
+    candidates += [(f"linger {linger * 1000:g} ms", linger, False, False)
+                   for linger in lingers]
+    for candidate, linger, wait, before in candidates:
         publisher = Publisher(redis_url, f"bench-{candidate}", flush_linger=linger)
-        fields = {"task_name": K1, "project_id": "bench", "user_id": "bench", "attempt": 1,
-                  "worker": "bench@k1"}
         interval = 1 / pace
         cpu_before, begin = time.process_time(), time.perf_counter()
         for n in range(tasks):
             pause = begin + n * interval - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
-            task_id = f"{candidate}-{n}"
-            publisher.publish([
-                ("task_event", make_event("received", task_id=task_id, state="RECEIVED",
-                                          **fields)),
-                ("task_event", make_event("started", task_id=task_id, state="STARTED",
-                                          **fields))], wait=wait)
-            done = make_event("succeeded", task_id=task_id, state="SUCCESS", result="{}",
-                              runtime_ms=0.1, **fields)
-            publisher.publish([("task_event", done), ("task_completed", done)], wait=wait)
+            first, second = _task_entries(f"{candidate}-{n}", before=before)
+            publisher.publish(first, wait=wait)
+            publisher.publish(second, wait=wait)
         publisher.flush()
         results[candidate] = (time.process_time() - cpu_before) / tasks * 1e6
     return results
 
 
 def flush_cpu(redis_url: str, flushes: int) -> float:
-    """CPU microseconds of one flush of a task's first two events (received, started),
-    sent in the caller's thread: what one round trip of the publisher costs a process."""
-    from k1.events import Publisher, make_event
+    """CPU microseconds of one flush of a task's first two transitions (received,
+    started), sent in the caller's thread: what one round trip of the publisher costs a
+    process."""
+    from k1.events import Publisher
 
     publisher = Publisher(redis_url, "bench-flush", flush_linger=0)
     publisher.synchronous = True
-    fields = {"task_name": K1, "project_id": "bench", "user_id": "bench", "attempt": 1,
-              "worker": "bench@k1"}
 
     def one(n: int) -> None:
-        publisher.publish([
-            ("task_event", make_event("received", task_id=f"f-{n}", state="RECEIVED", **fields)),
-            ("task_event", make_event("started", task_id=f"f-{n}", state="STARTED", **fields))])
+        publisher.publish(_task_entries(f"f-{n}", before=False)[0])
 
     for n in range(WARM_UP * 10):
         one(n)

@@ -72,7 +72,7 @@ VARIABLES: dict[str, str | None] = {
     "K1_DATA_DIR": "data_dir", "K1_LOG_LEVEL": "log_level",
     "K1_DLQ_RETENTION_DAYS": "dlq_retention_days", "K1_DLQ_MAX_ROWS": "dlq_max_rows",
     "K1_HISTORY_RETENTION_DAYS": "history_retention_days",
-    "K1_HISTORY_MAX_ROWS": "history_max_rows", "K1_TASK_HISTORY": "task_history",
+    "K1_HISTORY_MAX_ROWS": "history_max_rows",
     "K1_BREAKER_FAIL_MAX": "breaker_fail_max",
     "K1_BREAKER_RESET_TIMEOUT": "breaker_reset_timeout", "K1_WORKFLOWS_DIR": "workflows_dir",
     "K1_CONDUCTOR_CACHE": "conductor_cache_dir", "K1_TASK_EVENTS": "task_events",
@@ -146,7 +146,6 @@ class Settings:
     workflows_dir: Path  # the workflow definition files (k1.conductor.registry)
     conductor_cache_dir: Path  # where `k1 conductor-server` keeps the server jar
     task_events: bool  # K1_TASK_EVENTS=off leaves the task signal handlers unconnected (bench)
-    task_history: bool  # K1_TASK_HISTORY=off captures no history records (bench)
     beat_max_loop_interval: int
     beat_lock_timeout: int
     worker_shutdown_grace: int  # s running tasks get to finish after SIGTERM
@@ -188,7 +187,6 @@ class Settings:
             workflows_dir=Path(env.get("K1_WORKFLOWS_DIR") or DEFAULT_WORKFLOWS_DIR),
             conductor_cache_dir=conductor_cache_dir(env),
             task_events=_choice(env, "K1_TASK_EVENTS", ("on", "off"), "on") == "on",
-            task_history=_choice(env, "K1_TASK_HISTORY", ("on", "off"), "on") == "on",
             worker_shutdown_grace=_int(env, "K1_WORKER_SHUTDOWN_GRACE",
                                        DEFAULT_WORKER_SHUTDOWN_GRACE, low=0, high=3600),
             api_write_limit=_rate_limits(env, "K1_API_WRITE_LIMIT", DEFAULT_API_WRITE_LIMIT),

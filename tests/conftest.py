@@ -77,6 +77,14 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, to stop and start (AOF on: a restart keeps the data)."""
+    server = RedisServer(free_port(), tmp_path / "redis", LOGS).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def services(redis_server: RedisServer, postgres: PostgresServer) -> dict[str, object]:
     """Redis and PostgreSQL up, schema migrated."""

@@ -1,8 +1,7 @@
 """One event schema for everything the dashboard shows, and one way to send it.
 
     from k1.events import emit
-    emit("task_event", type="dead", task_id=..., task_name=..., project_id="acme",
-         user_id="ada", state="FAILURE", attempt=3, exception="TimeoutError")
+    emit("breaker_state", type="open", name="external-api", state="open")
 
 An event is a flat JSON object ``{type, task_id, task_name, project_id, user_id, state,
 attempt, ts, ...}``. It goes to the Socket.IO rooms ``project_<id>`` and ``user_<id>``
@@ -10,31 +9,37 @@ attempt, ts, ...}``. It goes to the Socket.IO rooms ``project_<id>`` and ``user_
 authenticated connection joins) through a write-only Redis publisher: no web app needed,
 and a failure to publish never fails or slows the caller.
 
-Publishing is off the caller's path: :func:`emit` and :func:`publish` put the events in
-this process's buffer and return; a background thread (started lazily, again in each
-process after a fork) waits ``FLUSH_LINGER`` after the first event and sends whatever the
-buffer holds in one pipelined round trip, the PUBLISH of each event beside the metrics
-counters (:mod:`k1.events.metrics`, summed per batch). While one round trip is under way
-the next events gather. The buffer is bounded (``MAX_BUFFERED``: beyond it,
-events are dropped, never waited for), one process's events go out in the order they were
-published, and ``publish(..., wait=True)`` sends the buffer and the events in the caller's
-thread when a later event of another process must not overtake them. The buffer is sent
-at exit (``atexit``; Celery's pool processes call :func:`flush` on
-``worker_process_shutdown``).
+**Task transitions are written once.** A task's ``task_event`` s (and the
+``task_completed`` of its success) are not published by the worker: each transition is
+one task history record (:mod:`k1.history.capture`: the event plus the arguments and
+links history keeps) on the history stream, and every web process derives the Socket.IO
+events from the stream (:func:`events_of`; the web process's relay,
+:mod:`k1.web.realtime`), while the recorder stores the same records in PostgreSQL. A
+worker so pays one ``XADD`` per transition, not a Socket.IO message beside a record, and
+a dashboard gets a task's transitions in the stream's order, late rather than never after
+a Redis outage. The task counters (:mod:`k1.events.metrics`) are bumped in the same round
+trip as the records, once per transition.
 
-Task history records (:mod:`k1.history.capture`) travel in the same buffer as entries
-named :data:`HISTORY`: the flush queues their ``XADD`` on ``k1:history:stream``
-(:func:`k1.history.stream.add`) in the round trip of the events beside them, so a task's
-history costs its worker no round trip of its own. They are not Socket.IO events and
-count toward no metric. A worker's Celery heartbeats travel the same way, as entries
-named :data:`HEARTBEAT` (:mod:`k1.events.heartbeats`).
+Publishing is off the caller's path: :func:`emit`, :func:`publish` and
+:func:`k1.history.capture.capture` put their entries in this process's buffer and
+return; a background thread (started lazily, again in each process after a fork) waits
+``FLUSH_LINGER`` after the first entry and sends whatever the buffer holds in one
+pipelined round trip: the ``XADD`` of each record (entries named :data:`HISTORY`), the
+``PUBLISH`` of each other event, and the counters of the batch's transitions. While one
+round trip is under way the next entries gather. The buffer is bounded (``MAX_BUFFERED``:
+beyond it, entries are dropped, never waited for), one process's entries go out in the
+order they were buffered, and ``publish(..., wait=True)`` sends the buffer and the
+entries in the caller's thread when a later entry of another process must not overtake
+them. The buffer is sent at exit (``atexit``; Celery's pool processes call :func:`flush`
+on ``worker_process_shutdown``). A worker's Celery heartbeats travel the same way, as
+entries named :data:`HEARTBEAT` (:mod:`k1.events.heartbeats`).
 
 The publisher is a ``socketio.RedisManager(write_only=True)`` whose ``_publish`` puts the
 message python-socketio built into K1's own pipeline: the library keeps the wire format
-(the web process's ordinary Redis manager relays it to the rooms), the counters travel in
-the same round trip, and a Redis outage costs the flusher at most one short timeout
-(``PUBLISH_TIMEOUT``), after which events are dropped for ``PAUSE_AFTER_FAILURE`` (the
-library's own ``_publish`` retries, and connects, on its own).
+(the web process's ordinary Redis manager relays it to the rooms), and a Redis outage
+costs the flusher at most one short timeout (``PUBLISH_TIMEOUT``), after which events are
+dropped for ``PAUSE_AFTER_FAILURE`` (the library's own ``_publish`` retries, and
+connects, on its own).
 
 History records are not dropped with them: a task's history must say how it ended even
 if it ended while Redis restarted. The records of a failed round trip, those buffered
@@ -94,6 +99,8 @@ FLUSH_LINGER = 0.004
 # Socket.IO event names (the outside contract) and the task_event types.
 EVENT_NAMES = ("task_event", "task_completed", "dlq_changed", "breaker_state",
                "schedule_fired", "workflow_event", "metrics", "limit_state")
+# Derived from the task history records (events_of), never emitted by name.
+TRANSITION_EVENTS = ("task_event", "task_completed")
 TASK_EVENT_TYPES = ("received", "started", "retried", "succeeded", "failed", "dead")
 # A buffer entry ``(HISTORY, record)`` is a task history record for the history stream.
 HISTORY = "k1:history"
@@ -140,12 +147,30 @@ def emit(name: str, /, *, type: str, **fields: Any) -> dict[str, Any]:
     """Build the event and publish it as Socket.IO event ``name``; returns the event.
 
     ``name`` is positional-only so that an event may carry a ``name`` field (breakers do).
+    A task transition is not emitted but captured as a history record
+    (:func:`k1.history.capture.capture`), from which the web processes derive its events.
     """
+    if name in TRANSITION_EVENTS:
+        raise ValueError(f"{name!r} is derived from the task's history record: capture "
+                         "the record (k1.history.capture) instead of emitting it")
     if name not in EVENT_NAMES:
         raise ValueError(f"unknown event name {name!r}")
     event = make_event(type, **fields)
     publish([(name, event)])
     return event
+
+
+def events_of(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The Socket.IO events of a task history record: its ``task_event`` (the record
+    without the fields only history keeps), and ``task_completed`` for a success; none
+    for a record of another type (``submitted``, ``lost``, ``requeued``)."""
+    if record.get("type") not in TASK_EVENT_TYPES:
+        return []
+    event = {key: value for key, value in record.items()
+             if key not in history_stream.RECORD_ONLY_FIELDS}
+    if event["type"] == "succeeded":
+        return [("task_event", event), ("task_completed", event)]
+    return [("task_event", event)]
 
 
 def publish(events: list[tuple[str, dict[str, Any]]], *, wait: bool = False) -> bool:
@@ -209,7 +234,7 @@ class Publisher(socketio.RedisManager):
     """Write-only Socket.IO publisher with a buffer, whose messages travel in K1's pipeline.
 
         publisher = Publisher("redis://localhost:6379/0")
-        publisher.publish([("task_event", make_event("started", project_id="acme"))])
+        publisher.publish([("breaker_state", make_event("open", name="external-api"))])
         publisher.flush()        # what is buffered, now (at exit)
 
     ``emit`` (python-socketio's) builds each message and hands it to :meth:`_publish`,
@@ -337,14 +362,16 @@ class Publisher(socketio.RedisManager):
     def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> bool:
         try:
             self.pipe = self.client.pipeline(transaction=False)
+            records = []
             for name, event in batch:
                 if name == HISTORY:
                     history_stream.add(self.pipe, event)
+                    records.append(event)
                 elif name == HEARTBEAT:
                     heartbeats.add(self.pipe, event)
                 else:
                     self.emit(name, event, namespace="/", room=rooms_for(event))
-            metrics.count_events(self.pipe, batch)
+            metrics.count_transitions(self.pipe, records)
             self.pipe.execute()
         except Exception as exc:  # a dashboard outage must never fail a task
             self._pause(batch)

@@ -1,7 +1,8 @@
 """The validation metrics: counters in Redis, fed by the events, read by the API.
 
-Task counters are bumped in the same pipeline that publishes the ``task_event`` s
-(:func:`count_events`, summed per batch by :class:`k1.events.Publisher`); Socket.IO delivery latency
+Task counters are bumped in the same pipeline that writes the task transitions to the
+history stream (:func:`count_transitions`, summed per batch by
+:class:`k1.events.Publisher`), once per transition; Socket.IO delivery latency
 comes from the dashboards, which report what they measured (:func:`record_latency`);
 the other sources belong to their areas and are only read here, except the DLQ figures,
 which the caller passes in (the web layer reads them from the DLQ store: this module sits
@@ -73,19 +74,19 @@ end
 """
 
 
-def count_events(pipe: redis.client.Pipeline,
-                 events: Iterable[tuple[str, dict[str, Any]]]) -> None:
-    """Queue the counter updates for published events (task events only), summed per
-    counter, as one command: a batch of a hundred events costs what one does.
+def count_transitions(pipe: redis.client.Pipeline, records: Iterable[dict[str, Any]]) -> None:
+    """Queue the counter updates for task transitions (history records: those of a
+    ``task_event`` type count, others such as ``submitted`` do not), summed per counter,
+    as one command: a batch of a hundred transitions costs what one does.
 
     A breaker deferral (``retried`` with ``deferred``) is counted apart: it spends no
     attempt, so it is not a retry for the "average retry attempts" metric.
     """
     totals: dict[tuple[str, int | None], dict[str, int]] = {}
-    for name, event in events:
-        if name == "task_event" and event.get("type") in COUNTED_TYPES:
-            kind = DEFERRED if event.get("deferred") else event["type"]
-            for key_ttl in _keys("tasks", event.get("ts") or time.time()):
+    for record in records:
+        if record.get("type") in COUNTED_TYPES:
+            kind = DEFERRED if record.get("deferred") else record["type"]
+            for key_ttl in _keys("tasks", record.get("ts") or time.time()):
                 fields = totals.setdefault(key_ttl, {})
                 fields[kind] = fields.get(kind, 0) + 1
     if not totals:
@@ -96,11 +97,6 @@ def count_events(pipe: redis.client.Pipeline,
         for field, amount in fields.items():
             args += [field, amount]
     pipe.eval(_COUNT, len(totals), *(key for key, _ in totals), *args)
-
-
-def count_event(pipe: redis.client.Pipeline, name: str, event: dict[str, Any]) -> None:
-    """:func:`count_events` for one event."""
-    count_events(pipe, [(name, event)])
 
 
 def record_latency(samples: Iterable[Any], client: redis.Redis | None = None) -> int:

@@ -1,8 +1,11 @@
 """Celery signal handlers: every task transition becomes one ``task_event``.
 
 Imported by the worker (``celeryconfig.imports``); each handler builds the one event
-schema and hands it to :func:`k1.events.publish`, never an exception. ``K1_TASK_EVENTS=off``
-leaves them unconnected.
+schema and captures it as the transition's task history record
+(:func:`k1.history.capture.capture`), never an exception: the record is the one write,
+from which the web processes derive the ``task_event`` (and ``task_completed``) and the
+recorder the task's history (:mod:`k1.events`). ``K1_TASK_EVENTS=off`` leaves them
+unconnected.
 
 =========  =========================  =========  ============================
 type       signal                     state      process
@@ -16,26 +19,22 @@ failed     task_revoked               REVOKED    worker main
 =========  =========================  =========  ============================
 
 Publishing is off the task's path (:mod:`k1.events` buffers, a background thread sends),
-and the events of one task still arrive in order:
+and the records of one task still reach the stream in order:
 
 - ``received`` happens in the worker's main process, the next events in a pool child.
   When the task goes to the pool at once, ``received`` is not published by the main
   process but handed to the child with the request (``RECEIVED_EVENT`` in its request
-  dict) and published by the child just before ``started``: one process, one order. A
-  task with an ETA or countdown waits in the main process, which publishes its
-  ``received`` at once and waits for the round trip (rare: retries and scheduled tasks).
-- ``retried`` is published when the retry message is *published*, and the child waits for
+  dict) and captured by the child just before ``started``: one process, one order. A
+  task with an ETA or countdown waits in the main process, which sends its ``received``
+  at once and waits for the round trip (rare: retries and scheduled tasks).
+- ``retried`` is sent when the retry message is *published*, and the child waits for
   that round trip: the retry's own ``received`` (main process) comes after it. Not on
   ``task_retry``, which fires after the message is on the broker, so the retry's
   ``received`` could overtake it.
-- The child's other events go through its buffer, in order. A breaker deferral is a
+- The child's other records go through its buffer, in order. A breaker deferral is a
   ``retried`` with ``deferred: true``. ``dead`` comes from ``K1Task.on_failure``
   (:mod:`k1.recovery`) through the same buffer; Celery runs it before ``task_failure``,
   so a dead task's ``dead`` precedes its ``failed``.
-
-Each transition's task history record (:mod:`k1.history.capture`) goes into the same
-buffer where and when its event is published (so a ``received`` record too is captured by
-the child), and reaches Redis in the same round trip.
 
 The worker's Celery heartbeats are kept too (:func:`on_heartbeat`, whatever
 ``K1_TASK_EVENTS`` says: they are the fleet's view, not task events).
@@ -116,8 +115,8 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
                        **_request_fields(request))
     if request.eta:
         request.request_dict.pop(RECEIVED_EVENT, None)
-        history.capture(history.received(event, request))  # in the round trip below
-        publish([("task_event", event)], wait=True)  # before its start, in another process
+        # Sent now: before its start, which another process records.
+        history.capture(history.received(event, request), wait=True)
     else:
         request.request_dict[RECEIVED_EVENT] = event  # published by the child, before started
 
@@ -128,13 +127,10 @@ def on_prerun(sender: Task | None = None, task_id: str | None = None,
         return
     _started_at[task_id or ""] = time.monotonic()
     received = _take_received(task)
-    events: list[tuple[str, dict[str, Any]]] = []
     if isinstance(received, dict):
-        events.append(("task_event", received))
         history.capture(history.received(received, task.request))
-    started = make_event("started", state="STARTED", **_task_fields(task))
-    publish([*events, ("task_event", started)])
-    history.capture(history.record(started))
+    history.capture(history.record(make_event("started", state="STARTED",
+                                              **_task_fields(task))))
 
 
 def _take_received(task: Task) -> Any:
@@ -153,11 +149,9 @@ def on_postrun(task_id: str | None = None, **_: Any) -> None:
 def on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
     if sender is None:
         return
-    fields = {**_task_fields(sender), "state": "SUCCESS",
-              "runtime_ms": _runtime_ms(sender.request.id), "result": _short(result)}
-    publish([("task_event", make_event("succeeded", **fields)),
-             ("task_completed", make_event("succeeded", **fields))])
-    history.capture(history.record(make_event("succeeded", **fields)))
+    history.capture(history.record(make_event(
+        "succeeded", state="SUCCESS", runtime_ms=_runtime_ms(sender.request.id),
+        result=_short(result), **_task_fields(sender))))
 
 
 def on_failure(sender: Task | None = None, exception: BaseException | None = None,
@@ -169,7 +163,6 @@ def on_failure(sender: Task | None = None, exception: BaseException | None = Non
         exception=type(exception).__name__, message=_short(str(exception)),
         **_task_fields(sender),
     )
-    publish([("task_event", event)])
     history.capture(history.record(event))
 
 
@@ -191,8 +184,8 @@ def on_retry_published(sender: str | None = None, headers: dict[str, Any] | None
         message=_short(str(exc)) if exc else None, eta=headers.get("eta"),
         deferred=deferred, **_task_fields(task),
     )
-    history.capture(history.record(event))  # in the round trip below
-    publish([("task_event", event)], wait=True)  # before the retry's received (main process)
+    # Sent now: before the retry's received, which the main process records.
+    history.capture(history.record(event), wait=True)
 
 
 def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
@@ -204,14 +197,11 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
     # dict. Revoked or expired before a pool child took it, the received event handed to
     # the child is still in it, unpublished; a terminated run's child published it.
     received = None if terminated else request.get(RECEIVED_EVENT)
-    events: list[tuple[str, dict[str, Any]]] = []
     if isinstance(received, dict):
-        events.append(("task_event", received))
         history.capture(history.received(received, request))
-    event = make_event("failed", state="REVOKED", exception="Revoked", message=reason,
-                       **_request_fields(request))
-    publish([*events, ("task_event", event)])
-    history.capture(history.record(event))
+    history.capture(history.record(make_event(
+        "failed", state="REVOKED", exception="Revoked", message=reason,
+        **_request_fields(request))))
 
 
 def on_superseded(task: Task, reason: str) -> None:
@@ -219,11 +209,9 @@ def on_superseded(task: Task, reason: str) -> None:
     marks it revoked; no Celery signal says so)."""
     if not get_settings().task_events:
         return
-    event = make_event("failed", state="REVOKED", exception="Superseded",
-                       message=_short(reason), runtime_ms=_runtime_ms(task.request.id),
-                       **_task_fields(task))
-    publish([("task_event", event)])
-    history.capture(history.record(event))
+    history.capture(history.record(make_event(
+        "failed", state="REVOKED", exception="Superseded", message=_short(reason),
+        runtime_ms=_runtime_ms(task.request.id), **_task_fields(task))))
 
 
 def on_heartbeat(sender: Any = None, **_: Any) -> None:

@@ -1,5 +1,8 @@
 """Capture: every task transition becomes one record on a Redis Stream.
 
+The record is the transition's one write: the recorder stores it as history, and every
+web process derives the transition's Socket.IO events from it (:func:`k1.events.events_of`).
+
 A worker pays no database call and no round trip of its own per transition: a record
 rides the event publisher's buffer (:mod:`k1.events`), whose background flusher sends it
 in the same pipelined round trip as the events beside it; the recorder
@@ -32,7 +35,6 @@ from typing import Any
 from k1 import events
 from k1 import headers as k1_headers
 from k1.history.stream import add
-from k1.settings import get_settings
 
 __all__ = ["add", "arguments", "capture", "links", "received", "record", "submitted"]
 
@@ -90,11 +92,10 @@ def _bounded(value: Any) -> Any:
 
 
 def capture(record: dict[str, Any], *, wait: bool = False) -> bool:
-    """Put ``record`` in this process's event buffer, sent with the events by the
-    publisher's flusher (``wait``: now, in this thread, with what is buffered before it).
-    False when it was dropped (buffer full) or ``K1_TASK_HISTORY=off``, and with ``wait``
-    when it was not sent (Redis unreachable: it is kept and sent later).
+    """Put ``record`` in this process's event buffer, sent by the publisher's flusher
+    (``wait``: now, in this thread, with what is buffered before it). A transition's
+    record is also its live event: the web processes derive the ``task_event`` from it
+    (:func:`k1.events.events_of`). False when it was dropped (buffer full), and with
+    ``wait`` when it was not sent (Redis unreachable: it is kept and sent later).
     """
-    if not get_settings().task_history:
-        return False
     return events.publish([(events.HISTORY, record)], wait=wait)

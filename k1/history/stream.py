@@ -18,6 +18,10 @@ STREAM_KEY = "k1:history:stream"
 # twice), ~250 MB with ordinary ones. Approximate trimming (MAXLEN ~) costs nothing.
 STREAM_MAXLEN = 1_000_000
 RECORD_FIELD = "r"  # the stream entry's one field: the record as JSON
+# What a record holds beyond its task_event (k1.history.capture): kept by history, not
+# sent to the dashboard with the event.
+RECORD_ONLY_FIELDS = frozenset({"id", "queue", "args", "kwargs", "schedule", "replay_of",
+                                "replay_edited", "workflow_id", "conductor_task_id"})
 
 
 def add(pipe: Any, record: dict[str, Any]) -> None:

@@ -226,7 +226,7 @@ class K1Task(Task):
     def on_failure(self, exc: Exception, task_id: str, args: tuple[Any, ...],
                    kwargs: dict[str, Any], einfo: Any) -> None:
         """The task failed for good: write its dead letter and announce the death."""
-        from k1.events import emit
+        from k1.events import make_event
         from k1.history import capture as history
         from k1.recovery.breakers import states_snapshot
         from k1.recovery.dlq.store import DeadLetterStore
@@ -260,11 +260,11 @@ class K1Task(Task):
         log.error("task %s[%s] is dead after %d attempt(s): %s: %s (dead letter %s)",
                   self.name, task_id, fields["attempts"], fields["exception_type"], exc,
                   recorded.letter_id or recorded.outcome)
-        event = emit("task_event", type="dead", task_id=task_id, task_name=self.name,
-             project_id=fields["project_id"], user_id=fields["user_id"], state="FAILURE",
-             attempt=fields["attempts"], exception=fields["exception_type"],
-             message=fields["exception_message"][:500], letter_id=recorded.letter_id)
-        history.capture(history.record(event, worker=fields["worker"]))
+        history.capture(history.record(make_event(
+            "dead", task_id=task_id, task_name=self.name, project_id=fields["project_id"],
+            user_id=fields["user_id"], state="FAILURE", attempt=fields["attempts"],
+            exception=fields["exception_type"], message=fields["exception_message"][:500],
+            letter_id=recorded.letter_id, worker=fields["worker"])))
 
 
 def _seconds_until(when: Any) -> float:

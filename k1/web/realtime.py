@@ -28,6 +28,7 @@ import time
 import uuid
 from typing import Any
 
+import redis
 import socketio as python_socketio
 from flask import Flask, current_app, request
 from flask_socketio import SocketIO, join_room, leave_room
@@ -37,6 +38,7 @@ from k1.auth import InvalidToken, Principal, is_revoked, verify_token
 from k1.connections import get_redis
 from k1.events import OPERATORS_ROOM, PLATFORM_ROOM, metrics, project_room, user_room
 from k1.tasks.submissions import SubmissionError, validate_project_id
+from k1.web import relay
 from k1.web.metrics import dlq_stats
 from k1.web.offload import blocking
 
@@ -52,6 +54,7 @@ METRICS_SERIES_MINUTES = 2  # minutes of chart data per broadcast; clients merge
 METRICS_LEADER_KEY = "k1:metrics:broadcaster"  # one web process broadcasts per interval
 EXPIRY_CHECK_INTERVAL = 1.0  # seconds: a connection outlives its token by at most this
 REVOCATION_CHECK_INTERVAL = 5.0  # seconds between two looks at the revocation list (Redis)
+RELAY_CONNECT_TIMEOUT = 5.0  # s; the relay's reads wait up to relay.BLOCK_MS on top of it
 
 
 class ProjectScopedManager(python_socketio.RedisManager):
@@ -86,6 +89,13 @@ class ProjectScopedManager(python_socketio.RedisManager):
                 skip = skip if isinstance(skip, list) else [] if skip is None else [skip]
                 message = {**message, "skip_sid": [*skip, *denied]}
         super()._handle_emit(message)
+
+    def emit_here(self, event: str, data: dict[str, Any], room: list[str]) -> None:
+        """Deliver ``event`` to this process's connections in ``room``, scoped like every
+        emit, without publishing it to the other processes: for what every process reads
+        for itself (the task transitions, :mod:`k1.web.relay`)."""
+        self._handle_emit({"event": event, "data": [data], "namespace": "/", "room": room,
+                           "skip_sid": None})
 
     def _may_see(self, sid: str, project_id: str) -> bool:
         principal = self.principals.get(sid)
@@ -163,11 +173,17 @@ def drop_all_connections(socketio: SocketIO) -> int:
 
 
 def _start_background_tasks(socketio: SocketIO, app: Flask) -> None:
-    """Start this process's ``metrics`` broadcaster and connection reaper, once, on the
-    first connection."""
+    """Start this process's task event relay, ``metrics`` broadcaster and connection
+    reaper, once, on the first connection. The relay starts after the stream's newest
+    record, read here, before the connection is accepted."""
     if app.extensions.get("k1_socket_tasks"):
         return
+    client = redis.Redis.from_url(  # its own: a blocking read holds its connection
+        app.config["K1_SETTINGS"].redis_url, socket_connect_timeout=RELAY_CONNECT_TIMEOUT,
+        socket_timeout=relay.BLOCK_MS / 1000 + RELAY_CONNECT_TIMEOUT)
+    after = relay.newest_id(client)
     app.extensions["k1_socket_tasks"] = True
+    socketio.start_background_task(relay.relay, socketio, client, after)
     socketio.start_background_task(_broadcast_metrics, socketio, app)
     socketio.start_background_task(_reap_connections, socketio)
 

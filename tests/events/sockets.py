@@ -12,8 +12,12 @@ from typing import Any
 
 import socketio
 
-from k1.events import Publisher, emit, make_event
+from k1.events import HISTORY, Publisher, emit, make_event, publish
+from k1.history.capture import record
 from tests.support import wait_for
+
+MARKER_TASK = "k1.tests.marker"  # the task name of drain's markers
+MARKER = "marker"  # what a Listener records them as
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,11 @@ class Listener:
         self.client.on("*", self._record)
 
     def _record(self, name: str, *args: Any) -> None:
+        data = args[0] if args else None
+        if name == "task_event" and isinstance(data, dict) and data.get("task_name") == MARKER_TASK:
+            name = MARKER  # drain's marker on the task path: no task's event
         with self.lock:
-            self.received.append(Received(name, args[0] if args else None, time.time()))
+            self.received.append(Received(name, data, time.time()))
 
     def connect(self) -> Listener:
         auth = {"token": self.token} if self.token is not None else None
@@ -81,14 +88,29 @@ class Listener:
                 for r in self.events()][-30:]
 
 
+def transition(type: str, *, redis_url: str | None = None, **fields: Any) -> dict[str, Any]:
+    """Write a task transition as a worker does (its history record, sent before this
+    returns), from which the web processes derive the ``task_event``; returns the event.
+    ``redis_url``: through that Redis (a platform of the test's own)."""
+    event = make_event(type, **fields)
+    entry = [(HISTORY, record(event))]
+    publisher = _publisher(redis_url) if redis_url is not None else None
+    sent = publisher.publish(entry, wait=True) if publisher else publish(entry, wait=True)
+    assert sent, f"the transition {event} could not be written"
+    return event
+
+
 def drain(*listeners: Listener, redis_url: str | None = None) -> str:
     """Return once everything this process published before the call has reached these
     listeners: a platform marker (every connection gets it) sent now arrives after it,
-    because the web process relays the channel in order. So "nothing arrived" is proven by
-    the marker, not by a sleep. (For events of another process, call it once one of them
-    has been seen arriving: the web process has then relayed everything before it.)
-    ``redis_url``: the marker goes through that Redis (a platform of the test's own), sent
-    before the call returns. Returns the marker's name (:func:`marker_index` finds it)."""
+    because the web process relays in order. Events travel two ways, so the marker does
+    too: a ``breaker_state`` on the Socket.IO channel and a task transition (of no project:
+    to every connection) on the history stream; it has arrived when both have. So
+    "nothing arrived" is proven by the marker, not by a sleep. (For events of another
+    process, call it once one of them has been seen arriving: the web process has then
+    relayed everything before it.) ``redis_url``: the marker goes through that Redis (a
+    platform of the test's own), sent before the call returns. Returns the marker's name
+    (:func:`marker_index` finds it)."""
     marker = f"marker-{uuid.uuid4().hex}"
     if redis_url is None:
         emit("breaker_state", type="marker", name=marker)
@@ -96,20 +118,25 @@ def drain(*listeners: Listener, redis_url: str | None = None) -> str:
         sent = _publisher(redis_url).publish(
             [("breaker_state", make_event("marker", name=marker))], wait=True)
         assert sent, f"the marker {marker} could not be published on {redis_url}"
+    transition("started", task_id=marker, task_name=MARKER_TASK, redis_url=redis_url)
     for listener in listeners:
-        listener.wait_for(lambda r: _is_marker(r, marker), what=f"the marker {marker}")
+        for path in ("breaker_state", MARKER):
+            listener.wait_for(lambda r, path=path: r.name == path and _is_marker(r, marker),
+                              what=f"the marker {marker} ({path})")
     return marker
 
 
 def marker_index(listener: Listener, marker: str) -> int:
-    """Where ``marker`` is in what ``listener`` received (events before it: ``[:index]``)."""
+    """Where ``marker`` is in what ``listener`` received (events before it: ``[:index]``):
+    the later of its two copies."""
     received = listener.events()
-    return next(i for i, r in enumerate(received) if _is_marker(r, marker))
+    return max(i for i, r in enumerate(received) if _is_marker(r, marker))
 
 
 def _is_marker(received: Received, marker: str) -> bool:
-    return (received.name == "breaker_state" and isinstance(received.data, dict)
-            and received.data.get("name") == marker)
+    data = received.data if isinstance(received.data, dict) else {}
+    return ((received.name == "breaker_state" and data.get("name") == marker)
+            or (received.name == MARKER and data.get("task_id") == marker))
 
 
 @functools.cache

@@ -28,7 +28,7 @@ def scratch(redis_server):
 def _count(client: redis.Redis, *types: str) -> None:
     pipe = client.pipeline()
     for event_type in types:
-        metrics.count_event(pipe, "task_event", make_event(event_type))
+        metrics.count_transitions(pipe, [make_event(event_type)])
     pipe.execute()
 
 
@@ -80,16 +80,16 @@ def test_each_metric_against_its_target(scratch) -> None:
 
 
 def test_a_batch_is_counted_per_counter_not_per_event(scratch) -> None:
-    events = [("task_event", make_event(t)) for t in ["succeeded"] * 50 + ["retried"]]
-    events += [("task_event", make_event("retried", deferred=True)),
-               ("task_completed", make_event("succeeded"))]  # not a task_event: not counted
+    records = [make_event(t) for t in ["succeeded"] * 50 + ["retried"]]
+    records += [make_event("retried", deferred=True),
+                make_event("submitted")]  # not a task_event type: not counted
     pipe = scratch.pipeline()
-    metrics.count_events(pipe, events)
+    metrics.count_transitions(pipe, records)
     commands = len(pipe.command_stack)
     pipe.execute()
     counted = {"succeeded": "50", "retried": "1", "deferred": "1"}
     assert scratch.hgetall(metrics.KEY.format(family="tasks")) == counted
-    ts = events[0][1]["ts"]
+    ts = records[0]["ts"]
     hour = metrics.HOUR_KEY.format(family="tasks", hour=int(ts // 3600))
     minute = metrics.MINUTE_KEY.format(family="tasks", minute=int(ts // 60))
     assert scratch.hgetall(hour) == counted and scratch.hgetall(minute) == counted

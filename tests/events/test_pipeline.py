@@ -136,7 +136,7 @@ def test_a_failed_publish_pauses_publishing() -> None:
         silent.listen(16)
         url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
         publisher = Publisher(url, pause_after_failure=3.0)
-        event = [("task_event", make_event("started", task_id="t1", project_id="acme"))]
+        event = [("workflow_event", make_event("started", workflow_id="w1", project_id="acme"))]
 
         def timed() -> float:
             started = time.monotonic()
@@ -158,7 +158,7 @@ def test_publishing_never_waits_for_redis_and_the_buffer_is_bounded() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         publisher = Publisher(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", max_buffered=2)
-        event = ("task_event", make_event("started", task_id="t1", project_id="acme"))
+        event = ("workflow_event", make_event("started", workflow_id="w1", project_id="acme"))
         started = time.monotonic()
         assert publisher.publish([event]) is True
         wait_for(lambda: not publisher.buffer, timeout=10, message="the flusher never took it")
@@ -171,9 +171,10 @@ def test_publishing_never_waits_for_redis_and_the_buffer_is_bounded() -> None:
 def test_a_process_sends_its_buffer_when_it_exits(web, make_token, unique):
     with Listener(web, make_token(f"ada-{unique}", "acme")) as alice:
         assert alice.subscribe("acme")["ok"] is True
-        subprocess.run([sys.executable, "-c", "from k1.events import emit; "
-                        f"emit('task_event', type='started', task_id='exit-{unique}', "
-                        "project_id='acme')"], check=True, timeout=60)
+        subprocess.run([sys.executable, "-c", "from k1.events import make_event; "
+                        "from k1.history.capture import capture, record; "
+                        f"capture(record(make_event('started', task_id='exit-{unique}', "
+                        "project_id='acme')))"], check=True, timeout=60)
         alice.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == f"exit-{unique}",
                        what="the event the process published as it exited")
 
@@ -184,10 +185,10 @@ def test_the_message_is_the_one_python_socketio_builds(redis_server) -> None:
     channel = f"wire-{uuid.uuid4().hex}"
     listener = redis_server.client().pubsub(ignore_subscribe_messages=True)
     listener.subscribe(channel)
-    event = make_event("started", task_id="t1", project_id="acme", user_id="ada")
-    assert Publisher(redis_server.url, channel).publish([("task_event", event)], wait=True)
+    event = make_event("started", workflow_id="w1", project_id="acme", user_id="ada")
+    assert Publisher(redis_server.url, channel).publish([("workflow_event", event)], wait=True)
     socketio.RedisManager(redis_server.url, channel=channel, write_only=True).emit(
-        "task_event", event, namespace="/", room=rooms_for(event))
+        "workflow_event", event, namespace="/", room=rooms_for(event))
 
     def next_message() -> dict:
         message = wait_for(lambda: listener.get_message(timeout=0.5), timeout=10,

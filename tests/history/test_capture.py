@@ -1,13 +1,14 @@
-"""History records ride the event publisher's flush: no round trip of their own."""
+"""A task transition is written once: its history record, on the stream, in the round trip
+of the events beside it; its Socket.IO events are derived from the record."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from k1.events import HISTORY, Publisher, make_event
-from k1.history.capture import record
-from k1.history.stream import RECORD_FIELD, STREAM_KEY
+from k1.events import HISTORY, Publisher, events_of, make_event, metrics
+from k1.history.capture import received, record, submitted
+from k1.history.stream import RECORD_FIELD, RECORD_ONLY_FIELDS, STREAM_KEY
 from k1.settings import get_settings
 
 LINGER = 600.0  # s: the test's publisher never flushes by itself while the test runs
@@ -20,7 +21,7 @@ def stream_records(client: Any, count: int = 200) -> dict[str, dict[str, Any]]:
     return {found["id"]: found for found in parsed}
 
 
-def test_a_record_is_sent_in_the_round_trip_of_the_events_beside_it(
+def test_a_transition_is_one_record_sent_in_the_round_trip_of_the_events_beside_it(
         services: dict[str, object], unique: str) -> None:
     publisher = Publisher(get_settings().redis_url, flush_linger=LINGER)
     pipelines: list[Any] = []
@@ -34,16 +35,50 @@ def test_a_record_is_sent_in_the_round_trip_of_the_events_beside_it(
     listener = publisher.client.pubsub()
     listener.subscribe(publisher.channel)
     listener.get_message(timeout=5)  # the subscription's confirmation
-    started = make_event("started", task_id=f"task-{unique}", project_id="acme",
-                         state="STARTED")
-    started_record = record(started)
+    counted = metrics.KEY.format(family="tasks")
+    started_before = int(publisher.client.hget(counted, "started") or 0)
+    breaker = make_event("opened", name=f"breaker-{unique}")
+    started = record(make_event("started", task_id=f"task-{unique}", project_id="acme",
+                                state="STARTED"))
 
-    assert publisher.publish([("task_event", started), (HISTORY, started_record)]) is True
-    assert started_record["id"] not in stream_records(publisher.client)  # buffered
+    assert publisher.publish([("breaker_state", breaker), (HISTORY, started)]) is True
+    assert started["id"] not in stream_records(publisher.client)  # buffered
 
     assert publisher.flush() is True
     assert len(pipelines) == 1  # the event and the record, one round trip
-    assert stream_records(publisher.client)[started_record["id"]] == started_record
+    assert stream_records(publisher.client)[started["id"]] == started
+    assert int(publisher.client.hget(counted, "started") or 0) == started_before + 1
+    # Only the breaker's event went on the Socket.IO channel: the transition is the record.
     message = listener.get_message(timeout=5)
-    assert message is not None and f"task-{unique}" in message["data"].decode()
+    assert message is not None and f"breaker-{unique}" in message["data"].decode()
+    assert listener.get_message(timeout=0.2) is None
     listener.close()
+
+
+class _Request:
+    """A pool child's request context: the message headers as its own fields."""
+
+    def __init__(self) -> None:
+        self.delivery_info = {"routing_key": "celery"}
+        self.args, self.kwargs = [1], {"project_id": "acme"}
+
+    def get(self, key: str) -> Any:
+        return {"k1_schedule": "nightly", "k1_conductor_workflow_id": "wf-1"}.get(key)
+
+
+def test_the_events_of_a_record_are_its_task_event_without_what_only_history_keeps() -> None:
+    event = make_event("received", task_id="t1", project_id="acme", state="RECEIVED",
+                       worker="w@h")
+    full = received(event, _Request())
+    assert full["args"] == [1] and full["schedule"] == "nightly"
+    assert set(full) - set(event) <= RECORD_ONLY_FIELDS  # every extra is history's own
+    assert events_of(full) == [("task_event", event)]
+
+    done = make_event("succeeded", task_id="t1", project_id="acme", state="SUCCESS",
+                      result="7", runtime_ms=1.5)
+    assert events_of(record(done)) == [("task_event", done), ("task_completed", done)]
+
+    # A submission, or the worker handing a message back: history only, no live event.
+    assert events_of(submitted("t1", "k1.tasks.demo.flaky", [], {}, project_id="acme",
+                               user_id=None, headers=None, ts=0.0)) == []
+    assert events_of(record(make_event("requeued", task_id="t1"))) == []

@@ -12,16 +12,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from k1.events import HISTORY, PUBLISH_TIMEOUT, Publisher, make_event
 from k1.history.capture import record
 from k1.history.stream import RECORD_FIELD, STREAM_KEY
-from tests.conftest import LOGS
 from tests.fault.platform import Platform
 from tests.support import ROOT, VENV_BIN, RedisServer, free_port, wait_for
 
@@ -43,13 +39,6 @@ def history_record(task_id: str, type: str = "started") -> tuple[str, dict[str, 
     return HISTORY, record(make_event(type, task_id=task_id, project_id="acme"))
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path / "redis", LOGS).start()
-    yield server
-    server.stop()
-
-
 def test_records_are_kept_through_an_outage_and_sent_in_order_after_it(
         own_redis: RedisServer) -> None:
     publisher = Publisher(own_redis.url, pause_after_failure=PAUSE)
@@ -58,7 +47,7 @@ def test_records_are_kept_through_an_outage_and_sent_in_order_after_it(
 
     own_redis.stop()
     failed = history_record("t2")
-    event = ("task_event", make_event("started", task_id="t2", project_id="acme"))
+    event = ("workflow_event", make_event("started", workflow_id="w2", project_id="acme"))
     assert publisher.publish([event, failed], wait=True) is False  # Redis refused
     assert publisher.paused_until > time.monotonic()
     during = history_record("t2", "succeeded")

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import requests
 
-from k1.events import emit
 from tests.conftest import API, k1_process
+from tests.events.sockets import transition
 from tests.support import ROOT, VENV_BIN, Process, free_port, wait_for
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def test_sign_in_and_watch_a_task_live(
     expect(page.locator(f'#dlq-table tr[data-task-id="{failing}"]')).to_be_visible()
 
     # text from events is shown as text, never parsed as HTML
-    emit("task_event", type="started", task_id=f"xss-{unique}", task_name=HOSTILE,
+    transition("started", task_id=f"xss-{unique}", task_name=HOSTILE,
          project_id=project)
     row = page.locator(f'#feed li[data-task-id="xss-{unique}"]')
     expect(row).to_contain_text(HOSTILE)
@@ -252,7 +252,7 @@ def test_the_page_reconnects_and_resynchronises_after_a_restart(
         # subscribed again on its own: a project event reaches the reconnected page
         expect(page.locator("#connection")).to_have_attribute("data-subscribed", project,
                                                               timeout=60_000)
-        emit("task_event", type="received", task_id=f"after-{unique}", task_name="probe",
+        transition("received", task_id=f"after-{unique}", task_name="probe",
              project_id=project)
         expect(page.locator(f'#feed li[data-task-id="after-{unique}"]')).to_be_visible()
     finally:

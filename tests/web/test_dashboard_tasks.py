@@ -144,8 +144,8 @@ def test_search_open_a_task_and_replay_its_dead_letter_edited(
 def test_a_task_page_looks_less_often_while_nothing_happens_and_follows_the_events(
         web: str, worker: Process, recorder: Process, page: Page,  # noqa: F811
         make_token: MakeToken, unique: str) -> None:
-    from k1.events import emit
     from k1.tasks.submissions import submit
+    from tests.events.sockets import transition
 
     project, user = f"poll-{unique}", f"ada-{unique}"
     # Queued where no worker looks: it never starts, and its page never settles.
@@ -167,7 +167,7 @@ def test_a_task_page_looks_less_often_while_nothing_happens_and_follows_the_even
         gaps, (1, 2, 4), strict=True)), f"looks {gaps} s apart"
 
     # An event of the task: the page looks a second later, and again a second after that.
-    emit("task_event", type="received", task_id=waiting, project_id=project, user_id=user,
+    transition("received", task_id=waiting, project_id=project, user_id=user,
          state="RECEIVED")
     expect(task_page).to_have_attribute("data-poll-ms", "1000", timeout=LOOK_PATIENCE_MS)
 

@@ -21,11 +21,10 @@ import socketio
 import websocket
 
 from k1.auth import revoke, verify_token
-from k1.events import emit
 from k1.web.app import SOCKET_TIMEOUT
 from k1.web.realtime import REVOCATION_CHECK_INTERVAL
 from tests.conftest import SECRET_KEY, k1_process
-from tests.events.sockets import Listener, drain
+from tests.events.sockets import Listener, drain, transition
 from tests.support import free_port, wait_for
 
 
@@ -54,7 +53,7 @@ def test_a_connection_without_a_valid_token_is_refused(web, token):
 def test_every_connection_joins_its_user_room(web, make_token, unique):
     with Listener(web, make_token(f"ada-{unique}", "acme")) as alice, \
             Listener(web, make_token(f"bob-{unique}", "acme")) as bob:
-        emit("task_event", type="started", task_id=f"t-{unique}", user_id=f"ada-{unique}")
+        transition("started", task_id=f"t-{unique}", user_id=f"ada-{unique}")
         alice.wait_for(lambda r: r.name == "task_event" and r.data["task_id"] == f"t-{unique}")
         drain(bob)
         assert bob.task_events(f"t-{unique}") == []
@@ -66,7 +65,7 @@ def test_subscribing_to_a_foreign_project_is_refused_with_an_error_event(web, ma
         assert answer["ok"] is False and "globex" in answer["error"]
         error = alice.wait_for(lambda r: r.name == "error", what="error event").data
         assert error["action"] == "subscribe" and error["project_id"] == "globex"
-        emit("task_event", type="started", task_id="foreign-1", project_id="globex")
+        transition("started", task_id="foreign-1", project_id="globex")
         assert alice.subscribe("acme")["ok"] is True
         drain(alice)
         assert alice.task_events("foreign-1") == []
@@ -219,7 +218,7 @@ def test_a_stalled_database_does_not_stall_socket_events(web, postgres, make_tok
             time.sleep(1.5)  # the health check is now stuck in PostgreSQL
             assert not health.done(), "health answered although PostgreSQL was frozen"
             for n in range(5):
-                emit("task_event", type="started", task_id=f"stall-{unique}-{n}",
+                transition("started", task_id=f"stall-{unique}-{n}",
                      project_id="acme", state="STARTED")
                 alice.wait_for(lambda r, n=n: r.name == "task_event"
                                and r.data["task_id"] == f"stall-{unique}-{n}", timeout=15,
