@@ -6,10 +6,11 @@
 It starts its own Redis, the web process and the clients, each in processes of their
 own (the clients are python-socketio ``AsyncClient`` s, several hundred per process):
 
-- **K1 path**: an emitter process calls ``k1.events.emit("task_event", ...)`` (what the
-  worker's signal handlers call: buffered, sent with the counters by the flusher) to
-  ``project_bench``; ``python -m k1.web`` relays it to clients that connected with a
-  token and subscribed.
+- **K1 path**: an emitter process captures task transitions as the worker's signal
+  handlers do (``k1.history.capture``: the record buffered, sent with the counters by the
+  flusher) for ``project_bench``; ``python -m k1.web`` reads them from the history
+  stream and sends the ``task_event`` to clients that connected with a token and
+  subscribed.
 - **bare path** (the baseline): an emitter with python-socketio's write-only
   ``RedisManager`` straight to a room, relayed by a minimal Flask-SocketIO app (no K1 code).
 
@@ -104,11 +105,12 @@ def clients(url: str, count: int, token: str | None, project: str | None) -> Non
 def emitter(path: str, rate: float, duration: float, redis_url: str) -> None:
     """Emit ``rate`` events per second for ``duration`` seconds on the given path."""
     if path == "k1":
-        from k1.events import emit
+        from k1.events import make_event
+        from k1.history.capture import capture, record
 
         def send(seq: int) -> None:
-            emit("task_event", type="started", task_id=f"bench-{seq}", task_name="bench",
-                 project_id="bench", state="STARTED", seq=seq)
+            capture(record(make_event("started", task_id=f"bench-{seq}", task_name="bench",
+                                      project_id="bench", state="STARTED", seq=seq)))
     else:
         import socketio
 
