@@ -127,10 +127,11 @@ def on_prerun(sender: Task | None = None, task_id: str | None = None,
         return
     _started_at[task_id or ""] = time.monotonic()
     received = _take_received(task)
+    started = history.record(make_event("started", state="STARTED", **_task_fields(task)))
     if isinstance(received, dict):
-        history.capture(history.received(received, task.request))
-    history.capture(history.record(make_event("started", state="STARTED",
-                                              **_task_fields(task))))
+        history.capture(history.received(received, task.request), started)
+    else:
+        history.capture(started)
 
 
 def _take_received(task: Task) -> Any:

@@ -91,11 +91,12 @@ def _bounded(value: Any) -> Any:
     return text[:ARGS_LIMIT] + TRUNCATED
 
 
-def capture(record: dict[str, Any], *, wait: bool = False) -> bool:
-    """Put ``record`` in this process's event buffer, sent by the publisher's flusher
-    (``wait``: now, in this thread, with what is buffered before it). A transition's
-    record is also its live event: the web processes derive the ``task_event`` from it
-    (:func:`k1.events.events_of`). False when it was dropped (buffer full), and with
-    ``wait`` when it was not sent (Redis unreachable: it is kept and sent later).
+def capture(*records: dict[str, Any], wait: bool = False) -> bool:
+    """Put ``records`` in this process's event buffer, in order, sent by the publisher's
+    flusher (``wait``: now, in this thread, with what is buffered before them). A
+    transition's record is also its live event: the web processes derive the
+    ``task_event`` from it (:func:`k1.events.events_of`). False when one was dropped
+    (buffer full), and with ``wait`` when they were not sent (Redis unreachable: they are
+    kept and sent later).
     """
-    return events.publish([(events.HISTORY, record)], wait=wait)
+    return events.publish([(events.HISTORY, record) for record in records], wait=wait)
