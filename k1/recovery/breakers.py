@@ -73,8 +73,15 @@ class K1Breaker(pybreaker.CircuitBreaker):
         self.storage = state_storage
 
     def call(self, func, *args, **kwargs):
+        # pybreaker holds its lock for the whole call (danielfm/pybreaker#55), so every
+        # guarded call of a process waited for the one in flight: the conductor process's
+        # report threads, the web process's green threads. The state is read under the
+        # lock and the call runs outside it, as calls from other processes sharing the
+        # Redis state always have (the counters are Redis increments).
+        with self._lock:
+            state = self.state
         try:
-            return super().call(func, *args, **kwargs)
+            return state.call(func, *args, **kwargs)
         except BreakerOpen:
             raise
         except pybreaker.CircuitBreakerError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -123,3 +124,22 @@ def test_only_transient_http_failures_count_against_a_breaker(services, unique: 
     assert 25 <= refused.value.retry_after <= 30  # read from the shared opened_at
     status = breakers.status(f"rule-{unique}")
     assert status is not None and status.opened_at and status.next_half_open_at
+
+
+def test_calls_through_one_breaker_run_at_the_same_time(services, unique: str) -> None:
+    """pybreaker alone holds its lock for the whole call: a second thread's call waited
+    for the first (here: until its wait timed out). K1's breaker runs them together."""
+    guard = breakers.breaker(f"concurrency-{unique}")
+    inside, released = threading.Event(), threading.Event()
+    first: list[bool] = []
+
+    def hold() -> bool:
+        inside.set()
+        return released.wait(10)  # released by the second call, or timed out
+
+    thread = threading.Thread(target=lambda: first.append(guard.call(hold)))
+    thread.start()
+    assert inside.wait(10), "the first call never started"
+    guard.call(released.set)
+    thread.join(15)
+    assert first == [True], "the second call waited for the first to finish"
