@@ -14,7 +14,7 @@ and a failure to publish never fails or slows the caller.
 one task history record (:mod:`k1.history.capture`: the event plus the arguments and
 links history keeps) on the history stream, and every web process derives the Socket.IO
 events from the stream (:func:`events_of`; the web process's relay,
-:mod:`k1.web.realtime`), while the recorder stores the same records in PostgreSQL. A
+:mod:`k1.web.relay`), while the recorder stores the same records in PostgreSQL. A
 worker so pays one ``XADD`` per transition, not a Socket.IO message beside a record, and
 a dashboard gets a task's transitions in the stream's order, late rather than never after
 a Redis outage. The task counters (:mod:`k1.events.metrics`) are bumped in the same round
@@ -48,7 +48,8 @@ per process, the oldest dropped beyond it, counted and logged) and sent first, i
 when the pause is over: the flusher tries again by itself, once a pause, until Redis
 answers (the web process, which has no flusher, with its next publish). Keeping costs
 the caller an append, never a wait. A record sent again after a round trip whose outcome
-was unknown is harmless: the recorder stores each record id once. A process that exits
+was unknown is harmless to history (the recorder stores each record id once); the
+dashboard may then see that transition twice, and the counters count it twice. A process that exits
 tries to send what it kept for up to ``EXIT_FLUSH_TIMEOUT``.
 """
 

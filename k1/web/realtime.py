@@ -175,23 +175,22 @@ def drop_all_connections(socketio: SocketIO) -> int:
 def _start_background_tasks(socketio: SocketIO, app: Flask) -> None:
     """Start this process's ``metrics`` broadcaster, connection reaper and task event
     relay, once, on the first connection. The relay starts after the stream's newest
-    record, read here, before the connection is accepted; should Redis not answer, the
-    next connection tries again (the relay never starts from the stream's beginning)."""
-    if not app.extensions.get("k1_socket_tasks"):
-        app.extensions["k1_socket_tasks"] = True
-        socketio.start_background_task(_broadcast_metrics, socketio, app)
-        socketio.start_background_task(_reap_connections, socketio)
-    if app.extensions.get("k1_relay"):
+    record, read here, before the connection is accepted (should Redis not answer, after
+    the newest record once it does: never from the stream's beginning)."""
+    if app.extensions.get("k1_socket_tasks"):
         return
+    app.extensions["k1_socket_tasks"] = True
+    socketio.start_background_task(_broadcast_metrics, socketio, app)
+    socketio.start_background_task(_reap_connections, socketio)
     client = redis.Redis.from_url(  # its own: a blocking read holds its connection
         app.config["K1_SETTINGS"].redis_url, socket_connect_timeout=RELAY_CONNECT_TIMEOUT,
         socket_timeout=relay.BLOCK_MS / 1000 + RELAY_CONNECT_TIMEOUT)
     try:
         after = relay.newest_id(client)
     except redis.RedisError as exc:
-        log.warning("task event relay not started yet, Redis unreachable: %s", exc)
+        log.warning("task event relay waits for Redis: %s", exc)
+        socketio.start_background_task(relay.relay_from_now, socketio, client)
         return
-    app.extensions["k1_relay"] = True
     socketio.start_background_task(relay.relay, socketio, client, after)
 
 

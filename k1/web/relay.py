@@ -10,9 +10,10 @@ back onto Redis.
 
 It starts with the process's first Socket.IO connection, from the stream's newest record
 at that moment (read before the connection is accepted: nothing that client causes is
-missed). While Redis cannot be reached it waits, backing off, and goes on after the last
-record it delivered, so a dashboard gets the transitions of an outage late rather than
-never (the workers keep the records through it, :data:`k1.events.MAX_KEPT_HISTORY`).
+missed; should Redis not answer then, from the newest record once it does). While Redis
+cannot be reached it waits, backing off, and goes on after the last record it delivered,
+so a dashboard gets the transitions of an outage late rather than never (the workers
+keep the records through it, :data:`k1.events.MAX_KEPT_HISTORY`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ def newest_id(client: redis.Redis) -> str:
         return "0-0"
     entry_id = newest[0][0]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def relay_from_now(socketio: SocketIO, client: redis.Redis) -> None:
+    """:func:`relay` from the stream's newest record once Redis answers: for a process
+    whose first connection came while Redis was away (never from the stream's start)."""
+    delay = MIN_RETRY_DELAY
+    while True:
+        try:
+            after = newest_id(client)
+            break
+        except redis.RedisError as exc:
+            log.warning("task event relay waiting for Redis (trying again in %.1fs): %s",
+                        delay, exc)
+            socketio.sleep(delay)
+            delay = min(delay * 2, MAX_RETRY_DELAY)
+    relay(socketio, client, after)
 
 
 def relay(socketio: SocketIO, client: redis.Redis, after: str) -> None:

@@ -78,3 +78,33 @@ def test_transitions_are_relayed_in_order_and_none_is_lost_to_a_redis_restart(
              message=lambda: f"relayed: {manager.delivered}")
     assert manager.delivered[4:] == [("task_event", "t2", ["project_acme"]),
                                       ("task_completed", "t2", ["project_acme"])]
+
+
+def test_a_relay_started_while_redis_is_away_begins_at_the_newest_record_once_it_answers(
+        own_redis: RedisServer) -> None:
+    """A web process's first connection came while Redis was down: its relay waits for
+    Redis, then delivers what comes after the newest record, never the stream's past."""
+    publisher = Publisher(own_redis.url)
+    assert publisher.publish([(HISTORY, record(make_event(
+        "started", task_id="old", project_id="acme")))], wait=True)
+    own_redis.stop()
+    client = redis.Redis.from_url(own_redis.url, socket_timeout=relay.BLOCK_MS / 1000 + 5)
+    socketio = _SocketIO()
+    manager = socketio.server.manager
+    threading.Thread(target=relay.relay_from_now, args=(socketio, client),
+                     daemon=True).start()
+    wait_for(socketio.waiting.is_set, timeout=30,
+             message="the relay never waited for Redis")
+    own_redis.start()
+    socketio.go_on.set()
+    sent: list[str] = []
+
+    def delivered() -> bool:  # new transitions until the relay, now reading, gets one
+        sent.append(f"new-{len(sent)}")
+        event = make_event("started", task_id=sent[-1], project_id="acme")
+        assert publisher.publish([(HISTORY, record(event))], wait=True)
+        return bool(manager.delivered)
+
+    wait_for(delivered, timeout=30, interval=0.2,
+             message=lambda: f"nothing relayed after Redis came back: {manager.delivered}")
+    assert all(task_id in sent for _, task_id, _ in manager.delivered), manager.delivered
