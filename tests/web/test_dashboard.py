@@ -175,7 +175,16 @@ def test_replay_a_dead_letter_with_a_click(
     expect(row).to_be_visible()
     expect(page.locator("#dlq-stats")).to_contain_text("dead")
     row.get_by_role("button", name="Details").click()
-    expect(page.locator("#dlq-table .detail pre.traceback")).to_contain_text("NonRetryableError")
+    traceback = page.locator("#dlq-table .detail pre.traceback")
+    expect(traceback).to_contain_text("NonRetryableError")
+    # Another task of the project dies: the table is drawn again with its letter, and the
+    # details open before stay open.
+    other = api.post("/api/tasks", json={"task": FLAKY, "project_id": project,
+                                         "kwargs": {"permanent": True}}).json()["task_id"]
+    second = dead_letter(api, project, other)
+    expect(page.locator(f'#dlq-table tr[data-letter-id="{second["id"]}"]')).to_be_visible()
+    expect(traceback).to_have_count(1)
+    expect(traceback).to_contain_text("NonRetryableError")
     row.locator('button[data-action="replay"]').click()
     expect(row).to_have_count(0)  # it left the list of dead letters
     replayed = api.get(f"/api/dlq/{dead['id']}").json()

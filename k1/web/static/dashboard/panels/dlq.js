@@ -38,11 +38,25 @@ function query(next) {
   return "/api/dlq?" + params;
 }
 
+// Letter ids whose details are open. The table is drawn again whenever a letter dies or
+// changes (dlq_changed); the details open before stay open, so that an operator reading
+// a traceback does not lose it, nor a click made while the table was being drawn.
+const openDetails = new Set();
+
 /** The stats line and the first page of dead letters matching the filters. */
-export function loadDlq() {
+export async function loadDlq() {
   loadStats();
-  return loadPages($("dlq-body"), query, { id: "dlq-table", columns: COLUMNS, rowAttrs,
-    empty: "No dead letters match." });
+  const data = await loadPages($("dlq-body"), query, { id: "dlq-table", columns: COLUMNS,
+    rowAttrs, empty: "No dead letters match." });
+  for (const letter of data ? data.items : []) {
+    if (openDetails.has(String(letter.id))) showDetail(letter);
+  }
+  return data;
+}
+
+function rowOf(letterId) {
+  return document.querySelector('#dlq-table tr[data-letter-id="' + CSS.escape(String(letterId))
+    + '"]');
 }
 
 async function loadStats() {
@@ -75,10 +89,23 @@ function actions(letter) {
   return buttons;
 }
 
-async function toggleDetail(row, letter) {
+function toggleDetail(row, letter) {
   const next = row.nextElementSibling;
-  if (next && next.classList.contains("detail")) { next.remove(); return; }
+  if (next && next.classList.contains("detail")) {
+    next.remove();
+    openDetails.delete(String(letter.id));
+    return;
+  }
+  openDetails.add(String(letter.id));
+  showDetail(letter);
+}
+
+async function showDetail(letter) {
   const result = await api("GET", "/api/dlq/" + seg(letter.id));
+  // The row as it is now: the table may have been drawn again while the letter loaded.
+  const row = rowOf(letter.id);
+  if (!row || !openDetails.has(String(letter.id))) return;
+  if (row.nextElementSibling && row.nextElementSibling.classList.contains("detail")) return;
   const full = result.ok ? result.data : letter;
   const cell = el("td", { colspan: COLUMNS.length },
     result.ok ? null : errorNote(result),
