@@ -186,11 +186,10 @@ def _start_background_tasks(socketio: SocketIO, app: Flask) -> None:
         app.config["K1_SETTINGS"].redis_url, socket_connect_timeout=RELAY_CONNECT_TIMEOUT,
         socket_timeout=relay.BLOCK_MS / 1000 + RELAY_CONNECT_TIMEOUT)
     try:
-        after = relay.newest_id(client)
+        after: str | None = relay.newest_id(client)
     except redis.RedisError as exc:
         log.warning("task event relay waits for Redis: %s", exc)
-        socketio.start_background_task(relay.relay_from_now, socketio, client)
-        return
+        after = None  # the relay reads the newest record itself once Redis answers
     socketio.start_background_task(relay.relay, socketio, client, after)
 
 

@@ -44,28 +44,15 @@ def newest_id(client: redis.Redis) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-def relay_from_now(socketio: SocketIO, client: redis.Redis) -> None:
-    """:func:`relay` from the stream's newest record once Redis answers: for a process
-    whose first connection came while Redis was away (never from the stream's start)."""
-    delay = MIN_RETRY_DELAY
-    while True:
-        try:
-            after = newest_id(client)
-            break
-        except redis.RedisError as exc:
-            log.warning("task event relay waiting for Redis (trying again in %.1fs): %s",
-                        delay, exc)
-            socketio.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_DELAY)
-    relay(socketio, client, after)
-
-
-def relay(socketio: SocketIO, client: redis.Redis, after: str) -> None:
-    """Deliver every record's events after ``after``, for ever (a background task)."""
+def relay(socketio: SocketIO, client: redis.Redis, after: str | None) -> None:
+    """Deliver every record's events after ``after`` (None: after the stream's newest
+    record once Redis answers, never its past), for ever (a background task)."""
     manager: Any = socketio.server.manager  # k1.web.realtime.ProjectScopedManager
     delay = MIN_RETRY_DELAY
     while True:
         try:
+            if after is None:
+                after = newest_id(client)
             answer = client.xread({STREAM_KEY: after}, count=BATCH, block=BLOCK_MS)
         except redis.RedisError as exc:
             log.warning("task events not relayed, Redis unreachable (trying again in "
@@ -85,7 +72,7 @@ def relay(socketio: SocketIO, client: redis.Redis, after: str) -> None:
 
 
 def _events(entry_id: Any, fields: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
-    raw = fields.get(RECORD_FIELD) or fields.get(RECORD_FIELD.encode())
+    raw = fields.get(RECORD_FIELD.encode())  # the relay's client returns bytes
     try:
         record = json.loads(raw) if raw is not None else None
     except ValueError as exc:

@@ -91,7 +91,7 @@ def test_a_relay_started_while_redis_is_away_begins_at_the_newest_record_once_it
     client = redis.Redis.from_url(own_redis.url, socket_timeout=relay.BLOCK_MS / 1000 + 5)
     socketio = _SocketIO()
     manager = socketio.server.manager
-    threading.Thread(target=relay.relay_from_now, args=(socketio, client),
+    threading.Thread(target=relay.relay, args=(socketio, client, None),
                      daemon=True).start()
     wait_for(socketio.waiting.is_set, timeout=30,
              message="the relay never waited for Redis")
