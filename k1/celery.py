@@ -11,6 +11,8 @@ from typing import Any
 from celery import Celery, signals
 from celery.backends.redis import RedisBackend
 
+from k1 import events
+
 app = Celery("k1")
 app.config_from_object("celeryconfig")
 
@@ -25,7 +27,34 @@ def load_task_modules() -> None:
     app.loader.import_default_modules()
 
 
-class RequestResultBackend(RedisBackend):
+class ResultBackend(RedisBackend):
+    """Celery's Redis result backend, whose writes carry this process's buffered events.
+
+    Every result write (a task's STARTED, SUCCESS, FAILURE...) is one pipelined round
+    trip already; the task history records and events this process has buffered ride in
+    it (:func:`k1.events.send_with`). A worker's pool process writes STARTED right after
+    it captured the task's ``received`` and ``started`` records, and the next task's
+    STARTED carries the last one's ``succeeded``: at load the event flusher seldom needs
+    a round trip of its own. A failed write fails as Celery's does (and is retried the
+    same way); the records are then kept as after any failed publish.
+    """
+
+    def _set(self, key: str, value: Any, expires: int | None = None) -> None:
+        # Celery's RedisBackend._set (5.7; SET EX for redis-py 8's deprecated SETEX),
+        # executed through the event publisher.
+        if expires is None:
+            expires = self.expires
+        with self.client.pipeline() as pipe:
+            pipe.set(key, value, ex=expires or None)
+            pipe.publish(key, value)
+            events.send_with(pipe)
+
+
+# "<backend class>+<url>" keeps the configured URL (TLS options and all).
+app.backend_cls = f"{__name__}:ResultBackend+{app.conf.result_backend}"
+
+
+class RequestResultBackend(ResultBackend):
     """The Redis result backend of a process that serves requests (the web process).
 
     Such a process sends tasks and reads their state, but never waits for a result; the
@@ -49,7 +78,6 @@ def serve_requests() -> None:
       through a Redis restart (celeryconfig.py), but a request must answer 503 at once.
     """
     app.conf.update(result_backend_thread_safe=True, result_backend_always_retry=False)
-    # "<backend class>+<url>" keeps the configured URL (TLS options and all).
     app.backend_cls = f"{__name__}:RequestResultBackend+{app.conf.result_backend}"
 
 

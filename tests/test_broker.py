@@ -245,3 +245,20 @@ def test_basic_get_takes_turns_too(fair_connection, queue, redis_server_):
     for message in taken:
         message.ack()
     assert redis_server_.client().hlen(fair_connection.default_channel.unacked_key) == 0
+
+
+def test_a_channel_builds_one_redis_client_for_all_its_commands(k1_connection, queue):
+    """Kombu built a redis-py client for every publish, fetch and acknowledgement (~60 µs
+    of CPU each under redis-py 8); a channel now keeps one per connection pool."""
+    channel = k1_connection.default_channel
+    built: list[object] = []
+
+    class Counted(channel.Client):  # type: ignore[name-defined,misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    channel.Client = Counted
+    publish(k1_connection, queue, count=20)
+    assert len(fetch_all(k1_connection, queue)) == 20
+    assert len(built) <= 1, f"{len(built)} Redis clients built for 20 publishes and 21 fetches"

@@ -31,7 +31,10 @@ beyond it, entries are dropped, never waited for), one process's entries go out 
 order they were buffered, and ``publish(..., wait=True)`` sends the buffer and the
 entries in the caller's thread when a later entry of another process must not overtake
 them. The buffer is sent at exit (``atexit``; Celery's pool processes call :func:`flush`
-on ``worker_process_shutdown``). A worker's Celery heartbeats travel the same way, as
+on ``worker_process_shutdown``). The process's result writes send the buffer too, in their
+own round trip (:func:`send_with`, :class:`k1.celery.ResultBackend`): a worker's pool
+process writes each task's STARTED and SUCCESS anyway, so at load the records ride those
+writes and the flusher mostly finds the buffer empty. A worker's Celery heartbeats travel the same way, as
 entries named :data:`HEARTBEAT` (:mod:`k1.events.heartbeats`).
 
 The publisher is a ``socketio.RedisManager(write_only=True)`` whose ``_publish`` puts the
@@ -213,6 +216,14 @@ def flush(timeout: float = 0.0) -> bool:
     return _publisher().flush(timeout)
 
 
+def send_with(pipe: Any) -> None:
+    """Execute ``pipe`` (a pipeline another client filled) with this process's buffered
+    events in the same round trip: a Celery worker's result writes carry its task history
+    records so (:class:`k1.celery.ResultBackend`), and the flusher rarely needs a round
+    trip of its own. Raises what ``pipe.execute()`` raises."""
+    _publisher().send_with(pipe)
+
+
 def publish_in_caller_thread() -> None:
     """Make every publish of this process wait for its round trip, in the caller's thread.
 
@@ -360,9 +371,12 @@ class Publisher(socketio.RedisManager):
                 batch.append(source.popleft())
         return batch
 
-    def _send(self, batch: list[tuple[str, dict[str, Any]]]) -> bool:
+    def _send(self, batch: list[tuple[str, dict[str, Any]]], pipe: Any = None) -> bool:
+        """Send ``batch`` in one round trip: on this publisher's own pipeline, or queued
+        after the commands already on ``pipe`` (:meth:`send_with`, which raises its
+        failure for the pipeline's owner to handle)."""
         try:
-            self.pipe = self.client.pipeline(transaction=False)
+            self.pipe = self.client.pipeline(transaction=False) if pipe is None else pipe
             records = []
             for name, event in batch:
                 if name == HISTORY:
@@ -378,10 +392,29 @@ class Publisher(socketio.RedisManager):
             self._pause(batch)
             log.warning("events %s not published (pausing %.0fs, %d history records kept): "
                         "%s", _names(batch), self.pause_after_failure, len(self.kept), exc)
+            if pipe is not None:
+                raise
             return False
         finally:
             self.pipe = None
         return True
+
+    def send_with(self, pipe: Any) -> None:
+        """Execute ``pipe``, a pipeline of another client with its own commands queued,
+        with what this process has buffered (what a pause keeps excepted) in the same
+        round trip; raises what ``pipe.execute()`` raises, the buffered entries then kept
+        or dropped as after any failure. The flusher's round trip in flight is not waited
+        for: ``pipe`` then goes alone."""
+        if not (self.buffer or self.kept) or not self.lock.acquire(blocking=False):
+            pipe.execute()
+            return
+        try:
+            if time.monotonic() < self.paused_until:
+                pipe.execute()
+                return
+            self._send(self._next_batch(), pipe)
+        finally:
+            self.lock.release()
 
     def _pause(self, failed: list[tuple[str, dict[str, Any]]]) -> None:
         """Stop publishing for ``pause_after_failure``, dropping the events (stale by

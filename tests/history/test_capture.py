@@ -82,3 +82,57 @@ def test_the_events_of_a_record_are_its_task_event_without_what_only_history_kee
     assert events_of(submitted("t1", "k1.tasks.demo.flaky", [], {}, project_id="acme",
                                user_id=None, headers=None, ts=0.0)) == []
     assert events_of(record(make_event("requeued", task_id="t1"))) == []
+
+
+def test_a_result_write_carries_the_buffered_records_in_its_round_trip(
+        services: dict[str, object], unique: str, monkeypatch: Any) -> None:
+    """A worker's result write (Celery's STARTED, SUCCESS...) sends what the process has
+    buffered in the same round trip (k1.celery.ResultBackend): the publisher's own client
+    makes none."""
+    from k1 import events
+    from k1.celery import app
+
+    publisher = Publisher(get_settings().redis_url, flush_linger=LINGER)
+    monkeypatch.setattr(events, "_publisher", lambda: publisher)  # this process's publisher
+    own: list[Any] = []
+    make_pipeline = publisher.client.pipeline
+    publisher.client.pipeline = lambda *a, **kw: own.append(1) or make_pipeline(*a, **kw)
+    started = record(make_event("started", task_id=f"task-{unique}", project_id="acme",
+                                state="STARTED"))
+    publisher.publish([(HISTORY, started)])
+
+    app.backend.store_result(f"task-{unique}", 7, "SUCCESS")
+
+    assert own == [], "the publisher made a round trip of its own"
+    assert stream_records(publisher.client)[started["id"]] == started
+    assert app.backend.get_task_meta(f"task-{unique}")["result"] == 7
+    assert not publisher.buffer
+
+
+def test_a_result_write_that_fails_keeps_the_records_it_carried(
+        services: dict[str, object], unique: str) -> None:
+    """The write fails as Celery's would (Celery retries it); the records it carried are
+    kept, and sent in order once Redis answers."""
+    import redis
+
+    from tests.support import free_port
+
+    publisher = Publisher(get_settings().redis_url, flush_linger=LINGER, pause_after_failure=0)
+    first, second = (record(make_event(kind, task_id=f"task-{unique}", project_id="acme"))
+                     for kind in ("received", "started"))
+    publisher.publish([(HISTORY, first), (HISTORY, second)])
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+
+    with unreachable.pipeline() as pipe:
+        pipe.set(f"result-{unique}", "SUCCESS")
+        try:
+            publisher.send_with(pipe)
+        except redis.ConnectionError:
+            pass
+        else:
+            raise AssertionError("a result write to a Redis that is down succeeded")
+
+    assert [entry[1]["id"] for entry in publisher.kept] == [first["id"], second["id"]]
+    assert publisher.flush() is True
+    records = stream_records(publisher.client)
+    assert records[first["id"]] == first and records[second["id"]] == second
