@@ -9,11 +9,29 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from celery.app import backends
 from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError
+from celery.utils.dispatch import Signal
+from kombu.utils.encoding import bytes_to_str
 
 from k1 import events
 
-app = Celery("k1")
+
+class App(Celery):
+    """Celery, with K1's result backend class on the configured ``result_backend`` URL."""
+
+    result_backend_class = f"{__name__}:ResultBackend"  # serve_requests() chooses another
+
+    def _get_backend(self) -> Any:
+        # "<backend class>+<url>" keeps the configured URL (TLS options and all); read
+        # when the backend is first used, not at import (the settings may not be loaded).
+        backend, url = backends.by_url(f"{self.result_backend_class}+{self.conf.result_backend}",
+                                       self.loader)
+        return backend(app=self, url=url)
+
+
+app = App("k1")
 app.config_from_object("celeryconfig")
 
 
@@ -27,31 +45,71 @@ def load_task_modules() -> None:
     app.loader.import_default_modules()
 
 
-class ResultBackend(RedisBackend):
-    """Celery's Redis result backend, whose writes carry this process's buffered events.
+# A task's result, written unless the stored one is a success, and published as Celery's
+# write does. Celery reads the stored result before every write for that check, in a
+# round trip of its own; here the check is in the write, and atomic.
+_STORE = """
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local ok, meta = pcall(cjson.decode, stored)
+  if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
 
-    Every result write (a task's STARTED, SUCCESS, FAILURE...) is one pipelined round
-    trip already; the task history records and events this process has buffered ride in
-    it (:func:`k1.events.send_with`). A worker's pool process writes STARTED right after
-    it captured the task's ``received`` and ``started`` records, and the next task's
-    STARTED carries the last one's ``succeeded``: at load the event flusher seldom needs
-    a round trip of its own. A failed write fails as Celery's does (and is retried the
-    same way); the records are then kept as after any failed publish.
+# Sent (sender: the backend; task_id, result, state, request) when a task's result is
+# encoded and about to be written: what a receiver captures rides that write
+# (k1.events.signals records a task's success so).
+before_result_stored = Signal(name="before_result_stored",
+                              providing_args={"task_id", "result", "state", "request"})
+
+
+class ResultBackend(RedisBackend):
+    """Celery's Redis result backend, one round trip a write, carrying this process's
+    buffered events.
+
+    - **One round trip.** Celery's backend reads a task's stored result before each write
+      (a success is never overwritten: a task delivered twice, after a lost worker, must
+      not undo it), then writes: two round trips for each of a task's STARTED and
+      SUCCESS. Here one script checks and writes (:data:`_STORE`), atomically.
+    - **The events ride it.** The task history records and events this process has
+      buffered go in the write's round trip (:func:`k1.events.send_with`). A worker's pool
+      process writes STARTED right after it captured the task's ``received`` and
+      ``started`` records, and its ``succeeded`` is captured just before the SUCCESS write
+      (:data:`before_result_stored`): the event flusher seldom needs a round trip of its
+      own. A failed write fails as Celery's does (and is retried the same way); the
+      records are then kept as after any failed publish.
     """
 
+    def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
+                      request: Any = None, **kwargs: Any) -> Any:
+        # Celery's BaseKeyValueStoreBackend._store_result (5.7), without the read before
+        # the write (the script checks).
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback,
+                                     request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        value = self.encode(meta)
+        if before_result_stored.receivers:
+            before_result_stored.send(sender=self, task_id=task_id, result=result,
+                                      state=state, request=request)
+        try:
+            self._set_with_state(self.get_key_for_task(task_id), value, state)
+        except BackendStoreError as exc:
+            raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc
+        return result
+
     def _set(self, key: str, value: Any, expires: int | None = None) -> None:
-        # Celery's RedisBackend._set (5.7; SET EX for redis-py 8's deprecated SETEX),
-        # executed through the event publisher.
         if expires is None:
             expires = self.expires
-        with self.client.pipeline() as pipe:
-            pipe.set(key, value, ex=expires or None)
-            pipe.publish(key, value)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.eval(_STORE, 1, key, value, int(expires or 0))
             events.send_with(pipe)
-
-
-# "<backend class>+<url>" keeps the configured URL (TLS options and all).
-app.backend_cls = f"{__name__}:ResultBackend+{app.conf.result_backend}"
 
 
 class RequestResultBackend(ResultBackend):
@@ -78,7 +136,7 @@ def serve_requests() -> None:
       through a Redis restart (celeryconfig.py), but a request must answer 503 at once.
     """
     app.conf.update(result_backend_thread_safe=True, result_backend_always_retry=False)
-    app.backend_cls = f"{__name__}:RequestResultBackend+{app.conf.result_backend}"
+    app.result_backend_class = f"{__name__}:RequestResultBackend"
 
 
 @signals.setup_logging.connect

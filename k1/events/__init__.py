@@ -34,8 +34,8 @@ them. The buffer is sent at exit (``atexit``; Celery's pool processes call :func
 on ``worker_process_shutdown``). The process's result writes send the buffer too, in their
 own round trip (:func:`send_with`, :class:`k1.celery.ResultBackend`): a worker's pool
 process writes each task's STARTED and SUCCESS anyway, so at load the records ride those
-writes and the flusher mostly finds the buffer empty. A worker's Celery heartbeats travel the same way, as
-entries named :data:`HEARTBEAT` (:mod:`k1.events.heartbeats`).
+writes and the flusher mostly finds the buffer empty. A worker's Celery heartbeats travel
+the same way, as entries named :data:`HEARTBEAT` (:mod:`k1.events.heartbeats`).
 
 The publisher is a ``socketio.RedisManager(write_only=True)`` whose ``_publish`` puts the
 message python-socketio built into K1's own pipeline: the library keeps the wire format

@@ -13,13 +13,14 @@ type       signal                     state      process
 received   task_received              RECEIVED   pool child (main if ETA)
 started    task_prerun                STARTED    pool child
 retried    before_task_publish        RETRY      pool child
-succeeded  task_success               SUCCESS    pool child (+ task_completed)
+succeeded  before_result_stored (K1)  SUCCESS    pool child (+ task_completed)
 failed     task_failure               FAILURE    pool child
 failed     task_revoked               REVOKED    worker main
 =========  =========================  =========  ============================
 
-Publishing is off the task's path (:mod:`k1.events` buffers, a background thread sends),
-and the records of one task still reach the stream in order:
+Publishing is off the task's path (:mod:`k1.events` buffers; the process's next result
+write or a background thread sends), and the records of one task still reach the stream
+in order:
 
 - ``received`` happens in the worker's main process, the next events in a pool child.
   When the task goes to the pool at once, ``received`` is not published by the main
@@ -31,6 +32,11 @@ and the records of one task still reach the stream in order:
   that round trip: the retry's own ``received`` (main process) comes after it. Not on
   ``task_retry``, which fires after the message is on the broker, so the retry's
   ``received`` could overtake it.
+- ``succeeded`` is captured as the SUCCESS result is about to be written
+  (:data:`k1.celery.before_result_stored`), not on ``task_success``, which fires after
+  the write: the record rides the write's round trip (:class:`k1.celery.ResultBackend`),
+  as ``received`` and ``started`` ride STARTED's. A task whose result is not stored
+  (``ignore_result``) has it captured on ``task_success``.
 - The child's other records go through its buffer, in order. A breaker deferral is a
   ``retried`` with ``deferred: true``. ``dead`` comes from ``K1Task.on_failure``
   (:mod:`k1.recovery`) through the same buffer; Celery runs it before ``task_failure``,
@@ -54,6 +60,7 @@ from typing import Any
 from celery import Task, current_task, signals
 
 from k1 import headers as k1_headers
+from k1.celery import before_result_stored
 from k1.events import EXIT_FLUSH_TIMEOUT, HEARTBEAT, flush, make_event, publish
 from k1.history import capture as history
 from k1.settings import get_settings
@@ -64,6 +71,7 @@ MAX_TEXT = 500  # characters of an exception message or result kept in an event
 RECEIVED_EVENT = "k1_received_event"
 
 _started_at: dict[str, float] = {}  # task id -> monotonic start, in this pool process
+_success_captured: set[str] = set()  # tasks whose success was captured before its result
 
 
 def _task_fields(task: Task) -> dict[str, Any]:
@@ -145,14 +153,34 @@ def _take_received(task: Task) -> Any:
 
 def on_postrun(task_id: str | None = None, **_: Any) -> None:
     _started_at.pop(task_id or "", None)
+    _success_captured.discard(task_id or "")
+
+
+def on_result_stored(task_id: str | None = None, result: Any = None, state: str | None = None,
+                     **_: Any) -> None:
+    """A running task's success, captured as its result is about to be stored, so that the
+    record rides the SUCCESS write (:class:`k1.celery.ResultBackend`)."""
+    task = current_task  # a proxy: false outside a running task
+    if state != "SUCCESS" or not task or task_id is None or task.request.id != task_id:
+        return
+    if task_id not in _success_captured:  # a write Celery tries again is captured once
+        _success_captured.add(task_id)
+        _capture_success(task, result)
 
 
 def on_success(sender: Task | None = None, result: Any = None, **_: Any) -> None:
     if sender is None:
         return
+    if sender.request.id in _success_captured:
+        _success_captured.discard(sender.request.id)
+    else:  # a result not stored (ignore_result)
+        _capture_success(sender, result)
+
+
+def _capture_success(task: Task, result: Any) -> None:
     history.capture(history.record(make_event(
-        "succeeded", state="SUCCESS", runtime_ms=_runtime_ms(sender.request.id),
-        result=_short(result), **_task_fields(sender))))
+        "succeeded", state="SUCCESS", runtime_ms=_runtime_ms(task.request.id),
+        result=_short(result), **_task_fields(task))))
 
 
 def on_failure(sender: Task | None = None, exception: BaseException | None = None,
@@ -248,6 +276,7 @@ def connect() -> bool:
     signals.task_prerun.connect(on_prerun, weak=False)
     signals.task_postrun.connect(on_postrun, weak=False)
     signals.task_success.connect(on_success, weak=False)
+    before_result_stored.connect(on_result_stored, weak=False)
     signals.task_failure.connect(on_failure, weak=False)
     signals.before_task_publish.connect(on_retry_published, weak=False)
     signals.task_revoked.connect(on_revoked, weak=False)

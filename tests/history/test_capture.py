@@ -136,3 +136,51 @@ def test_a_result_write_that_fails_keeps_the_records_it_carried(
     assert publisher.flush() is True
     records = stream_records(publisher.client)
     assert records[first["id"]] == first and records[second["id"]] == second
+
+
+def test_a_result_write_is_one_round_trip_and_never_overwrites_a_success(
+        services: dict[str, object], unique: str) -> None:
+    """Celery's backend reads the stored result before each write (a success must not be
+    undone by a task delivered twice); K1's checks inside the write, one round trip."""
+    from k1.celery import ResultBackend, app
+
+    backend = ResultBackend(app=app, url=get_settings().redis_url)
+    calls: list[str] = []
+    client = backend.client
+    execute_command, pipeline = client.execute_command, client.pipeline
+    client.execute_command = lambda *a, **kw: calls.append(str(a[0])) or execute_command(*a, **kw)
+    client.pipeline = lambda *a, **kw: calls.append("pipeline") or pipeline(*a, **kw)
+    task_id = f"task-{unique}"
+
+    backend.store_result(task_id, None, "STARTED")
+    backend.store_result(task_id, 7, "SUCCESS")
+    assert calls == ["pipeline", "pipeline"], f"round trips of two writes: {calls}"
+    backend.store_result(task_id, None, "STARTED")  # delivered again after a lost worker
+    backend.mark_as_failure(task_id, RuntimeError("late"))
+
+    meta = backend.get_task_meta(task_id)
+    assert (meta["status"], meta["result"]) == ("SUCCESS", 7)
+
+
+def test_a_success_is_on_the_stream_as_soon_as_its_result_is(worker: Any, unique: str) -> None:
+    """A pool process captures a task's ``succeeded`` before its SUCCESS write, which the
+    record rides: whoever sees the result can read the record (before, it followed in
+    the flusher's round trip, milliseconds later)."""
+    from k1.celery import app
+
+    task_id = f"task-{unique}"
+    listener = app.backend.client.pubsub()
+    listener.subscribe(app.backend.get_key_for_task(task_id))
+    listener.get_message(timeout=5)  # the subscription's confirmation
+    app.send_task("k1.tasks.demo.flaky", kwargs={"project_id": "acme"}, task_id=task_id)
+
+    outcomes = []
+    while (message := listener.get_message(timeout=30)) is not None:
+        outcomes.append(json.loads(message["data"])["status"])
+        if outcomes[-1] == "SUCCESS":
+            break
+    listener.close()
+    assert outcomes[-1:] == ["SUCCESS"], f"the task's result writes: {outcomes}"
+    types = [found["type"] for found in stream_records(app.backend.client).values()
+             if found["task_id"] == task_id]
+    assert "succeeded" in types, f"records on the stream when the result was: {types}"
