@@ -12,11 +12,16 @@ what it must remember (which Celery task runs which Conductor task) is in Redis.
 After a Conductor outage the pollers are restarted as soon as the server is healthy
 again, instead of waiting out conductor-python's poll backoff (up to 2 minutes).
 
+The same process reports the Celery outcomes to Conductor: a :class:`~.reports.Reporter`
+(threads in this parent process, not in the poller) reads the report stream the bridge's
+signal handlers write to.
+
 Stopping (SIGTERM to the process or its whole group, as a Procfile host sends it; or
 SIGINT): the poller stops taking work, hands every task it has already polled to Celery
-(milliseconds each) and reports it IN_PROGRESS, then exits; the whole process is gone well
-within a platform's 30 s grace. No polled task is left to wait for Conductor's
-``responseTimeoutSeconds``.
+(milliseconds each) and reports it IN_PROGRESS, then exits; the reporter finishes the
+reports it is making (reports still waiting stay in the stream for the next reporter);
+the whole process is gone well within a platform's 30 s grace. No polled task is left to
+wait for Conductor's ``responseTimeoutSeconds``.
 """
 
 import logging
@@ -38,6 +43,8 @@ from conductor.client.worker.worker import Worker
 from k1.celery import serve_requests
 from k1.conductor.bridge import CALLBACK_AFTER_SECONDS, Answer, ConductorTask, hand_off
 from k1.conductor.client import ConductorClient
+from k1.conductor.reports import Reporter
+from k1.connections import get_redis
 from k1.logs import configure_logging
 from k1.settings import get_settings
 
@@ -52,6 +59,7 @@ serve_requests()
 
 POLL_INTERVAL_MS = 100  # an idle poller asks at most this often per task type
 THREADS = 4  # hand-offs in flight per poller: each is a Redis SET and a broker publish
+REPORTER_STOP_GRACE = 15.0  # s for the reports being made at a stop (ms each when healthy)
 HEALTH_CHECK_INTERVAL = 2.0  # s between the parent's looks at Conductor's health
 # A stopping poller only finishes hand-offs (ms each); kill it after this, well within the
 # 30 s a Procfile host allows between SIGTERM and SIGKILL.
@@ -146,6 +154,9 @@ def serve(task_types: Sequence[str], *, poll_interval_ms: int = POLL_INTERVAL_MS
         process.start()
         return process
 
+    # The reports run in this process, beside the poller's: the hand-offs and the reports
+    # each have a core's worth of Python, and a poller restart does not stop the reports.
+    reporter = Reporter(get_redis(), conductor_url=url).start()
     poller = start()
     log.info("conductor worker polling %s at %s", ", ".join(task_types), url)
     was_healthy = True
@@ -164,6 +175,7 @@ def serve(task_types: Sequence[str], *, poll_interval_ms: int = POLL_INTERVAL_MS
             was_healthy = healthy
     finally:
         _stop(poller)
+        reporter.stop(REPORTER_STOP_GRACE)
     log.info("conductor worker stopped")
     return 0
 
