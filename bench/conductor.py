@@ -46,7 +46,9 @@ TASK = "k1.conductor.render_report"
 PLAIN_TASK = "bench_plain_render_report"
 POLL_INTERVAL_MS = 100  # the same for both workers
 THREADS = 4
-IDLE_SAMPLE = 2.0  # s of the idle poller's CPU sampled before a drain
+IDLE_SAMPLE = 1.0  # s of the poller's CPU sampled at a time before a drain
+IDLE_CPU = 0.1  # CPU s/s under which the poller is idle (started: imports, connections)
+STARTUP_TIMEOUT = 60  # s the poller may take to start on a loaded machine
 LATENCY_RUNS = 20  # sequential workflows timed for latency
 ANALYSIS = {"data_path": "s3://bench/x.csv", "profile": {"fingerprint": "ab", "score": 7}}
 
@@ -126,6 +128,18 @@ def cpu_seconds(group: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def settle_down(group: int) -> float:
+    """Wait until the process group is done starting (its CPU use under IDLE_CPU, or
+    STARTUP_TIMEOUT passed); returns its CPU seconds per second then."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        before = cpu_seconds(group)
+        time.sleep(IDLE_SAMPLE)
+        rate = (cpu_seconds(group) - before) / IDLE_SAMPLE
+        if rate < IDLE_CPU or time.monotonic() > deadline:
+            return rate
+
+
 def measure(client, name: str, count: int, start_consumer,
             poller: int | None = None) -> tuple[dict, subprocess.Popen[bytes]]:
     """Queue ``count`` workflows, start the consumer, time the drain; then latencies.
@@ -134,12 +148,9 @@ def measure(client, name: str, count: int, start_consumer,
     consumer's processes from the first completion on (its start-up is not counted), and
     the bridge's ``poller`` process group (already running) over the whole drain.
     """
-    polling = cpu_seconds(poller) if poller else 0.0
     if poller:
-        time.sleep(IDLE_SAMPLE)
-        idle = (cpu_seconds(poller) - polling) / IDLE_SAMPLE
-        print(f"poller idle: {idle * 1000:.0f} ms CPU/s")
-        polling = cpu_seconds(poller)
+        print(f"poller idle: {settle_down(poller) * 1000:.0f} ms CPU/s")
+    polling = cpu_seconds(poller) if poller else 0.0
     backlog = start_batch(client, name, count)
     consumer = start_consumer()
     first: list[float] = []
