@@ -71,6 +71,10 @@ UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 REPORT_TASK = "k1.conductor.report_outcome"  # reports enqueued before the report stream
 REPORT_STREAM = "k1:conductor:reports"  # reports on their way to Conductor (reports.py)
 REPORT_FIELD = "report"  # the stream entry's one field: the report as JSON
+# Set by the poller once Conductor has its IN_PROGRESS answer for a task: the report may
+# then be made (see HandOffPending), and need not ask Conductor to find out. Deleted by
+# the report; the TTL only bounds a task whose report never comes.
+ANSWERED_KEY = "k1:conductor:answered:{}"
 MAX_REASON = 1000  # characters of a failure reason sent to Conductor
 COMPLETED, FAILED, TERMINAL = "COMPLETED", "FAILED", "FAILED_WITH_TERMINAL_ERROR"
 IN_PROGRESS = "IN_PROGRESS"
@@ -213,6 +217,15 @@ def reason_of(exc: Any) -> str:
 
 
 # --------------------------------------------------------------------------- settle
+
+
+def mark_answered(conductor_task_id: str) -> None:
+    """Conductor has the poller's IN_PROGRESS answer for this task (never raises: without
+    the mark the report asks Conductor instead)."""
+    try:
+        get_redis().set(ANSWERED_KEY.format(conductor_task_id), 1, ex=CLAIM_TTL)
+    except redis.exceptions.RedisError as exc:
+        log.warning("conductor task %s: answer not marked (%s)", conductor_task_id, exc)
 
 
 class HandOffPending(Exception):

@@ -17,10 +17,13 @@ running one after the other in a Celery slot:
    (``XAUTOCLAIM``);
 2. :func:`bridge.settle` each in a thread; ``XACK`` and ``XDEL`` it once Conductor has it.
 
-A report waits without holding a thread: while the Conductor task is still IN_PROGRESS
-(the poller's answer has not landed: :class:`bridge.HandOffPending`) it is tried again
-after ``HANDOFF_RECHECK`` s, doubling, at most ``HANDOFF_MAX_WAITS`` times, then made
-anyway; while Conductor cannot be reached (down, 5xx, breaker open) after
+A report waits without holding a thread: until the poller has marked its IN_PROGRESS
+answer as landed (:func:`bridge.mark_answered`; a COMPLETED sent before it would be
+undone by it) it looks for the mark again after ``MARK_RECHECK`` s, doubling, at most
+``MARK_WAITS`` times; without a mark it asks Conductor, and while the task is still
+IN_PROGRESS there (:class:`bridge.HandOffPending`) it is tried again after
+``HANDOFF_RECHECK`` s, doubling, at most ``HANDOFF_MAX_WAITS`` times, then made anyway.
+While Conductor cannot be reached (down, 5xx, breaker open) it is tried again after
 ``MIN_RETRY_DELAY`` s doubling to ``MAX_RETRY_DELAY``, for as long as it takes. Until it
 is acknowledged a report stays pending in the stream, so a reporter killed, or stopped with
 reports still waiting, loses none: another claims them once ``claim_idle`` has passed (a
@@ -63,8 +66,13 @@ BLOCK_MS = 500  # ms XREADGROUP waits, so that a stop is noticed within half a s
 # than MAX_RETRY_DELAY, since a waiting report is claimed again at every try.
 CLAIM_IDLE = 120.0
 CLAIM_INTERVAL = 10.0  # s between looks for reports a dead reporter left pending
-# The poller's IN_PROGRESS answer lands a few ms after the hand-off: look again after
-# 20 ms, doubling to at most 0.5 s, 10 times (~3 s in all), then report anyway.
+# The poller's IN_PROGRESS answer lands a few ms after the hand-off, and the poller then
+# marks it in Redis (bridge.ANSWERED_KEY): look for the mark after 2 ms, doubling to at
+# most 0.5 s, MARK_WAITS times (~1.5 s). No mark (a poller restarted before marking, Redis
+# away then): ask Conductor, again after 20 ms, doubling to at most 0.5 s,
+# HANDOFF_MAX_WAITS times (~3 s in all), then report anyway.
+MARK_RECHECK = 0.002
+MARK_WAITS = 10
 HANDOFF_RECHECK = 0.02
 HANDOFF_RECHECK_MAX = 0.5
 HANDOFF_MAX_WAITS = 10
@@ -87,6 +95,7 @@ class Report:
 
     entry_id: str
     fields: dict[str, Any]
+    marks: int = 0  # looks that found no answered mark
     waits: int = 0  # tries that found the Conductor task still IN_PROGRESS
     failures: int = 0  # tries that could not reach Conductor
 
@@ -245,7 +254,13 @@ class Reporter:
         if not fields:  # not a report (logged when read): nothing to make
             self._ack(report)
             return
+        task_id = fields["conductor_task_id"]
         try:
+            if (report.marks < MARK_WAITS and not fields.get("check_state")
+                    and not self.redis.exists(bridge.ANSWERED_KEY.format(task_id))):
+                delay = min(MARK_RECHECK * 2**report.marks, HANDOFF_RECHECK_MAX)
+                self._later(replace(report, marks=report.marks + 1), delay)
+                return
             settle_now(fields["conductor_task_id"], fields["workflow_id"], fields["status"],
                        output=fields.get("output"), reason=fields.get("reason"),
                        celery_task_id=fields.get("celery_task_id"),
@@ -287,6 +302,8 @@ class Reporter:
             pipe = self.redis.pipeline(transaction=False)
             pipe.xack(bridge.REPORT_STREAM, GROUP, report.entry_id)
             pipe.xdel(bridge.REPORT_STREAM, report.entry_id)
+            if report.fields:
+                pipe.delete(bridge.ANSWERED_KEY.format(report.fields["conductor_task_id"]))
             pipe.execute()
             self.settled += 1
         except redis.RedisError as exc:  # made but still pending: made again, ignored then

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from conductor.client.automator.task_runner import TaskRunner
 from conductor.client.configuration.configuration import Configuration
@@ -41,7 +42,13 @@ from conductor.client.http.models.task_result_status import TaskResultStatus
 from conductor.client.worker.worker import Worker
 
 from k1.celery import serve_requests
-from k1.conductor.bridge import CALLBACK_AFTER_SECONDS, Answer, ConductorTask, hand_off
+from k1.conductor.bridge import (
+    CALLBACK_AFTER_SECONDS,
+    Answer,
+    ConductorTask,
+    hand_off,
+    mark_answered,
+)
 from k1.conductor.client import ConductorClient
 from k1.conductor.reports import Reporter
 from k1.connections import get_redis
@@ -89,6 +96,34 @@ def to_task_result(task: Task, answer: Answer) -> TaskResult:
     return result
 
 
+class _MarkingClient:
+    """conductor-python's task client, marking each IN_PROGRESS answer that Conductor has
+    accepted (:func:`~k1.conductor.bridge.mark_answered`): the report of a task that
+    finished before the answer landed waits for the mark, not for a look at Conductor.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def update_task_v2(self, body: TaskResult, **options: Any) -> Any:
+        answer = self._client.update_task_v2(body=body, **options)
+        _landed(body)
+        return answer
+
+    def update_task(self, body: TaskResult, **options: Any) -> Any:
+        answer = self._client.update_task(body=body, **options)
+        _landed(body)
+        return answer
+
+
+def _landed(result: TaskResult) -> None:
+    if result.status == TaskResultStatus.IN_PROGRESS:
+        mark_answered(result.task_id)
+
+
 class _Runner(TaskRunner):
     """conductor-python's task runner, stopped without dropping a task it has polled.
 
@@ -98,6 +133,11 @@ class _Runner(TaskRunner):
     task already polled is handed off (a Redis SET and a broker publish, milliseconds)
     and reported before the runner's loop ends.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sdk_client: Any = vars(self)["task_client"]  # set by the SDK's __init__, untyped
+        self.task_client = _MarkingClient(sdk_client)
 
     def stop_polling(self) -> None:
         self.worker.paused = True  # the SDK's batch poll returns nothing while paused

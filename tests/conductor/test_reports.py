@@ -77,11 +77,14 @@ def polled_task(conductor: ConductorClient, unique: str) -> dict[str, Any]:
     return task
 
 
-def answer_in_progress(conductor: ConductorClient, task: dict[str, Any]) -> None:
-    """What the bridge's poller answers to a hand-off."""
+def answer_in_progress(conductor: ConductorClient, task: dict[str, Any], *,
+                       mark: bool = True) -> None:
+    """What the bridge's poller answers to a hand-off, and its mark once it has landed."""
     conductor.update_task(task["workflowInstanceId"], task["taskId"], "IN_PROGRESS",
                           output={"celery_task_id": "celery-1"},
                           callback_after_seconds=CALLBACK_AFTER)
+    if mark:
+        bridge.mark_answered(task["taskId"])
 
 
 def add_report(task: dict[str, Any], output: dict[str, Any]) -> None:
@@ -104,18 +107,22 @@ def test_a_report_completes_its_task_and_is_acknowledged(
     assert workflow["output"]["score"] == 7
     wait_for(lambda: store.xlen(bridge.REPORT_STREAM) == 0 and pending(store) == 0,
              timeout=10, message="the report was not acknowledged and deleted")
+    assert not store.exists(bridge.ANSWERED_KEY.format(task["taskId"]))
 
 
+@pytest.mark.parametrize("mark", [True, False], ids=["marked", "unmarked"])
 def test_a_report_before_the_in_progress_answer_waits_for_it(
-        store, reporters, conductor: ConductorClient, unique: str) -> None:
-    """The poller's IN_PROGRESS answer would undo a COMPLETED sent before it."""
+        store, reporters, conductor: ConductorClient, unique: str, mark: bool) -> None:
+    """The poller's IN_PROGRESS answer would undo a COMPLETED sent before it. The report
+    waits for the poller's mark; without one (a poller that died before marking), it
+    asks Conductor until the task is no longer IN_PROGRESS."""
     task = polled_task(conductor, unique)
     reporter = start(reporters, conductor)
     add_report(task, {"score": 8})
-    # The reporter looks at the task and finds it IN_PROGRESS: it waits, holding no thread.
+    # The answer has not landed: the report waits, holding no thread.
     wait_for(lambda: reporter._waiting, timeout=QUICK, message="the report never waited")
     assert conductor.get_task(task["taskId"])["status"] == "IN_PROGRESS"
-    answer_in_progress(conductor, task)  # the poller's answer lands late
+    answer_in_progress(conductor, task, mark=mark)  # the poller's answer lands late
     workflow = wait_for_workflow(conductor, task["workflowInstanceId"], "COMPLETED",
                                  timeout=QUICK)
     assert workflow["output"]["score"] == 8
