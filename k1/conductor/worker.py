@@ -66,7 +66,7 @@ serve_requests()
 
 POLL_INTERVAL_MS = 100  # an idle poller asks at most this often per task type
 THREADS = 4  # hand-offs in flight per poller: each is a Redis SET and a broker publish
-REPORTER_STOP_GRACE = 15.0  # s for the reports being made at a stop (ms each when healthy)
+REPORTER_STOP_GRACE = 5.0  # s for the reporter's reader to notice a stop (it blocks 0.5 s)
 HEALTH_CHECK_INTERVAL = 2.0  # s between the parent's looks at Conductor's health
 # A stopping poller only finishes hand-offs (ms each); kill it after this, well within the
 # 30 s a Procfile host allows between SIGTERM and SIGKILL.
