@@ -244,6 +244,8 @@ class Reporter:
             self._settle(report)
         except Exception:  # a thread must never die silently: the report stays pending
             log.exception("report %s could not be made; it stays pending", report.entry_id)
+            with self._lock:  # claimed again once idle for claim_idle, by whichever reporter
+                self._held.discard(report.entry_id)
         finally:
             with self._lock:
                 self._busy -= 1
