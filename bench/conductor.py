@@ -6,13 +6,17 @@ Starts its own Redis and Conductor server (SQLite, temporary data) and, in turn:
 
 - plain:    a conductor-python worker process runs the task function itself;
 - bridge-N: ``k1 conductor-worker`` hands the task to Celery, run by a worker with N
-            processes (``--concurrency``), which reports the result to Conductor.
+            processes (``--concurrency``); the conductor worker reports the result.
 
 Both run the same function (``k1.conductor.render_report``), with the same poll interval
 and thread count. Throughput: ``--workflows`` executions are queued first, then the
 consumer (plain worker, or Celery worker) is started, and the completions are timed as it
 works the backlog off. Latency: 20 executions run one after the other, end - start as
-Conductor records it. The ratio is bridge throughput / plain throughput.
+Conductor records it, and polled -> done (the task's own path, without the wait for a
+poll). The ratio is bridge throughput / plain throughput. CPU per workflow of each side:
+the consumer from its first completion on, the conductor worker (hand-offs, reports and
+its idle polling) over the whole drain. ``--profile DIR``: py-spy records of the bridge's
+processes.
 """
 
 import argparse
@@ -46,6 +50,9 @@ TASK = "k1.conductor.render_report"
 PLAIN_TASK = "bench_plain_render_report"
 POLL_INTERVAL_MS = 100  # the same for both workers
 THREADS = 4
+IDLE_SAMPLE = 1.0  # s of the poller's CPU sampled at a time before a drain
+IDLE_CPU = 0.1  # CPU s/s under which the poller is idle (started: imports, connections)
+STARTUP_TIMEOUT = 60  # s the poller may take to start on a loaded machine
 LATENCY_RUNS = 20  # sequential workflows timed for latency
 ANALYSIS = {"data_path": "s3://bench/x.csv", "profile": {"fingerprint": "ab", "score": 7}}
 
@@ -70,18 +77,25 @@ def start_batch(client, name: str, count: int) -> list[str]:
             for _ in range(count)]
 
 
-def wait_all(client, ids: list[str]) -> list[dict]:
+def wait_all(client, ids: list[str], first_done=None) -> list[dict]:
+    """The workflows ``ids`` once all have ended; ``first_done(n)`` is called once, when
+    the first ``n`` of them have. One call a round (the running ids of the workflow
+    type): a GET per unfinished workflow every round would load the server measured.
+    """
     deadline = time.monotonic() + 600
-    done: dict[str, dict] = {}
-    while len(done) < len(ids):
+    name = client.get_workflow(ids[0])["workflowName"]
+    waiting = set(ids)
+    while waiting:
         if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(done)}/{len(ids)} workflows finished")
-        for wid in ids:
-            if wid not in done:
-                workflow = client.get_workflow(wid)
-                if workflow["status"] != "RUNNING":
-                    done[wid] = workflow
-        time.sleep(0.1)
+            raise SystemExit(f"only {len(ids) - len(waiting)}/{len(ids)} workflows finished")
+        waiting &= set(client._call("GET", f"/workflow/running/{name}",
+                                    params={"version": 1}) or ())
+        if first_done is not None and len(waiting) < len(ids):
+            first_done(len(ids) - len(waiting))
+            first_done = None
+        if waiting:
+            time.sleep(0.02 if len(ids) == 1 else 0.1)
+    done = {wid: client.get_workflow(wid, include_tasks=True) for wid in ids}
     failed = [w for w in done.values() if w["status"] != "COMPLETED"]
     if failed:
         raise SystemExit(f"{len(failed)} workflows did not complete")
@@ -96,21 +110,65 @@ def drain_rate(workflows: list[dict]) -> float:
 
 def latencies(client, name: str, count: int) -> dict:
     """End - start of ``count`` workflows run one after the other (no queueing)."""
-    values = []
+    values, polled = [], []
     for _ in range(count):
         (workflow,) = wait_all(client, start_batch(client, name, 1))
         values.append((workflow["endTime"] - workflow["startTime"]) / 1000)
+        task = workflow["tasks"][0]  # polled (startTime) to completed (endTime)
+        polled.append((task["endTime"] - task["startTime"]) / 1000)
     values.sort()
     return {"p50": statistics.median(values), "p95": values[int(0.95 * (len(values) - 1))],
-            "mean": statistics.fmean(values)}
+            "mean": statistics.fmean(values), "polled": statistics.median(polled)}
 
 
-def measure(client, name: str, count: int, start_consumer) -> tuple[dict, list]:
-    """Queue ``count`` workflows, start the consumer, time the drain; then latencies."""
+def cpu_seconds(group: int) -> float:
+    """CPU time (user + system) of the live processes of process group ``group``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == group:  # pgrp; utime and stime are fields 11 and 12 after it
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def settle_down(group: int) -> float:
+    """Wait until the process group is done starting (its CPU use under IDLE_CPU, or
+    STARTUP_TIMEOUT passed); returns its CPU seconds per second then."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        before = cpu_seconds(group)
+        time.sleep(IDLE_SAMPLE)
+        rate = (cpu_seconds(group) - before) / IDLE_SAMPLE
+        if rate < IDLE_CPU or time.monotonic() > deadline:
+            return rate
+
+
+def measure(client, name: str, count: int, start_consumer,
+            poller: int | None = None) -> tuple[dict, subprocess.Popen[bytes]]:
+    """Queue ``count`` workflows, start the consumer, time the drain; then latencies.
+
+    CPU per workflow, which moves less with the machine's load than the rates: the
+    consumer's processes from the first completion on (its start-up is not counted), and
+    the bridge's ``poller`` process group (already running) over the whole drain.
+    """
+    if poller:
+        print(f"poller idle: {settle_down(poller) * 1000:.0f} ms CPU/s")
+    polling = cpu_seconds(poller) if poller else 0.0
     backlog = start_batch(client, name, count)
     consumer = start_consumer()
-    rate = drain_rate(wait_all(client, backlog))
-    return {"throughput": rate, **latencies(client, name, LATENCY_RUNS)}, consumer
+    first: list[float] = []
+
+    def first_done(finished: int) -> None:
+        first.extend((finished, cpu_seconds(consumer.pid)))
+
+    rate = drain_rate(wait_all(client, backlog, first_done))
+    consumer_cpu = (cpu_seconds(consumer.pid) - first[1]) / (count - first[0])
+    poller_cpu = (cpu_seconds(poller) - polling) / count if poller else 0.0
+    return {"throughput": rate, "consumer_cpu": consumer_cpu, "poller_cpu": poller_cpu,
+            **latencies(client, name, LATENCY_RUNS)}, consumer
 
 
 def spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -129,6 +187,16 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def profile(directory: Path, name: str,
+            process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """py-spy recording ``process`` and its children into ``directory/name.txt``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(process.pid),
+                             "--subprocesses", "--format", "raw", "--rate", "200",
+                             "--output", str(directory / f"{name}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def free_port() -> int:
     import socket
 
@@ -141,6 +209,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflows", type=int, default=60)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy record the bridge's processes into DIR (collapsed "
+                             "stacks, one file each; py-spy must be installed)")
     args = parser.parse_args()
 
     redis_port, conductor_port = free_port(), free_port()
@@ -178,6 +249,7 @@ def main() -> None:
                                             "--threads", str(THREADS),
                                             "--poll-interval", str(POLL_INTERVAL_MS)], env)
         processes.append(poller)
+        profiles = [profile(args.profile, "conductor-worker", poller)] if args.profile else []
         for concurrency in args.concurrency:
             def celery_worker(concurrency: int = concurrency) -> subprocess.Popen[bytes]:
                 return spawn(f"celery-{concurrency}", [
@@ -185,10 +257,23 @@ def main() -> None:
                     "WARNING", "--concurrency", str(concurrency), "--without-mingle",
                     "--without-gossip", "--hostname", f"bench{concurrency}@k1"], env)
 
+            def consumer(concurrency: int = concurrency) -> subprocess.Popen[bytes]:
+                worker = celery_worker(concurrency)
+                if args.profile:
+                    profiles.append(profile(args.profile, f"celery-{concurrency}", worker))
+                return worker
+
             results[f"bridge-{concurrency}"], worker = measure(
-                client, "bench_bridge", args.workflows, celery_worker)
+                client, "bench_bridge", args.workflows, consumer, poller.pid)
+            for recorder in profiles[1:]:
+                recorder.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                recorder.wait(60)
+            del profiles[1:]
             stop(worker)
     finally:
+        for recorder in profiles:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(60)
         for process in processes:
             stop(process)
         stop_server(server)
@@ -197,13 +282,16 @@ def main() -> None:
     plain = results["plain"]
     print(f"\nthroughput: a backlog of {args.workflows} one-task workflows worked off; "
           f"latency: {LATENCY_RUNS} workflows one after the other (end - start)\n")
-    print("| run | workflows/s | ratio to plain | latency p50 | added p50 | p95 | mean |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | workflows/s | ratio to plain | latency p50 | added p50 | p95 | mean "
+          "| polled → done p50 | CPU/workflow: consumer | conductor worker |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         added = (r["p50"] - plain["p50"]) * 1000
         print(f"| {name} | {r['throughput']:.1f} | {r['throughput'] / plain['throughput']:.2f} "
               f"| {r['p50'] * 1000:.0f} ms | {added:+.0f} ms | {r['p95'] * 1000:.0f} ms "
-              f"| {r['mean'] * 1000:.0f} ms |")
+              f"| {r['mean'] * 1000:.0f} ms | {r['polled'] * 1000:.0f} ms "
+              f"| {r['consumer_cpu'] * 1000:.1f} ms "
+              f"| {r['poller_cpu'] * 1000:.1f} ms |")
 
 
 def plain_worker() -> None:

@@ -5,7 +5,7 @@
     Conductor ──poll──► conductor worker ──hand_off()──► Celery task (K1Task: retries,
         ▲                  │ IN_PROGRESS, callback         breakers, dead letters)
         │                  ▼                                    │ success / final failure
-        └──── POST /api/tasks ◄──── settle() ◄──── Celery signal (this module)
+        └──── POST /api/tasks ◄──── settle() ◄──── reporter ◄── Celery signal (this module)
 
 1. :func:`hand_off` (conductor worker): the first poll of a Conductor task claims it in
    Redis (``SET NX`` conductor task id → Celery task id) and sends the Celery task with
@@ -15,12 +15,12 @@
    results) cannot be reached the answer is the same IN_PROGRESS with a short callback:
    an outage of K1's own Redis never fails the Conductor task (that would spend one of
    its few retries, and a long outage all of them, failing the workflow).
-2. When the Celery task succeeds or dies, the signal handlers below only enqueue the
-   ``k1.conductor.report_outcome`` task (on the ``k1.platform`` queue, so it does not
-   wait behind users' work), which calls :func:`settle` to complete or fail the Conductor
-   task. The worker slot that ran the task never waits for Conductor: while the poller's
-   IN_PROGRESS answer has not landed, or while Conductor cannot be reached, the report
-   is retried with a countdown (the callback poll of step 1 is a second way for the
+2. When the Celery task succeeds or dies, the signal handlers below only add a report to
+   the report stream (:func:`report`, one Redis command); the reporter threads of the
+   conductor worker (:mod:`k1.conductor.reports`) call :func:`settle` to complete or fail
+   the Conductor task. The worker slot that ran the task never waits for Conductor: while
+   the poller's IN_PROGRESS answer has not landed, or while Conductor cannot be reached,
+   the report waits in the reporter (the callback poll of step 1 is a second way for the
    result to arrive).
 3. A dead letter carries the workflow and task ids in its headers. Replaying it re-runs
    the Celery task; on success :func:`settle` completes the Conductor task if the
@@ -40,6 +40,7 @@ from celery import Task, signals
 from celery.exceptions import BackendGetMetaError
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
+from kombu.utils.json import dumps
 
 from k1 import headers
 from k1.celery import app
@@ -67,7 +68,13 @@ HANDOFF_RETRY_SECONDS = 5  # Redis or the broker could not take the task: ask ag
 # publish that used up its retries) or through the result backend (its retries used up).
 UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                OperationalError, BackendGetMetaError)
-REPORT_TASK = "k1.conductor.report_outcome"
+REPORT_TASK = "k1.conductor.report_outcome"  # reports enqueued before the report stream
+REPORT_STREAM = "k1:conductor:reports"  # reports on their way to Conductor (reports.py)
+REPORT_FIELD = "report"  # the stream entry's one field: the report as JSON
+# Set by the poller once Conductor has its IN_PROGRESS answer for a task: the report may
+# then be made (see HandOffPending), and need not ask Conductor to find out. Deleted by
+# the report; the TTL only bounds a task whose report never comes.
+ANSWERED_KEY = "k1:conductor:answered:{}"
 MAX_REASON = 1000  # characters of a failure reason sent to Conductor
 COMPLETED, FAILED, TERMINAL = "COMPLETED", "FAILED", "FAILED_WITH_TERMINAL_ERROR"
 IN_PROGRESS = "IN_PROGRESS"
@@ -212,6 +219,15 @@ def reason_of(exc: Any) -> str:
 # --------------------------------------------------------------------------- settle
 
 
+def mark_answered(conductor_task_id: str) -> None:
+    """Conductor has the poller's IN_PROGRESS answer for this task (never raises: without
+    the mark the report asks Conductor instead)."""
+    try:
+        get_redis().set(ANSWERED_KEY.format(conductor_task_id), 1, ex=CLAIM_TTL)
+    except redis.exceptions.RedisError as exc:
+        log.warning("conductor task %s: answer not marked (%s)", conductor_task_id, exc)
+
+
 class HandOffPending(Exception):
     """The Conductor task is still IN_PROGRESS: the poller's answer has not landed yet.
 
@@ -284,17 +300,16 @@ def report(conductor_task_id: str, workflow_id: str, status: str, *,
            output: dict[str, Any] | None = None, reason: str | None = None,
            celery_task_id: str | None = None, task_name: str | None = None,
            check_state: bool, project_id: str | None = None) -> None:
-    """Enqueue the report (``k1.conductor.report_outcome``): one broker publish, so the
-    worker slot that ran the task is free at once.
+    """Add the report to the report stream (one Redis command), so the worker slot that
+    ran the task is free at once; a reporter in ``k1 conductor-worker`` makes it
+    (:mod:`k1.conductor.reports`).
     """
-    # Not the conductor headers: the report is not itself a Conductor task. No submission
-    # record either: nobody asks for the report by id.
-    submissions.send(REPORT_TASK, kwargs={
-        "conductor_task_id": conductor_task_id, "workflow_id": workflow_id,
-        "status": status, "output": output, "reason": reason,
-        "celery_task_id": celery_task_id, "task_name": task_name,
-        "project_id": project_id, "check_state": check_state,
-    }, project_id=None, headers={headers.PROJECT: project_id} if project_id else None)
+    report = {"conductor_task_id": conductor_task_id, "workflow_id": workflow_id,
+              "status": status, "output": output, "reason": reason,
+              "celery_task_id": celery_task_id, "task_name": task_name,
+              "project_id": project_id, "check_state": check_state}
+    # kombu's JSON, as the task's own result went: what Celery could send, this can.
+    get_redis().xadd(REPORT_STREAM, {REPORT_FIELD: dumps(report)})
 
 
 # --------------------------------------------------------------------------- signals

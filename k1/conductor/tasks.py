@@ -1,7 +1,8 @@
 """Celery tasks of the Conductor integration (imported by workers through celeryconfig).
 
 - ``k1.conductor.start_workflow``: start a workflow from Celery (API deferral, beat).
-- ``k1.conductor.report_outcome``: a Celery outcome that could not reach Conductor at once.
+- ``k1.conductor.report_outcome``: reports enqueued as tasks by an earlier release
+  (reports now go through the report stream, :mod:`.reports`).
 - ``k1.conductor.render_report``, ``k1.conductor.compensate``,
   ``k1.conductor.prune_executions``: task types of the sample workflows (workflows/).
 
@@ -14,18 +15,17 @@ import json
 import time
 from typing import Any
 
-import tenacity
-
 from k1 import headers
 from k1.celery import app
 from k1.conductor import bridge, executions
-from k1.conductor.client import (
-    TERMINAL_WORKFLOW_STATUSES,
-    ConductorClient,
-    ConductorNotFound,
-    ConductorUnavailable,
-)
+from k1.conductor.client import TERMINAL_WORKFLOW_STATUSES, ConductorClient, ConductorNotFound
 from k1.conductor.registry import operator_only_workflows
+from k1.conductor.reports import (
+    HANDOFF_MAX_WAITS,
+    HANDOFF_RECHECK,
+    HANDOFF_RECHECK_MAX,
+    settle_now,
+)
 from k1.connections import get_redis
 from k1.recovery.errors import NonRetryableError
 from k1.recovery.policy import RetryPolicy
@@ -35,11 +35,6 @@ from k1.tasks.base import K1Task
 # Conductor may be down for a restart or an upgrade: keep trying for ~30 minutes
 # (2 s doubling to 5 min), far below the broker visibility timeout per wait.
 CONDUCTOR_CALL_POLICY = RetryPolicy(attempts=10, initial=2.0, maximum=300.0)
-# The poller's IN_PROGRESS answer lands a few ms after the hand-off: look again after
-# 20 ms, doubling to at most 0.5 s, 10 times (~3 s in all), then report anyway.
-HANDOFF_RECHECK = 0.02
-HANDOFF_RECHECK_MAX = 0.5
-HANDOFF_MAX_WAITS = 10
 COMPENSATIONS_KEY = "k1:conductor:compensations"  # hash: workflow id -> what was undone
 DEFAULT_PRUNE_AGE_DAYS = 30
 
@@ -71,15 +66,17 @@ def start_workflow(self: K1Task, name: str, version: int | None = None,
     return {"workflow_id": workflow_id}
 
 
-# No result kept: nobody asks for a report by id, and two result writes per bridged task
-# (STARTED, SUCCESS) would be two more Redis writes per bridged task.
+# Reports go through the report stream now (k1.conductor.reports); this task makes the
+# ones an earlier release enqueued, which may still be queued when it is upgraded. No
+# result kept: nobody asks for a report by id.
 @app.task(base=K1Task, bind=True, name=bridge.REPORT_TASK, public=False, ignore_result=True,
           retry_policy=CONDUCTOR_CALL_POLICY)
 def report_outcome(self: K1Task, conductor_task_id: str, workflow_id: str, status: str,
                    output: dict[str, Any] | None = None, reason: str | None = None,
                    celery_task_id: str | None = None, task_name: str | None = None,
                    project_id: str | None = None, check_state: bool = True) -> dict[str, str]:
-    """Report a Celery task's outcome to Conductor (looking at the task's state first).
+    """Report a Celery task's outcome to Conductor (looking at the task's state first): the
+    reports an earlier release enqueued as Celery tasks (see :mod:`k1.conductor.reports`).
 
     While the poller's IN_PROGRESS answer has not landed, the report comes back after
     ``HANDOFF_RECHECK`` seconds, doubling (a deferral: no attempt spent, no slot held);
@@ -96,16 +93,6 @@ def report_outcome(self: K1Task, conductor_task_id: str, workflow_id: str, statu
         countdown = min(HANDOFF_RECHECK * 2**waited, HANDOFF_RECHECK_MAX)
         raise self.retry(countdown=countdown, headers=carried) from None
     return {"conductor_task_id": conductor_task_id, "outcome": done}
-
-
-# A short Conductor blip (a connection reset, a 503 during a restart's first second) is
-# retried at once in-process: 3 tries within 1 s, then the retry policy takes over.
-settle_now = tenacity.retry(
-    retry=tenacity.retry_if_exception_type(ConductorUnavailable),
-    stop=tenacity.stop_after_attempt(3) | tenacity.stop_after_delay(1.0),  # not after a timeout
-    wait=tenacity.wait_exponential(multiplier=0.1, max=0.2),
-    reraise=True,
-)(bridge.settle)
 
 
 @app.task(base=K1Task, name="k1.conductor.render_report")

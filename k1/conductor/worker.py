@@ -12,11 +12,16 @@ what it must remember (which Celery task runs which Conductor task) is in Redis.
 After a Conductor outage the pollers are restarted as soon as the server is healthy
 again, instead of waiting out conductor-python's poll backoff (up to 2 minutes).
 
+The same process reports the Celery outcomes to Conductor: a :class:`~.reports.Reporter`
+(threads in this parent process, not in the poller) reads the report stream the bridge's
+signal handlers write to.
+
 Stopping (SIGTERM to the process or its whole group, as a Procfile host sends it; or
 SIGINT): the poller stops taking work, hands every task it has already polled to Celery
-(milliseconds each) and reports it IN_PROGRESS, then exits; the whole process is gone well
-within a platform's 30 s grace. No polled task is left to wait for Conductor's
-``responseTimeoutSeconds``.
+(milliseconds each) and reports it IN_PROGRESS, then exits; the reporter finishes the
+reports it is making (reports still waiting stay in the stream for the next reporter);
+the whole process is gone well within a platform's 30 s grace. No polled task is left to
+wait for Conductor's ``responseTimeoutSeconds``.
 """
 
 import logging
@@ -27,6 +32,7 @@ import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from conductor.client.automator.task_runner import TaskRunner
 from conductor.client.configuration.configuration import Configuration
@@ -36,8 +42,16 @@ from conductor.client.http.models.task_result_status import TaskResultStatus
 from conductor.client.worker.worker import Worker
 
 from k1.celery import serve_requests
-from k1.conductor.bridge import CALLBACK_AFTER_SECONDS, Answer, ConductorTask, hand_off
+from k1.conductor.bridge import (
+    CALLBACK_AFTER_SECONDS,
+    Answer,
+    ConductorTask,
+    hand_off,
+    mark_answered,
+)
 from k1.conductor.client import ConductorClient
+from k1.conductor.reports import Reporter
+from k1.connections import get_redis
 from k1.logs import configure_logging
 from k1.settings import get_settings
 
@@ -52,6 +66,7 @@ serve_requests()
 
 POLL_INTERVAL_MS = 100  # an idle poller asks at most this often per task type
 THREADS = 4  # hand-offs in flight per poller: each is a Redis SET and a broker publish
+REPORTER_STOP_GRACE = 5.0  # s for the reporter's reader to notice a stop (it blocks 0.5 s)
 HEALTH_CHECK_INTERVAL = 2.0  # s between the parent's looks at Conductor's health
 # A stopping poller only finishes hand-offs (ms each); kill it after this, well within the
 # 30 s a Procfile host allows between SIGTERM and SIGKILL.
@@ -81,6 +96,34 @@ def to_task_result(task: Task, answer: Answer) -> TaskResult:
     return result
 
 
+class _MarkingClient:
+    """conductor-python's task client, marking each IN_PROGRESS answer that Conductor has
+    accepted (:func:`~k1.conductor.bridge.mark_answered`): the report of a task that
+    finished before the answer landed waits for the mark, not for a look at Conductor.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def update_task_v2(self, body: TaskResult, **options: Any) -> Any:
+        answer = self._client.update_task_v2(body=body, **options)
+        _landed(body)
+        return answer
+
+    def update_task(self, body: TaskResult, **options: Any) -> Any:
+        answer = self._client.update_task(body=body, **options)
+        _landed(body)
+        return answer
+
+
+def _landed(result: TaskResult) -> None:
+    if result.status == TaskResultStatus.IN_PROGRESS:
+        mark_answered(result.task_id)
+
+
 class _Runner(TaskRunner):
     """conductor-python's task runner, stopped without dropping a task it has polled.
 
@@ -90,6 +133,11 @@ class _Runner(TaskRunner):
     task already polled is handed off (a Redis SET and a broker publish, milliseconds)
     and reported before the runner's loop ends.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sdk_client: Any = vars(self)["task_client"]  # set by the SDK's __init__, untyped
+        self.task_client = _MarkingClient(sdk_client)
 
     def stop_polling(self) -> None:
         self.worker.paused = True  # the SDK's batch poll returns nothing while paused
@@ -146,6 +194,9 @@ def serve(task_types: Sequence[str], *, poll_interval_ms: int = POLL_INTERVAL_MS
         process.start()
         return process
 
+    # The reports run in this process, beside the poller's: the hand-offs and the reports
+    # each have a core's worth of Python, and a poller restart does not stop the reports.
+    reporter = Reporter(get_redis(), conductor_url=url).start()
     poller = start()
     log.info("conductor worker polling %s at %s", ", ".join(task_types), url)
     was_healthy = True
@@ -164,6 +215,7 @@ def serve(task_types: Sequence[str], *, poll_interval_ms: int = POLL_INTERVAL_MS
             was_healthy = healthy
     finally:
         _stop(poller)
+        reporter.stop(REPORTER_STOP_GRACE)
     log.info("conductor worker stopped")
     return 0
 
