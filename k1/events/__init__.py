@@ -289,6 +289,7 @@ class Publisher(socketio.RedisManager):
         self.kept_lost = 0  # dropped beyond max_kept_history since the last outage began
         self.wakeup = threading.Event()
         self.flusher: threading.Thread | None = None
+        self.flusher_waiting = False  # the flusher waits for entries: publish() wakes it
         self.starting = threading.Lock()
 
     def publish(self, events: list[tuple[str, dict[str, Any]]], *, wait: bool = False) -> bool:
@@ -307,7 +308,8 @@ class Publisher(socketio.RedisManager):
             return self.flush()
         if self.flusher is None:
             self._start_flusher()
-        self.wakeup.set()
+        if self.flusher_waiting:  # else it is lingering or sending: it takes these too
+            self.wakeup.set()
         return True
 
     def _keep(self, events: list[tuple[str, dict[str, Any]]]) -> bool:
@@ -446,9 +448,15 @@ class Publisher(socketio.RedisManager):
 
     def _flush_forever(self) -> None:
         while True:
-            # Records kept through an outage: try again when the pause is over.
-            self.wakeup.wait(max(0.0, self.paused_until - time.monotonic())
-                             if self.kept else None)
+            # Set before the buffer is looked at, read by publish() after it appended: an
+            # entry is either seen here or wakes the wait. Waking a thread costs a task
+            # more than the rest of its publish; one lingering or sending needs no wake.
+            self.flusher_waiting = True
+            if not self.buffer or time.monotonic() < self.paused_until:
+                # Records kept through an outage: try again when the pause is over.
+                self.wakeup.wait(max(0.0, self.paused_until - time.monotonic())
+                                 if self.kept else None)
+            self.flusher_waiting = False
             if self.flush_linger:
                 time.sleep(self.flush_linger)
             self.wakeup.clear()  # before sending: an event buffered meanwhile wakes us again

@@ -213,3 +213,32 @@ def test_task_events_can_be_switched_off() -> None:
 def test_emit_refuses_unknown_event_names() -> None:
     with pytest.raises(ValueError, match="unknown event name"):
         emit("task_evnt", type="started")
+
+
+def test_only_a_waiting_flusher_is_woken_and_a_lingering_one_takes_what_came(
+        redis_server) -> None:
+    """Waking the flusher thread cost a task more than the rest of its publish: entries
+    published while it lingers are not a wake each, and still go out with the batch."""
+    channel = f"wake-{uuid.uuid4().hex}"
+    listener = redis_server.client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(channel)
+    publisher = Publisher(redis_server.url, channel, flush_linger=0.3)
+    wakes: list[int] = []
+    wake = publisher.wakeup.set
+    publisher.wakeup.set = lambda: wakes.append(1) or wake()  # type: ignore[method-assign]
+
+    def sent(count: int) -> list[str]:
+        return [json.loads(wait_for(lambda: listener.get_message(timeout=0.5), timeout=10,
+                                    message="an event was never sent")["data"])
+                ["data"][0]["workflow_id"] for _ in range(count)]
+
+    for n in range(5):
+        publisher.publish([("workflow_event", make_event("started", workflow_id=f"w{n}"))])
+    assert sent(5) == [f"w{n}" for n in range(5)]
+    assert wakes == [], "a flusher starting or lingering was woken"
+
+    wait_for(lambda: publisher.flusher_waiting, timeout=10, message="the flusher never waited")
+    publisher.publish([("workflow_event", make_event("started", workflow_id="later"))])
+    assert sent(1) == ["later"]
+    assert wakes == [1]
+    listener.close()
