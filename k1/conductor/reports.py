@@ -48,6 +48,7 @@ import redis
 import tenacity
 from kombu.utils.json import loads
 
+from k1 import streams
 from k1.conductor import bridge
 from k1.conductor.client import (
     ConductorClient,
@@ -146,40 +147,27 @@ class Reporter:
 
     def ensure_group(self) -> None:
         """Create the group (reading from the stream's start) unless it exists."""
-        try:
-            self.redis.xgroup_create(bridge.REPORT_STREAM, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        streams.ensure_group(self.redis, bridge.REPORT_STREAM, GROUP)
 
     def run(self) -> None:
         """Report until :meth:`stop`, through Redis and Conductor outages."""
-        delay, grouped, next_claim = MIN_RETRY_DELAY / 4, False, 0.0
         log.info("reporter %s reading %s as group %s", self.name, bridge.REPORT_STREAM, GROUP)
         retries = threading.Thread(target=self._retry_forever, name="k1-reporter-retries",
                                    daemon=True)
         retries.start()
         self._threads.append(retries)
-        while not self.stopping.is_set():
-            try:
-                if not grouped:
-                    self.ensure_group()
-                    grouped = True
-                if time.monotonic() >= next_claim:
-                    self._submit(self._claim())
-                    next_claim = time.monotonic() + CLAIM_INTERVAL
-                self._submit(self._read())
-                delay = MIN_RETRY_DELAY / 4
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("report stream unreachable (%s); retrying in %.1fs",
-                            _first_line(exc), delay)
-                if self.stopping.wait(delay):
-                    return
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                grouped = False  # Redis came back without its data: make the group again
+        next_claim = 0.0
+
+        def step() -> None:
+            nonlocal next_claim
+            if time.monotonic() >= next_claim:
+                self._submit(self._claim())
+                next_claim = time.monotonic() + CLAIM_INTERVAL
+            self._submit(self._read())
+
+        streams.consume(self.redis, bridge.REPORT_STREAM, GROUP, step, self.stopping,
+                        what="report stream", min_delay=MIN_RETRY_DELAY / 4,
+                        max_delay=MAX_RETRY_DELAY)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -276,13 +264,13 @@ class Reporter:
         except (ConductorUnreachable, *bridge.UNREACHABLE) as exc:
             delay = min(MIN_RETRY_DELAY * 2**report.failures, MAX_RETRY_DELAY)
             log.warning("report of conductor task %s not made (%s); trying again in %.0fs",
-                        fields["conductor_task_id"], _first_line(exc), delay)
+                        fields["conductor_task_id"], streams.first_line(exc), delay)
             self._touch(report)
             self._later(replace(report, failures=report.failures + 1), delay)
             return
         except ConductorError as exc:  # refused: the same report cannot succeed later
             log.error("report of conductor task %s refused by Conductor, dropped (%s)",
-                      fields["conductor_task_id"], _first_line(exc))
+                      fields["conductor_task_id"], streams.first_line(exc))
         self._ack(report)
 
     def _later(self, report: Report, delay: float) -> None:
@@ -297,7 +285,7 @@ class Reporter:
             self.redis.xclaim(bridge.REPORT_STREAM, GROUP, self.name, 0, [report.entry_id],
                               justid=True)
         except redis.RedisError as exc:  # Redis away: the next try touches it again
-            log.warning("report %s not touched (%s)", report.entry_id, _first_line(exc))
+            log.warning("report %s not touched (%s)", report.entry_id, streams.first_line(exc))
 
     def _ack(self, report: Report) -> None:
         try:
@@ -310,7 +298,7 @@ class Reporter:
             self.settled += 1
         except redis.RedisError as exc:  # made but still pending: made again, ignored then
             log.warning("report %s made but not acknowledged (%s)", report.entry_id,
-                        _first_line(exc))
+                        streams.first_line(exc))
         with self._lock:
             self._held.discard(report.entry_id)
 
@@ -330,7 +318,3 @@ def _report(entry_id: str | bytes, fields: dict[Any, Any]) -> Report:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -32,6 +32,7 @@ from typing import Any
 import redis
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from k1 import streams
 from k1.history import store
 from k1.history.stream import RECORD_FIELD, STREAM_KEY
 
@@ -59,34 +60,14 @@ class Recorder:
 
     def ensure_group(self) -> None:
         """Create the group (reading from the stream's start) unless it exists."""
-        try:
-            self.redis.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        streams.ensure_group(self.redis, STREAM_KEY, GROUP)
 
     def run(self) -> None:
         """Record until :meth:`stop`, through Redis and database outages."""
-        delay, grouped = MIN_RETRY_DELAY, False
-        while not self.stopping.is_set():
-            try:
-                if not grouped:
-                    self.ensure_group()
-                    grouped = True
-                    log.info("history recorder %s reading %s as group %s", self.name,
-                             STREAM_KEY, GROUP)
-                self.step()
-                delay = MIN_RETRY_DELAY
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("history stream unreachable (%s); retrying in %.1fs",
-                            _first_line(exc), delay)
-                if self.stopping.wait(delay):
-                    return
-                delay = min(delay * 2, MAX_RETRY_DELAY)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                grouped = False  # Redis came back without its data: make the group again
+        log.info("history recorder %s reading %s as group %s", self.name, STREAM_KEY, GROUP)
+        streams.consume(self.redis, STREAM_KEY, GROUP, self.step, self.stopping,
+                        what="history stream", min_delay=MIN_RETRY_DELAY,
+                        max_delay=MAX_RETRY_DELAY)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -125,10 +106,10 @@ class Recorder:
                 return True
             except (OperationalError, InterfaceError) as exc:  # the database is away
                 log.warning("history batch of %d not written (%s); retrying in %.1fs",
-                            len(records), _first_line(exc), delay)
+                            len(records), streams.first_line(exc), delay)
             except Exception as exc:  # something in the batch is refused
                 log.error("history batch refused (%s); writing its records one by one",
-                          _first_line(exc))
+                          streams.first_line(exc))
                 return self._write_one_by_one(records)
             if self.stopping.wait(delay):
                 return False
@@ -143,7 +124,7 @@ class Recorder:
                     return False
             except Exception as exc:  # one bad record must not stop history
                 log.error("history record dropped, it cannot be stored (%s): %s",
-                          _first_line(exc), json.dumps(record, default=str))
+                          streams.first_line(exc), json.dumps(record, default=str))
         return True
 
 
@@ -159,7 +140,3 @@ def _parse(fields: dict[Any, Any]) -> dict[str, Any] | None:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
