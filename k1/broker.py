@@ -2,7 +2,7 @@
 and one project's backlog does not hold up the others.
 
 ``celeryconfig.broker_transport`` names :class:`Transport`, for both URL schemes K1 accepts
-(``redis://``, ``rediss://``; TLS still comes from ``broker_use_ssl``). It changes four
+(``redis://``, ``rediss://``; TLS still comes from ``broker_use_ssl``). It changes five
 things in kombu's Redis transport:
 
 **Fetching is atomic.** Kombu's worker takes a message with ``BRPOP``, which removes it
@@ -38,6 +38,21 @@ its own setting (the setting only decides where producers put messages), so swit
 fairness on or off strands nothing. A message handed back (visibility timeout, worker
 shutdown, a paused queue's hand-back) goes back to its project's list.
 
+**A worker's event loop does not wait on Redis for each task.** A worker's main process
+(prefork) runs Celery's event loop in one thread, and each of its round trips to Redis
+stalls every task of the worker: with stock kombu a task cost three there, one after
+another (its acknowledgement, the publish of its Celery events, and the fetch of the
+next message after the doorbell's answer), and under a backlog of short tasks the loop
+spent most of its time waiting for them while the pool processes waited for work. Here
+the loop's acknowledgements and fanout publishes (Celery's events) are *held*
+(:data:`deferred`), and a channel whose last fetch left messages in its queue does not
+wait on the doorbell: it sends the held writes and the fetch script in one packet
+without waiting, and reads the answer when its socket is readable, as it reads the
+doorbell's. What is still held when the loop is about to wait for sockets (no fetch was
+due: the worker's processes are all busy, or its queues are empty) is sent then, in one
+round trip; a closing channel sends it first. A fetch answered as its channel closes
+puts its message back at the head of its queue.
+
 **A closed channel fails as a lost connection does** (see :meth:`Channel._connparams`).
 
 **Each queue's traffic is counted where it already happens**, for ``GET /api/queues``'s
@@ -56,6 +71,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 from collections.abc import Iterable, Iterator
 from time import monotonic, time
 from typing import Any
@@ -133,9 +150,10 @@ def waiting_lists(client: redis.Redis, queues: list[str]) -> dict[str, list[str]
 # join the ring as the member "" when they hold messages (work of no project, messages
 # from before fairness or from other producers). The script builds the sub-queues' list
 # names itself (K1 runs one Redis, not a cluster).
-# Returns {queue number, message, 1 if recorded} or nil. The message is recorded exactly
-# as kombu's QoS records it ([payload, exchange, routing key] under its delivery tag),
-# built from the raw text so that it is restored byte for byte.
+# Returns {queue number, message, 1 if recorded, 1 if its queue holds more} or nil. The
+# message is recorded exactly as kombu's QoS records it ([payload, exchange, routing key]
+# under its delivery tag), built from the raw text so that it is restored byte for byte.
+# A queue found empty has its doorbell cleared: its tokens would wake workers for nothing.
 FETCH = """
 local n, steps = tonumber(ARGV[2]), tonumber(ARGV[4])
 local function enc(value)
@@ -188,7 +206,10 @@ for step = 1, steps do
   end
   if raw then break end
 end
-if not raw then return nil end
+if not raw then
+  for q = 1, n do redis.call('DEL', KEYS[3 + q]) end
+  return nil
+end
 local field = ARGV[4 + n + queue]
 if field ~= '' and redis.call('HINCRBY', KEYS[3], field, 1) == 1 then
   redis.call('EXPIRE', KEYS[3], ARGV[3])
@@ -211,13 +232,102 @@ end
 -- More waiting in this queue and nobody woken for it: ring for the next worker.
 local left = redis.call('ZCARD', KEYS[3 + n + queue]) > 0 or waiting(queue, '')
 local doorbell = KEYS[3 + queue]
-if left and redis.call('LLEN', doorbell) == 0 then redis.call('LPUSH', doorbell, 1) end
-return {queue, raw, recorded}
+if not left then
+  redis.call('DEL', doorbell)
+elseif redis.call('LLEN', doorbell) == 0 then
+  redis.call('LPUSH', doorbell, 1)
+end
+return {queue, raw, recorded, left and 1 or 0}
 """
 
 
+Command = tuple[Any, ...]  # a Redis command and its arguments: ("HDEL", key, field)
+
+
+class _Deferred:
+    """The writes of a worker's event loop that need no answer, sent with its next fetch.
+
+    Held writes are the loop's own, after the fact: a worker killed before they are sent
+    loses acknowledgements (the messages, still recorded as unacknowledged, come back
+    after the visibility timeout: at least once, as ``acks_late`` promises anyway) and
+    events (best effort, as Celery's are). Any other thread or process writes at once.
+    See the module's docstring.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # a closing channel may flush from another thread
+        self._loop: tuple[int, int] | None = None  # (pid, thread) of the event loop
+        self._transport: Transport | None = None  # the one registered with that loop
+        self._writes: dict[str, list[Command]] = {}  # per Redis: the held writes
+        self._through: dict[str, Channel] = {}  # per Redis: the channel to send them on
+
+    def attach(self, transport: Transport) -> None:
+        """The calling thread runs the event loop of ``transport``'s connection."""
+        self._transport, self._loop = transport, (os.getpid(), threading.get_ident())
+
+    def detach(self, transport: Transport) -> None:
+        """``transport``'s connection is closing: its loop is over (a new connection's
+        registers again), and nothing is held any more."""
+        if self._transport is transport:
+            self._transport, self._loop = None, None
+        self.flush()
+
+    def forget(self) -> None:
+        """In a forked child: the parent's loop and writes are not its own."""
+        self._loop, self._transport, self._writes, self._through = None, None, {}, {}
+        self._lock = threading.Lock()
+
+    def active(self) -> bool:
+        return self._loop == (os.getpid(), threading.get_ident())
+
+    def hold(self, channel: Channel, *commands: Command) -> bool:
+        """Hold ``commands`` if the caller is the event loop (False: send them yourself)."""
+        if not self.active():
+            return False
+        with self._lock:
+            self._writes.setdefault(channel.redis_id, []).extend(commands)
+            self._through[channel.redis_id] = channel
+        return True
+
+    def take(self, redis_id: str) -> list[Command]:
+        with self._lock:
+            return self._writes.pop(redis_id, [])
+
+    def flush(self) -> None:
+        """Send every held write (one round trip per Redis); never raises."""
+        if not self._writes:
+            return
+        with self._lock:
+            held, self._writes = self._writes, {}
+            through = dict(self._through)
+        for redis_id, commands in held.items():
+            channel = through[redis_id]
+            try:
+                with channel.conn_or_acquire() as client:
+                    pipe = client.pipeline(transaction=False)
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    pipe.execute()
+            except Exception as exc:  # in the event loop: nothing may escape
+                lost(commands, exc)
+
+
+def lost(commands: list[Command], exc: BaseException) -> None:
+    if commands:
+        log.warning("%d held broker writes may not have been made (%s): %d "
+                    "acknowledgements (their messages come back after the visibility "
+                    "timeout) and %d events", len(commands), exc,
+                    sum(command[0] == "HDEL" for command in commands),
+                    sum(command[0] == "PUBLISH" for command in commands))
+
+
+deferred = _Deferred()
+os.register_at_fork(after_in_child=deferred.forget)
+
+
 class QoS(kombu_redis.QoS):
-    """Kombu's QoS, which does not write again what the fetch script has recorded."""
+    """Kombu's QoS, which does not write again what the fetch script has recorded, and
+    whose acknowledgements made in the worker's event loop ride its next fetch."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -229,6 +339,13 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)  # the in-memory part only
         else:
             super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if deferred.hold(self.channel, ("ZREM", self.unacked_index_key, delivery_tag),
+                         ("HDEL", self.unacked_key, delivery_tag)):
+            virtual.QoS.ack(self, delivery_tag)  # the in-memory part now
+        else:
+            super().ack(delivery_tag)
 
 
 class _PipelineBatch:
@@ -267,6 +384,11 @@ class Channel(kombu_redis.Channel):
         self._no_ack_queues: set[str] = set()  # consumed without acknowledgements
         self._expiring_bucket: int | None = None  # the counter bucket given its expiry
         self._commands: tuple[Any, Any] | None = None  # (pool, its client): conn_or_acquire
+        self._backlog = False  # the last fetch left messages in its queue
+        self._asked: list[Command] | None = None  # held writes sent with a fetch, unread
+        # Which Redis this channel writes to: held writes of channels on the same one
+        # travel together (a worker's events have a connection of their own).
+        self.redis_id: str = self.connection.client.as_uri(include_password=True)
 
     @contextlib.contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -303,41 +425,91 @@ class Channel(kombu_redis.Channel):
         if not queues:
             return
         self._fetching = list(queues)
-        self._in_poll = self.client.connection
+        connection = self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu's None
-        self.client.connection.send_command(
+        self._asked = None
+        if self._backlog and timeout is None and deferred.active():
+            # The worker's loop, and the last fetch left messages: ask for the next one
+            # now, with the writes held since, rather than wait for the doorbell first.
+            # The answer is read as the doorbell's is, once the socket is readable.
+            self._backlog = False
+            held = deferred.take(self.redis_id)
+            fetch = ("EVALSHA", self._script().sha, *self._fetch_call(self._fetching))
+            try:
+                connection.send_packed_command(connection.pack_commands([*held, fetch]))
+            except Exception as exc:
+                lost(held, exc)
+                raise
+            self._asked = held
+            return
+        connection.send_command(
             "BRPOP", *(DOORBELL.format(queue) for queue in queues),
             self.brpop_timeout if timeout is None else timeout)
 
     def _brpop_read(self, **options: Any) -> bool:
+        asked, self._asked = self._asked, None
+        connection = self.client.connection
         try:
             try:
-                self.client.parse_response(self.client.connection, "BRPOP", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()  # the next wait reconnects
+                if asked is None:
+                    self.client.parse_response(connection, "BRPOP", **options)
+                    if self._closing:  # the message stays queued: nobody is left to run it
+                        raise virtual.Empty()
+                    fetched = self._fetch(self._fetching)
+                else:
+                    fetched = self._read_answer(connection, asked)
+            except self.connection_errors as exc:
+                connection.disconnect()  # the next wait reconnects
+                lost(asked or [], exc)
                 raise
-            if self._closing:  # the message stays queued: nobody is left to run it
-                raise virtual.Empty()
-            fetched = self._fetch(self._fetching)
             if fetched is None:
                 raise virtual.Empty()
-            queue, raw, recorded = fetched
-            payload = loads(raw)
-            if recorded:
-                self.qos.recorded.add(payload["properties"]["delivery_tag"])
-            self._queue_cycle.rotate(queue)
-            # How kombu's own _brpop_read hands a message over: the transport's
-            # delivery to its consumers has no public name (kombu 5.7).
-            self.connection._deliver(payload, queue)
+            if self._closing and fetched[2]:
+                # Fetched as the channel closes: back to the head of its queue, now
+                # rather than after the visibility timeout.
+                self.qos.restore_by_tag(loads(fetched[1])["properties"]["delivery_tag"])
+                raise virtual.Empty()
+            self._deliver_fetched(fetched)
             return True
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu's own read does
             self._flush_brpop_reauth()
 
+    def _read_answer(self, connection: Any, held: list[Command]) -> tuple[str, str, bool] | None:
+        """The answers to the held writes and the fetch sent by :meth:`_brpop_start`."""
+        for command in held:
+            try:
+                connection.read_response()
+            except redis.exceptions.ResponseError as exc:
+                log.warning("held broker write %s failed: %s", command[0], exc)
+        try:
+            return self._fetched(self._fetching,
+                                 self.client.parse_response(connection, "EVALSHA"))
+        except redis.exceptions.NoScriptError:  # a restarted Redis has forgotten it
+            return self._fetch(self._fetching)
+
+    def _deliver_fetched(self, fetched: tuple[str, str, bool]) -> None:
+        queue, raw, recorded = fetched
+        payload = loads(raw)
+        if recorded:
+            self.qos.recorded.add(payload["properties"]["delivery_tag"])
+        self._queue_cycle.rotate(queue)
+        # How kombu's own _brpop_read hands a message over: the transport's delivery to
+        # its consumers has no public name (kombu 5.7).
+        self.connection._deliver(payload, queue)
+
     def _fetch(self, queues: list[str], record: bool = True) -> tuple[str, str, bool] | None:
         """Take the next message of ``queues`` (a fair queue's from the next project in its
         ring), moved into the unacked records unless ``record`` is false or its queue is
         consumed without acknowledgements: (queue, message, recorded)."""
+        numkeys, *keys_and_args = self._fetch_call(queues, record)
+        with self.conn_or_acquire() as client:
+            found = self._script()(keys=keys_and_args[:numkeys], args=keys_and_args[numkeys:],
+                                   client=client)
+        return self._fetched(queues, found)
+
+    def _fetch_call(self, queues: list[str], record: bool = True) -> list[Any]:
+        """The fetch script's number of keys, keys and arguments (see :data:`FETCH`)."""
         steps = list(self.priority_steps)
         now = time()
         keys = [self.unacked_key, self.unacked_index_key, DEQUEUED.format(rate_bucket(now)),
@@ -346,18 +518,34 @@ class Channel(kombu_redis.Channel):
                 *(self._q_for_pri(queue, step) for step in steps for queue in queues)]
         acks = ["1" if record and queue not in self._no_ack_queues else "0"
                 for queue in queues]
-        args = [now, len(queues), RATE_TTL, len(steps), *acks,
+        return [len(keys), *keys, now, len(queues), RATE_TTL, len(steps), *acks,
                 *(_counted(queue) for queue in queues),
                 *(_sub_queue_prefix(queue) for queue in queues),
                 *(self._q_for_pri("", step) for step in steps)]
-        with self.conn_or_acquire() as client:
-            if self._fetch_script is None:
-                self._fetch_script = client.register_script(FETCH)
-            found = self._fetch_script(keys=keys, args=args, client=client)
+
+    def _fetched(self, queues: list[str], found: Any) -> tuple[str, str, bool] | None:
         if not found:
+            self._backlog = False
             return None
-        number, raw, recorded = found
+        number, raw, recorded, left = found
+        self._backlog = bool(left)
         return queues[int(number) - 1], bytes_to_str(raw), bool(recorded)
+
+    def _script(self) -> Any:
+        if self._fetch_script is None:
+            with self.conn_or_acquire() as client:
+                self._fetch_script = client.register_script(FETCH)
+        return self._fetch_script
+
+    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
+        """Kombu's fanout publish (Celery's events), held for the next fetch when made in
+        the worker's event loop (:class:`_Deferred`)."""
+        if "_publish_batch" not in kwargs:
+            payload = dumps(message)
+            topics = self._get_publish_topics(exchange, routing_key)
+            if deferred.hold(self, *(("PUBLISH", topic, payload) for topic in topics)):
+                return
+        super()._put_fanout(exchange, message, routing_key, **kwargs)
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         """Kombu's ``basic_get`` (a message taken without a consumer), through the fetch
@@ -473,6 +661,10 @@ class Channel(kombu_redis.Channel):
     def create_publish_batch(self, max_size: int) -> PublishBatch:
         return PublishBatch(self, max_size)
 
+    def close(self) -> None:
+        deferred.flush()  # this channel's held acknowledgements, before it goes
+        super().close()
+
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         """Kombu's connection parameters; a connection error once the channel is closed.
 
@@ -498,5 +690,27 @@ def _counted(queue: str) -> str:
     return "" if queue.endswith(PIDBOX) else queue
 
 
+class MultiChannelPoller(kombu_redis.MultiChannelPoller):
+    def on_poll_start(self) -> None:
+        """Kombu's start of a loop iteration's wait (where a channel with a backlog
+        fetches at once), then every write still held is sent: the loop never sleeps on
+        held writes."""
+        super().on_poll_start()
+        deferred.flush()
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = MultiChannelPoller()  # type: ignore[assignment]  # kombu types it so
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Kombu's, and this thread is now the worker's event loop (:class:`_Deferred`)."""
+        super().register_with_event_loop(connection, loop)
+        deferred.attach(self)
+
+    def close_connection(self, connection: Any) -> None:
+        deferred.detach(self)
+        super().close_connection(connection)

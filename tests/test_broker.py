@@ -8,13 +8,16 @@ import base64
 import contextlib
 import json
 import select
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from kombu import Connection, Exchange, Producer, Queue
+import redis
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
 
-from k1.broker import DOORBELL, RING, Transport, queue_lists, sub_queue
+from k1.broker import DOORBELL, RING, Transport, deferred, queue_lists, sub_queue
 from k1.headers import PROJECT
 from tests.support import RedisServer, free_port
 
@@ -38,15 +41,20 @@ def k1_connection(redis_server_: RedisServer) -> Iterator[Connection]:
         yield connection
 
 
+def own_records() -> dict[str, str]:
+    """Transport options giving a connection unacknowledged records of its own (a restore
+    or a count in a test must not meet the session workers' messages)."""
+    prefix = f"test-unacked-{uuid.uuid4().hex[:8]}"
+    return {"unacked_key": prefix, "unacked_index_key": f"{prefix}-index",
+            "unacked_mutex_key": f"{prefix}-mutex"}
+
+
 @pytest.fixture
 def fair_connection(redis_server_: RedisServer, queue: Queue) -> Iterator[Connection]:
-    """A connection on which ``queue`` is fair, with unacknowledged records of its own (a
-    restore in a test must not hand back the session workers' messages)."""
-    prefix = f"test-unacked-{uuid.uuid4().hex[:8]}"
-    options = {"fair_queues": [queue.name], "unacked_key": prefix,
-               "unacked_index_key": f"{prefix}-index", "unacked_mutex_key": f"{prefix}-mutex"}
+    """A connection on which ``queue`` is fair, with unacknowledged records of its own."""
     with Connection(redis_server_.url, transport=Transport,
-                    transport_options=options) as connection:
+                    transport_options={"fair_queues": [queue.name], **own_records()}
+                    ) as connection:
         yield connection
 
 
@@ -262,3 +270,139 @@ def test_a_channel_builds_one_redis_client_for_all_its_commands(k1_connection, q
     publish(k1_connection, queue, count=20)
     assert len(fetch_all(k1_connection, queue)) == 20
     assert len(built) <= 1, f"{len(built)} Redis clients built for 20 publishes and 21 fetches"
+
+
+# --------------------------------------------------------------- a worker's event loop
+
+
+class EventLoop:
+    """A consumer of ``queue`` on ``connection`` driven by kombu's event loop in this
+    thread, as a worker's main process consumes (prefetch 1 here), with a producer of
+    fanout events on a connection of its own (Celery's event dispatcher has one). Counts
+    the round trips this thread makes to Redis, and the BRPOPs among them."""
+
+    def __init__(self, connection: Connection, queue: Queue, url: str) -> None:
+        self.connection, self.hub = connection, Hub()
+        self.received: list[object] = []
+        self.consumer = Consumer(connection.default_channel, [queue], accept=["json"],
+                                 callbacks=[lambda body, message: self.received.append(message)])
+        self.consumer.qos(prefetch_count=1)
+        self.consumer.consume()
+        self.events_connection = Connection(url, transport=Transport)
+        self.events = Exchange(f"test-events-{uuid.uuid4().hex[:8]}", type="fanout")
+        self.producer = Producer(self.events_connection.default_channel, exchange=self.events)
+        self.producer.declare()
+        connection.register_with_event_loop(self.hub)
+        self.loop = self.hub.create_loop()
+        self.trips, self.brpops = 0, 0
+        self.looking = False  # the test's own reads: not counted
+
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        self.looking = True
+        try:
+            yield
+        finally:
+            self.looking = False
+
+    def count_round_trips(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        send = redis.connection.AbstractConnection.send_packed_command
+        loop_thread = threading.get_ident()
+
+        def counted(connection: object, command: object, *args: object, **kwargs: object):
+            if threading.get_ident() == loop_thread and not self.looking:
+                self.trips += 1
+                self.brpops += b"BRPOP" in (command if isinstance(command, bytes)
+                                            else b"".join(command))  # type: ignore[arg-type]
+            return send(connection, command, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                            counted)
+
+    def run_until(self, done: Callable[[], bool], what: str, iterations: int = 40) -> None:
+        for _ in range(iterations):
+            next(self.loop)
+            if done():
+                return
+        raise AssertionError(f"{what}: not after {iterations} iterations of the loop")
+
+    def close(self) -> None:
+        self.consumer.cancel()
+        self.events_connection.close()
+        self.hub.close()
+
+
+@pytest.fixture
+def event_loop(redis_server_: RedisServer, queue: Queue) -> Iterator[EventLoop]:
+    with Connection(redis_server_.url, transport=Transport,
+                    transport_options=own_records()) as connection:
+        loop = EventLoop(connection, queue, redis_server_.url)
+        try:
+            yield loop
+        finally:
+            loop.close()
+    assert not deferred.active(), "the closed connection left its loop attached"
+
+
+def event_listener(redis_server_: RedisServer, loop: EventLoop) -> redis.client.PubSub:
+    listener = redis_server_.client().pubsub(ignore_subscribe_messages=True)
+    listener.psubscribe(f"*{loop.events.name}*")  # kombu's fanout topic names the exchange
+    listener.get_message(timeout=5)  # the subscription's confirmation
+    return listener
+
+
+def test_the_event_loop_sends_a_message_s_ack_and_events_with_the_next_fetch(
+        event_loop, queue, redis_server_, monkeypatch):
+    """A worker's main process made three round trips to Redis a task, one after another,
+    each stalling every task of the worker: the acknowledgement, the publish of its events
+    and the fetch of the next message (waiting for the doorbell first). Under a backlog
+    the event loop now makes one: the fetch, carrying the writes held since."""
+    bodies = publish(event_loop.connection, queue, count=6)
+    listener = event_listener(redis_server_, event_loop)
+    client = redis_server_.client()
+    unacked = event_loop.connection.default_channel.unacked_key
+    event_loop.run_until(lambda: bool(event_loop.received), "the first message never came")
+    event_loop.count_round_trips(monkeypatch)
+    done: list[object] = []
+    while len(done) < len(bodies):
+        message = event_loop.received.pop(0)
+        message.ack()  # as Celery's loop does when the task's result comes back
+        event_loop.producer.publish({"done": message.payload})
+        done.append(message.payload)
+        if len(done) < len(bodies):
+            with event_loop.uncounted():
+                assert client.hlen(unacked) == 1, "the acknowledgement was not held"
+            event_loop.run_until(lambda: bool(event_loop.received), "a message never came")
+    assert done == bodies
+    assert (event_loop.trips, event_loop.brpops) == (5, 0), (
+        f"{event_loop.trips} round trips ({event_loop.brpops} BRPOPs) for 5 messages "
+        "fetched under a backlog")
+    # The backlog's last fetch cleared the doorbell: no token wakes a worker for nothing.
+    assert not client.exists(DOORBELL.format(queue.name))
+    # Nothing is held over the loop's wait: the next iteration sends the last ack and event.
+    next(event_loop.loop)
+    assert client.hlen(unacked) == 0, "an acknowledgement was held while the loop waited"
+    events = [json.loads(listener.get_message(timeout=5)["data"]) for _ in bodies]
+    assert [json.loads(base64.b64decode(event["body"]))["done"] for event in events] == bodies
+
+
+def test_held_writes_are_sent_when_the_connection_closes(event_loop, queue, redis_server_):
+    publish(event_loop.connection, queue)
+    event_loop.run_until(lambda: bool(event_loop.received), "the message never came")
+    event_loop.received.pop().ack()
+    unacked = event_loop.connection.default_channel.unacked_key
+    client = redis_server_.client()
+    assert client.hlen(unacked) == 1, "the acknowledgement was not held"
+    event_loop.connection.close()  # a worker that stops: its loop does not run again
+    assert client.hlen(unacked) == 0, "the closing connection dropped a held acknowledgement"
+
+
+def test_another_thread_writes_at_once(event_loop, queue, redis_server_):
+    """Only the event loop's thread holds writes: nothing else would send them."""
+    publish(event_loop.connection, queue)
+    event_loop.run_until(lambda: bool(event_loop.received), "the message never came")
+    message = event_loop.received.pop()
+    acking = threading.Thread(target=message.ack)
+    acking.start()
+    acking.join()
+    assert redis_server_.client().hlen(event_loop.connection.default_channel.unacked_key) == 0
