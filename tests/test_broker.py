@@ -19,7 +19,7 @@ from kombu.asynchronous import Hub
 
 from k1.broker import DOORBELL, RING, Transport, deferred, queue_lists, sub_queue
 from k1.headers import PROJECT
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, free_port, wait_for
 
 
 @pytest.fixture
@@ -406,3 +406,50 @@ def test_another_thread_writes_at_once(event_loop, queue, redis_server_):
     acking.start()
     acking.join()
     assert redis_server_.client().hlen(event_loop.connection.default_channel.unacked_key) == 0
+
+
+def test_a_fetch_answered_as_the_connection_closes_puts_its_message_back(
+        event_loop, queue, redis_server_):
+    """The loop asks for the next message without waiting for the answer; a worker that
+    stops before reading it must neither run that message nor leave it for the visibility
+    timeout."""
+    bodies = publish(event_loop.connection, queue, count=3)
+    event_loop.run_until(lambda: bool(event_loop.received), "the first message never came")
+    event_loop.received.pop().ack()
+    event_loop.connection.transport.cycle.on_poll_start()  # asks for the second one
+    client = redis_server_.client()
+    unacked = event_loop.connection.default_channel.unacked_key
+    wait_for(lambda: client.llen(queue.name) == 1, timeout=10,
+             message="the loop did not ask for the next message")
+    event_loop.connection.close()
+    assert not event_loop.received, "handed to a consumer that is going away"
+    assert client.hlen(unacked) == 0, "the fetched message was left unacknowledged"
+    assert fetch_all_from(redis_server_, queue) == bodies[1:], "not back at the queue's head"
+
+
+def test_the_loop_fetches_on_after_redis_forgot_the_fetch_script(tmp_path, queue):
+    """A restarted Redis has no scripts: the loop's fetch, sent without waiting, falls back
+    to loading it (a Redis of its own: SCRIPT FLUSH touches nothing else)."""
+    server = RedisServer(free_port(), tmp_path / "redis", tmp_path).start()
+    try:
+        with Connection(server.url, transport=Transport) as connection:
+            loop = EventLoop(connection, queue, server.url)
+            try:
+                bodies = publish(connection, queue, count=3)
+                done: list[object] = []
+                while len(done) < len(bodies):
+                    loop.run_until(lambda: bool(loop.received), "a message never came")
+                    message = loop.received.pop()
+                    message.ack()
+                    done.append(message.payload)
+                    server.client().script_flush()
+                assert done == bodies
+            finally:
+                loop.close()
+    finally:
+        server.stop()
+
+
+def fetch_all_from(redis_server_: RedisServer, queue: Queue) -> list[str]:
+    with Connection(redis_server_.url, transport=Transport) as connection:
+        return fetch_all(connection, queue)
