@@ -44,13 +44,14 @@ stalls every task of the worker: with stock kombu a task cost three there, one a
 another (its acknowledgement, the publish of its Celery events, and the fetch of the
 next message after the doorbell's answer), and under a backlog of short tasks the loop
 spent most of its time waiting for them while the pool processes waited for work. Here
-the loop's acknowledgements and fanout publishes (Celery's events) are *held*
-(:data:`deferred`), and a channel whose last fetch left messages in its queue does not
-wait on the doorbell: it sends the held writes and the fetch script in one packet
-without waiting, and reads the answer when its socket is readable, as it reads the
-doorbell's. What is still held when the loop is about to wait for sockets (no fetch was
-due: the worker's processes are all busy, or its queues are empty) is sent then, in one
-round trip; a closing channel sends it first. A fetch answered as its channel closes
+the loop's acknowledgements and fanout publishes (Celery's events; not those of a task
+that a solo pool runs in the loop's thread) are *held* (:data:`deferred`), and a channel
+whose last fetch left messages in its queue does not wait on the doorbell: it sends the
+held writes and the fetch script in one packet without waiting, and reads the answer
+when its socket is readable, as it reads the doorbell's. What is still held when the
+loop is about to wait for sockets (no fetch was due: the worker's processes are all busy,
+or its queues are empty) is sent then, in one round trip; a closing channel sends it
+first. A fetch answered as its channel closes
 puts its message back at the head of its queue.
 
 **A closed channel fails as a lost connection does** (see :meth:`Channel._connparams`).
@@ -78,6 +79,7 @@ from time import monotonic, time
 from typing import Any
 
 import redis
+from celery import current_task
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
@@ -281,8 +283,10 @@ class _Deferred:
         return self._loop == (os.getpid(), threading.get_ident())
 
     def hold(self, channel: Channel, *commands: Command) -> bool:
-        """Hold ``commands`` if the caller is the event loop (False: send them yourself)."""
-        if not self.active():
+        """Hold ``commands`` if the caller is the event loop (False: send them yourself):
+        not a task's, which a solo pool runs in the loop's thread, and which may wait for
+        what it sent."""
+        if not self.active() or current_task:
             return False
         with self._lock:
             self._writes.setdefault(channel.redis_id, []).extend(commands)

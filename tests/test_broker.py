@@ -453,3 +453,19 @@ def test_the_loop_fetches_on_after_redis_forgot_the_fetch_script(tmp_path, queue
 def fetch_all_from(redis_server_: RedisServer, queue: Queue) -> list[str]:
     with Connection(redis_server_.url, transport=Transport) as connection:
         return fetch_all(connection, queue)
+
+
+def test_a_task_run_in_the_loop_s_thread_publishes_at_once(event_loop, redis_server_):
+    """A solo pool runs tasks in the event loop's thread: a task may wait for what it
+    publishes, so its writes are not held for the loop's next turn."""
+    from celery import Celery
+
+    listener = event_listener(redis_server_, event_loop)
+    app = Celery("test-broker-solo")
+
+    @app.task
+    def announce() -> bool:
+        event_loop.producer.publish({"from": "a task"})
+        return listener.get_message(timeout=5) is not None
+
+    assert announce.apply().get(), "the task's publish was held until it returned"
