@@ -51,8 +51,8 @@ held writes and the fetch script in one packet without waiting, and reads the an
 when its socket is readable, as it reads the doorbell's. What is still held when the
 loop is about to wait for sockets (no fetch was due: the worker's processes are all busy,
 or its queues are empty) is sent then, in one round trip; a closing channel sends it
-first. A fetch answered as its channel closes
-puts its message back at the head of its queue.
+first. A fetch answered as its channel closes puts its message back at the head of its
+queue.
 
 **A closed channel fails as a lost connection does** (see :meth:`Channel._connparams`).
 
