@@ -258,21 +258,20 @@ class _Deferred:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # a closing channel may flush from another thread
-        self._loop: tuple[int, int] | None = None  # (pid, thread) of the event loop
+        self._loop: int | None = None  # the event loop's thread (none in a forked child)
         self._transport: Transport | None = None  # the one registered with that loop
         self._writes: dict[str, list[Command]] = {}  # per Redis: the held writes
         self._through: dict[str, Channel] = {}  # per Redis: the channel to send them on
 
     def attach(self, transport: Transport) -> None:
         """The calling thread runs the event loop of ``transport``'s connection."""
-        self._transport, self._loop = transport, (os.getpid(), threading.get_ident())
+        self._transport, self._loop = transport, threading.get_ident()
 
     def detach(self, transport: Transport) -> None:
         """``transport``'s connection is closing: its loop is over (a new connection's
-        registers again), and nothing is held any more."""
+        registers again); its channels send what is held as they close."""
         if self._transport is transport:
             self._transport, self._loop = None, None
-        self.flush()
 
     def forget(self) -> None:
         """In a forked child: the parent's loop and writes are not its own."""
@@ -280,18 +279,18 @@ class _Deferred:
         self._lock = threading.Lock()
 
     def active(self) -> bool:
-        return self._loop == (os.getpid(), threading.get_ident())
+        """The caller is the event loop."""
+        return self._loop == threading.get_ident()
 
-    def hold(self, channel: Channel, *commands: Command) -> bool:
-        """Hold ``commands`` if the caller is the event loop (False: send them yourself):
-        not a task's, which a solo pool runs in the loop's thread, and which may wait for
-        what it sent."""
-        if not self.active() or current_task:
-            return False
+    def holds(self) -> bool:
+        """The caller's writes are held: the event loop's, not a task's (a solo pool runs
+        tasks in the loop's thread, and a task may wait for what it sent)."""
+        return self.active() and not current_task
+
+    def hold(self, channel: Channel, *commands: Command) -> None:
         with self._lock:
             self._writes.setdefault(channel.redis_id, []).extend(commands)
             self._through[channel.redis_id] = channel
-        return True
 
     def take(self, redis_id: str) -> list[Command]:
         with self._lock:
@@ -345,8 +344,9 @@ class QoS(kombu_redis.QoS):
             super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        if deferred.hold(self.channel, ("ZREM", self.unacked_index_key, delivery_tag),
-                         ("HDEL", self.unacked_key, delivery_tag)):
+        if deferred.holds():
+            deferred.hold(self.channel, ("ZREM", self.unacked_index_key, delivery_tag),
+                          ("HDEL", self.unacked_key, delivery_tag))
             virtual.QoS.ack(self, delivery_tag)  # the in-memory part now
         else:
             super().ack(delivery_tag)
@@ -436,9 +436,9 @@ class Channel(kombu_redis.Channel):
             # The worker's loop, and the last fetch left messages: ask for the next one
             # now, with the writes held since, rather than wait for the doorbell first.
             # The answer is read as the doorbell's is, once the socket is readable.
-            self._backlog = False
             held = deferred.take(self.redis_id)
-            fetch = ("EVALSHA", self._script().sha, *self._fetch_call(self._fetching))
+            keys, args = self._fetch_call(self._fetching)
+            fetch = ("EVALSHA", self._script().sha, len(keys), *keys, *args)
             try:
                 connection.send_packed_command(connection.pack_commands([*held, fetch]))
             except Exception as exc:
@@ -506,14 +506,14 @@ class Channel(kombu_redis.Channel):
         """Take the next message of ``queues`` (a fair queue's from the next project in its
         ring), moved into the unacked records unless ``record`` is false or its queue is
         consumed without acknowledgements: (queue, message, recorded)."""
-        numkeys, *keys_and_args = self._fetch_call(queues, record)
+        keys, args = self._fetch_call(queues, record)
         with self.conn_or_acquire() as client:
-            found = self._script()(keys=keys_and_args[:numkeys], args=keys_and_args[numkeys:],
-                                   client=client)
+            found = self._script()(keys=keys, args=args, client=client)
         return self._fetched(queues, found)
 
-    def _fetch_call(self, queues: list[str], record: bool = True) -> list[Any]:
-        """The fetch script's number of keys, keys and arguments (see :data:`FETCH`)."""
+    def _fetch_call(self, queues: list[str], record: bool = True
+                    ) -> tuple[list[Any], list[Any]]:
+        """The fetch script's keys and arguments (see :data:`FETCH`)."""
         steps = list(self.priority_steps)
         now = time()
         keys = [self.unacked_key, self.unacked_index_key, DEQUEUED.format(rate_bucket(now)),
@@ -522,10 +522,10 @@ class Channel(kombu_redis.Channel):
                 *(self._q_for_pri(queue, step) for step in steps for queue in queues)]
         acks = ["1" if record and queue not in self._no_ack_queues else "0"
                 for queue in queues]
-        return [len(keys), *keys, now, len(queues), RATE_TTL, len(steps), *acks,
-                *(_counted(queue) for queue in queues),
-                *(_sub_queue_prefix(queue) for queue in queues),
-                *(self._q_for_pri("", step) for step in steps)]
+        return keys, [now, len(queues), RATE_TTL, len(steps), *acks,
+                      *(_counted(queue) for queue in queues),
+                      *(_sub_queue_prefix(queue) for queue in queues),
+                      *(self._q_for_pri("", step) for step in steps)]
 
     def _fetched(self, queues: list[str], found: Any) -> tuple[str, str, bool] | None:
         if not found:
@@ -544,12 +544,12 @@ class Channel(kombu_redis.Channel):
     def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
         """Kombu's fanout publish (Celery's events), held for the next fetch when made in
         the worker's event loop (:class:`_Deferred`)."""
-        if "_publish_batch" not in kwargs:
-            payload = dumps(message)
-            topics = self._get_publish_topics(exchange, routing_key)
-            if deferred.hold(self, *(("PUBLISH", topic, payload) for topic in topics)):
-                return
-        super()._put_fanout(exchange, message, routing_key, **kwargs)
+        if "_publish_batch" in kwargs or not deferred.holds():
+            super()._put_fanout(exchange, message, routing_key, **kwargs)
+            return
+        payload = dumps(message)
+        deferred.hold(self, *(("PUBLISH", topic, payload)
+                              for topic in self._get_publish_topics(exchange, routing_key)))
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         """Kombu's ``basic_get`` (a message taken without a consumer), through the fetch
